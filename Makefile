@@ -1,0 +1,24 @@
+# Two commands do everything on a fresh machine: `make run` (the main job) and `make test`.
+# Both create .venv when missing and install torch==2.13.0 first (the CPU wheel on local disk;
+# an unpinned torch would pull a multi-GB CUDA build), then this package with its test extras.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: run test bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check torch==2.13.0
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test]'
+	touch $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/dcsbm generate --config configs/quick.json --out results/quick-data
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+clean:
+	rm -rf $(VENV) .cache .pytest_cache results

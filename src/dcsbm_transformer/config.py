@@ -1,0 +1,269 @@
+"""Experiment configuration: one frozen, validated object read from JSON.
+
+The JSON keys are a contract (DESIGN.md, "Interfaces that others rely on"): every key has a
+default, unknown keys are an error, and validation reports *every* problem at once, each
+prefixed with the dotted path of the field it concerns (``graph.p_in: ...``).
+
+Derived values live here too, so that every part of the pipeline agrees on them: the jump
+length of each jumper, the data hash that keys the graph/corpus cache and the experiment id
+that names the results folder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, ValidationError
+
+# Bump when the graph or walk algorithms change, so old cached data is never reused.
+DATA_FORMAT_VERSION = 1
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot be run. ``problems`` lists every issue, one per field."""
+
+    def __init__(self, problems: list[str], source: str | None = None):
+        self.problems = list(problems)
+        self.source = source
+        where = f" in {source}" if source else ""
+        lines = "\n".join(f"  - {p}" for p in self.problems)
+        super().__init__(f"invalid configuration{where} ({len(self.problems)} problem(s)):\n{lines}")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class GraphConfig(_Section):
+    """Directed DCSBM with jumper rules (DESIGN.md §2–3)."""
+
+    n: StrictInt = Field(500, ge=2, description="number of vertices = vocabulary size")
+    K: StrictInt = Field(4, ge=2, description="number of equal-sized blocks")
+    p_in: StrictFloat = Field(0.25, gt=0, le=1, description="edge propensity inside a block")
+    p_out: StrictFloat = Field(0.03, gt=0, le=1, description="edge propensity across blocks")
+    jumpers_per_block: StrictInt = Field(2, ge=1, description="jumper vertices in every block")
+    jump_scales: tuple[StrictFloat, ...] = Field(
+        (0.9,), min_length=1, description="jump length r = round(scale * context_window), spread over the jumpers"
+    )
+    min_out_degree: StrictInt = Field(3, ge=1, description="a drawn graph is rejected below this out-degree")
+    max_attempts: StrictInt = Field(200, ge=1, description="graph redraws before giving up")
+
+
+class WalksConfig(_Section):
+    """Random-walk corpora (DESIGN.md §4)."""
+
+    walk_length: StrictInt = Field(256, ge=2, description="tokens per walk")
+    train_walks: StrictInt = Field(200_000, ge=1, description="walks in the training corpus")
+    eval_walks: StrictInt = Field(22_222, ge=1, description="walks in the held-out eval corpus")
+    jumper_start_fraction: StrictFloat = Field(
+        0.5, ge=0.5, le=1.0, description="share of walks that start at a jumper (at least half)"
+    )
+
+
+class ModelConfig(_Section):
+    """GPT-2-style decoder (DESIGN.md §6)."""
+
+    context_window: StrictInt = Field(64, ge=2, description="w: tokens the model sees")
+    d_model: StrictInt = Field(128, ge=1)
+    n_layers: StrictInt = Field(4, ge=1)
+    n_heads: StrictInt = Field(1, ge=1)
+    dropout: StrictFloat = Field(0.0, ge=0.0, lt=1.0)
+
+
+class TrainingConfig(_Section):
+    """Optimisation (spec TRNG-01 and DESIGN.md's decisions)."""
+
+    batch_size: StrictInt = Field(64, ge=1)
+    lr: StrictFloat = Field(3e-4, gt=0, description="peak learning rate")
+    weight_decay: StrictFloat = Field(0.01, ge=0)
+    warmup_fraction: StrictFloat = Field(0.1, ge=0, lt=1, description="share of all steps spent in linear warmup")
+    min_lr_fraction: StrictFloat = Field(0.1, ge=0, le=1, description="cosine floor as a share of the peak lr")
+    max_epochs: StrictInt = Field(50, ge=1)
+    grad_clip: StrictFloat = Field(1.0, gt=0, description="max global gradient norm")
+
+
+class GateConfig(_Section):
+    """Sufficiency gate (spec TRNG-05 and DESIGN.md's decision on prompts)."""
+
+    edge_threshold: StrictFloat = Field(0.95, ge=0, le=1)
+    rule_threshold: StrictFloat = Field(0.80, ge=0, le=1)
+    eval_sequences: StrictInt = Field(1000, ge=1, description="greedy continuations per evaluation")
+    prompt: Literal["jumper_prefix", "first_token"] = "jumper_prefix"
+
+
+class ExperimentConfig(_Section):
+    """The whole experiment. Attributes mirror the JSON: ``config.graph.n``."""
+
+    seed: StrictInt = Field(42, ge=0)
+    graph: GraphConfig = GraphConfig()
+    walks: WalksConfig = WalksConfig()
+    model: ModelConfig = ModelConfig()
+    training: TrainingConfig = TrainingConfig()
+    gate: GateConfig = GateConfig()
+
+    # ---- derived values -------------------------------------------------------------
+
+    @property
+    def block_size(self) -> int:
+        return self.graph.n // self.graph.K
+
+    @property
+    def n_jumpers(self) -> int:
+        return self.graph.jumpers_per_block * self.graph.K
+
+    def jump_length(self, scale: float) -> int:
+        """r = round(scale * w), rounding halves up (not to even)."""
+        return int(math.floor(scale * self.model.context_window + 0.5))
+
+    def jumper_r_values(self) -> list[int]:
+        """r of every jumper, in jumper order (block-major): scales cycle over the jumpers."""
+        scales = self.graph.jump_scales
+        return [self.jump_length(scales[k % len(scales)]) for k in range(self.n_jumpers)]
+
+    @property
+    def data_hash(self) -> str:
+        """Hash of everything that shapes the graph and the walks (context_window included: r depends on it)."""
+        payload = {
+            "format": DATA_FORMAT_VERSION,
+            "seed": self.seed,
+            "graph": self.graph.model_dump(mode="json"),
+            "walks": self.walks.model_dump(mode="json"),
+            "context_window": self.model.context_window,
+        }
+        return _sha256_of(payload)
+
+    @property
+    def config_hash(self) -> str:
+        """Hash of the whole configuration: a checkpoint belongs to exactly one."""
+        return _sha256_of({"format": DATA_FORMAT_VERSION, **self.to_dict()})
+
+    @property
+    def experiment_id(self) -> str:
+        """Results folder name: readable summary plus the config hash, same config → same id."""
+        g, m = self.graph, self.model
+        return f"dcsbm-n{g.n}-K{g.K}-w{m.context_window}-L{m.n_layers}-d{m.d_model}-s{self.seed}-{self.config_hash[:10]}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=False) + "\n"
+
+
+def _sha256_of(payload: dict[str, Any]) -> str:
+    canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _pydantic_problems(error: ValidationError) -> list[str]:
+    problems = []
+    for item in error.errors():
+        field = ".".join(str(part) for part in item["loc"]) or "(top level)"
+        message = item["msg"]
+        if item["type"] == "extra_forbidden":
+            message = "unknown key (not part of the config format)"
+        elif "input" in item and not isinstance(item["input"], dict):
+            message = f"{message} (got {item['input']!r})"
+        problems.append(f"{field}: {message}")
+    return problems
+
+
+def _section_values(raw: Any, section: str) -> dict[str, Any]:
+    if isinstance(raw, dict) and isinstance(raw.get(section), dict):
+        return raw[section]
+    return {}
+
+
+def _as_int(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _as_number(value: Any) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def _cross_field_problems(raw: Any) -> list[str]:
+    """Checks that relate several fields. Run on the raw values (defaults filled in) so they are
+    reported together with per-field problems; a check is skipped when its inputs are themselves
+    malformed (those are already reported)."""
+    defaults = ExperimentConfig().to_dict()
+
+    def get(section: str, key: str) -> Any:
+        values = _section_values(raw, section)
+        return values[key] if key in values else defaults[section][key]
+
+    n, K = _as_int(get("graph", "n")), _as_int(get("graph", "K"))
+    jumpers = _as_int(get("graph", "jumpers_per_block"))
+    w = _as_int(get("model", "context_window"))
+    length = _as_int(get("walks", "walk_length"))
+    train = _as_int(get("walks", "train_walks"))
+    d_model, heads = _as_int(get("model", "d_model")), _as_int(get("model", "n_heads"))
+    scales = get("graph", "jump_scales")
+
+    problems = []
+    if n and K and K >= 2 and n >= 2:
+        if n % K:
+            problems.append(f"graph.K: {K} blocks do not split n={n} vertices into equal blocks (n must be a multiple of K)")
+        elif jumpers and jumpers > n // K:
+            problems.append(f"graph.jumpers_per_block: {jumpers} jumpers do not fit in a block of {n // K} vertices")
+    if w and length and length < 2 * w:
+        problems.append(f"walks.walk_length: {length} is shorter than 2 * context_window = {2 * w}")
+    if n and train and train < 100 * n:
+        problems.append(f"walks.train_walks: {train} is fewer than 100 * n = {100 * n} training walks")
+    if d_model and heads and d_model % heads:
+        problems.append(f"model.d_model: {d_model} is not divisible by n_heads={heads}")
+    if isinstance(scales, (list, tuple)) and w:
+        for i, scale in enumerate(scales):
+            value = _as_number(scale)
+            if value is None:
+                continue
+            if value <= 0:
+                problems.append(f"graph.jump_scales.{i}: jump scale must be > 0 (got {scale!r})")
+                continue
+            r = int(math.floor(value * w + 0.5))
+            if r < 1:
+                problems.append(f"graph.jump_scales.{i}: scale {scale!r} gives r = round({scale!r} * {w}) = {r}; r must be >= 1")
+            elif length and r >= length:
+                problems.append(
+                    f"graph.jump_scales.{i}: scale {scale!r} gives r = {r}, which does not fit in walk_length={length} "
+                    "(the rule could never be observed)"
+                )
+    return problems
+
+
+def config_from_dict(raw: Any, source: str | None = None) -> ExperimentConfig:
+    """Validate a parsed JSON object; raise ConfigError listing every problem."""
+    if not isinstance(raw, dict):
+        raise ConfigError([f"(top level): expected a JSON object, got {type(raw).__name__}"], source)
+    problems: list[str] = []
+    config = None
+    try:
+        config = ExperimentConfig.model_validate(raw)
+    except ValidationError as error:
+        problems.extend(_pydantic_problems(error))
+    problems.extend(p for p in _cross_field_problems(raw) if p not in problems)
+    if problems:
+        raise ConfigError(problems, source)
+    assert config is not None
+    return config
+
+
+def load_config(path: str | Path) -> ExperimentConfig:
+    """Read and validate a JSON config file.
+
+    Raises FileNotFoundError when the file is missing, ConfigError (a ValueError) when it is
+    not valid JSON or not a valid config; the message names the file and every problem.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file not found: {path}")
+    text = path.read_text()
+    try:
+        raw = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ConfigError([f"(file): not valid JSON: {error.msg} at line {error.lineno}, column {error.colno}"], str(path)) from None
+    return config_from_dict(raw, source=str(path))
