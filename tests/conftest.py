@@ -1,0 +1,58 @@
+"""Shared fixtures: small real configs and the data they make (built once per session)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from dcsbm_transformer.config import ExperimentConfig, config_from_dict, load_config
+from dcsbm_transformer.data.dataset import build_data
+
+REPO = Path(__file__).resolve().parents[1]
+
+# Many jumpers (a quarter of all vertices) with three jump lengths: nested rules everywhere.
+STRESS = {
+    "seed": 7,
+    "graph": {"n": 64, "K": 4, "p_in": 0.6, "p_out": 0.08, "jumpers_per_block": 4, "jump_scales": [0.25, 0.5, 0.9]},
+    "walks": {"walk_length": 64, "train_walks": 6400, "eval_walks": 800},
+    "model": {"context_window": 16},
+}
+
+
+def tiny_config(**sections) -> ExperimentConfig:
+    """A config small enough to train for a few epochs in a test."""
+    raw = {
+        "seed": 3,
+        "graph": {"n": 32, "K": 2, "p_in": 0.9, "p_out": 0.2, "jumpers_per_block": 1, "jump_scales": [0.75]},
+        "walks": {"walk_length": 24, "train_walks": 3200, "eval_walks": 200},
+        "model": {"context_window": 8, "d_model": 16, "n_layers": 1, "n_heads": 1},
+        "training": {"batch_size": 64, "max_epochs": 3},
+        "gate": {"eval_sequences": 64},
+    }
+    for name, values in sections.items():
+        if isinstance(values, dict):
+            raw.setdefault(name, {}).update(values)
+        else:
+            raw[name] = values
+    return config_from_dict(raw)
+
+
+@pytest.fixture(scope="session")
+def quick_config() -> ExperimentConfig:
+    return load_config(REPO / "configs" / "quick.json")
+
+
+@pytest.fixture(scope="session")
+def stress_config() -> ExperimentConfig:
+    return config_from_dict(STRESS)
+
+
+@pytest.fixture(scope="session")
+def quick_data(quick_config):
+    return build_data(quick_config)
+
+
+@pytest.fixture(scope="session")
+def stress_data(stress_config):
+    return build_data(stress_config)
