@@ -1,0 +1,125 @@
+"""Causal multi-head self-attention with one fused QKV projection.
+
+Conventions (row vectors, as everywhere in this package): a position's residual vector x is a
+row [d_model]; `qkv(x) = x @ W_qkvᵀ + b_qkv` gives [q | k | v], each [d_model]; head h owns
+the slice h·d_head:(h+1)·d_head of q, k and v, and the same rows of the input side of the
+output projection, so the block output is Σ_h A_h V_h W_o_h + b_o with
+W_o_h = proj.weight[:, h·d_head:(h+1)·d_head]ᵀ  [d_head, d_model].
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class CausalSelfAttention(nn.Module):
+    """Causal self-attention over absolute positions < context_window.
+
+    `use_sdpa` picks the kernel of the training path `forward`: torch's fused
+    scaled_dot_product_attention (True) or the explicit softmax(QKᵀ/√d_head)·V that the
+    extraction path always uses (False; then every mode gives bitwise identical logits).
+    """
+
+    def __init__(self, d_model: int, n_heads: int, context_window: int, dropout: float, *, use_sdpa: bool = False):
+        super().__init__()
+        assert d_model % n_heads == 0, "checked by TransformerLM"
+        self.d_model, self.n_heads, self.d_head = d_model, n_heads, d_model // n_heads
+        self.scale = 1.0 / math.sqrt(self.d_head)
+        self.dropout = dropout
+        self.use_sdpa = use_sdpa
+        # One GEMM for q, k and v instead of three: same maths, fewer kernel launches.
+        self.qkv = nn.Linear(d_model, 3 * d_model)
+        self.proj = nn.Linear(d_model, d_model)
+        self.resid_dropout = nn.Dropout(dropout)
+        # Not persistent: it is derived from the shape, so checkpoints hold parameters only.
+        mask = torch.ones(context_window, context_window, dtype=torch.bool).tril()
+        self.register_buffer("causal_mask", mask, persistent=False)
+
+    # -- shape helpers -------------------------------------------------------------------
+    def _split_heads(self, t: torch.Tensor) -> torch.Tensor:
+        """[B, T, d_model] -> [B, H, T, d_head] (a view, no copy)."""
+        batch, length, _ = t.shape
+        return t.view(batch, length, self.n_heads, self.d_head).transpose(1, 2)
+
+    def _project_qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """x [B, T, d_model] -> q, k, v, each [B, H, T, d_head]."""
+        q, k, v = self.qkv(x).split(self.d_model, dim=-1)
+        return self._split_heads(q), self._split_heads(k), self._split_heads(v)
+
+    def _output(self, y: torch.Tensor) -> torch.Tensor:
+        """Per-head outputs y [B, H, T_q, d_head] -> block output [B, T_q, d_model]."""
+        batch, heads, length, d_head = y.shape
+        merged = y.transpose(1, 2).reshape(batch, length, heads * d_head)  # a view when H == 1
+        return self.resid_dropout(self.proj(merged))
+
+    # -- attention kernels ---------------------------------------------------------------
+    def _scores_and_weights(self, q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Explicit attention for queries at the last T_q of T_k positions.
+
+        Returns scores QKᵀ/√d_head [B, H, T_q, T_k], the mask of allowed (causal) entries
+        [T_q, T_k], and the softmax weights [B, H, T_q, T_k] (zero where not allowed).
+        """
+        t_q, t_k = q.shape[-2], k.shape[-2]
+        scores = (q @ k.transpose(-2, -1)) * self.scale
+        allowed = self.causal_mask[t_k - t_q : t_k, :t_k]  # query i sits at absolute position t_k - t_q + i
+        weights = torch.softmax(scores.masked_fill(~allowed, float("-inf")), dim=-1)
+        return scores, allowed, weights
+
+    def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """Causal attention of queries q [B, H, T_q, d_head] (the last T_q positions) over
+        keys/values [B, H, T_k, d_head]; returns [B, H, T_q, d_head]."""
+        p = self.dropout if self.training else 0.0
+        if not self.use_sdpa:
+            _, _, weights = self._scores_and_weights(q, k)
+            return F.dropout(weights, p, self.training) @ v
+        t_q, t_k = q.shape[-2], k.shape[-2]
+        if t_q == t_k:
+            return F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=True)
+        # SDPA's is_causal aligns the mask top-left; queries at the end need it bottom-right.
+        mask = None if t_q == 1 else self.causal_mask[t_k - t_q : t_k, :t_k]
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
+
+    # -- entry points --------------------------------------------------------------------
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x [B, T, d_model] (already layer-normed) -> attention block output [B, T, d_model]."""
+        return self._output(self._attend(*self._project_qkv(x)))
+
+    def forward_explicit(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Like forward, also returning the internals (not detached).
+
+        Returns (output [B, T, d_model], qkt [B, H, T, T] = QKᵀ/√d_head with entries above the
+        diagonal set to 0, attention [B, H, T, T] softmax weights before dropout,
+        values [B, H, T, d_head]).
+        """
+        q, k, v = self._project_qkv(x)
+        scores, allowed, weights = self._scores_and_weights(q, k)
+        y = F.dropout(weights, self.dropout if self.training else 0.0, self.training) @ v
+        return self._output(y), scores.masked_fill(~allowed, 0.0), weights, v
+
+    def forward_last(self, x: torch.Tensor) -> torch.Tensor:
+        """Output for the last position only: x [B, T, d_model] -> [B, 1, d_model].
+
+        Keys and values are projected for every position, the query only for the last.
+        """
+        d = self.d_model
+        weight, bias = self.qkv.weight, self.qkv.bias
+        k, v = F.linear(x, weight[d:], bias[d:]).split(d, dim=-1)
+        q = F.linear(x[:, -1:], weight[:d], bias[:d])
+        y = self._attend(self._split_heads(q), self._split_heads(k), self._split_heads(v))
+        return self._output(y)
+
+    def forward_cached(self, x: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, start: int) -> torch.Tensor:
+        """Attention for new positions start..start+T_new-1 using a key/value cache.
+
+        x [B, T_new, d_model]; keys, values [B, H, capacity, d_head] are this layer's cache
+        buffers, written in place at the new positions. Returns [B, T_new, d_model].
+        """
+        q, k, v = self._project_qkv(x)
+        end = start + x.shape[1]
+        keys[:, :, start:end] = k
+        values[:, :, start:end] = v
+        return self._output(self._attend(q, keys[:, :, :end], values[:, :, :end]))
