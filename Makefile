@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/dcsbm generate --config configs/quick.json --out results/quick-data
+	$(BIN)/dcsbm run --config configs/quick.json
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

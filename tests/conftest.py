@@ -27,7 +27,7 @@ def tiny_config(**sections) -> ExperimentConfig:
         "graph": {"n": 32, "K": 2, "p_in": 0.9, "p_out": 0.2, "jumpers_per_block": 1, "jump_scales": [0.75]},
         "walks": {"walk_length": 24, "train_walks": 3200, "eval_walks": 200},
         "model": {"context_window": 8, "d_model": 16, "n_layers": 1, "n_heads": 1},
-        "training": {"batch_size": 64, "max_epochs": 3},
+        "training": {"batch_size": 64, "max_epochs": 3, "lr": 3e-3},
         "gate": {"eval_sequences": 64},
     }
     for name, values in sections.items():

@@ -1,5 +1,12 @@
-"""dcsbm-transformer: does a transformer's attention show it is about to break a learned rule?"""
+"""dcsbm-transformer: does a transformer's attention show it is about to break a learned rule?
 
+The public interface (DESIGN.md, "Interfaces that others rely on")::
+
+    from dcsbm_transformer import load_config, TransformerLM, ExtractionMode, load_run
+"""
+
+from .api import Run, load_run
 from .config import ConfigError, ExperimentConfig, load_config
+from .model import ExtractionMode, ModelOutput, TransformerLM
 
-__all__ = ["ConfigError", "ExperimentConfig", "load_config"]
+__all__ = ["ConfigError", "ExperimentConfig", "ExtractionMode", "ModelOutput", "Run", "TransformerLM", "load_config", "load_run"]

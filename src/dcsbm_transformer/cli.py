@@ -1,7 +1,9 @@
 """The ``dcsbm`` command line: ``dcsbm run`` (train to the gate) and ``dcsbm generate`` (write data).
 
-User mistakes (a missing file, a bad config, bad arguments) exit with status 2 and a message
-listing every problem, without a traceback and before anything is written.
+Exit status: 0 done (a run that finished without passing the gate is a result, flagged in
+result.json); 2 a mistake in the request (missing file, invalid config, bad argument), reported
+with every problem and before anything is written; 1 an expected failure of a well-formed
+request (run folder locked, no usable checkpoint, disk full...), reported without a traceback.
 """
 
 from __future__ import annotations
@@ -12,8 +14,17 @@ import sys
 from pathlib import Path
 
 from .config import ConfigError, ExperimentConfig, load_config
+from .data.dataset import DataIntegrityError, load_or_build_data, write_data
+from .data.dcsbm import GraphGenerationError
+from .data.walks import WalkGenerationError
+from .experiment import RunOptions, resolve_device, run_experiment
+from .training.checkpoint import CheckpointError, CheckpointWriteError
+from .training.faults import hooks_from_environment
+from .training.lock import RunLockedError
 
 USAGE_ERROR = 2
+RUNTIME_FAILURE = 1
+RUNTIME_ERRORS = (CheckpointError, CheckpointWriteError, DataIntegrityError, GraphGenerationError, RunLockedError, WalkGenerationError)
 
 
 class UsageError(Exception):
@@ -23,15 +34,29 @@ class UsageError(Exception):
 def _read_config(path: str) -> ExperimentConfig:
     try:
         return load_config(path)
-    except FileNotFoundError as error:
+    except (FileNotFoundError, ConfigError) as error:
         raise UsageError(str(error)) from None
-    except ConfigError as error:
+
+
+def command_run(args: argparse.Namespace) -> int:
+    config = _read_config(args.config)
+    try:
+        resolve_device(args.device)
+    except ValueError as error:
         raise UsageError(str(error)) from None
+    options = RunOptions(
+        results_root=Path(args.results_dir),
+        device=args.device,
+        restart=args.restart,
+        precision=args.precision,
+        compile=args.compile,
+        cache_root=Path(args.cache_dir) if args.cache_dir else None,
+    )
+    run_experiment(config, options, hooks=hooks_from_environment())
+    return 0
 
 
 def command_generate(args: argparse.Namespace) -> int:
-    from .data.dataset import load_or_build_data, write_data
-
     config = _read_config(args.config)
     out = Path(args.out)
     if out.exists() and not out.is_dir():
@@ -47,8 +72,18 @@ def command_generate(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="dcsbm", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="dcsbm", description="Train transformers on DCSBM walks with hidden jumper rules.")
     commands = parser.add_subparsers(dest="command", required=True)
+
+    run = commands.add_parser("run", help="train to the sufficiency gate (resumes an interrupted run)")
+    run.add_argument("--config", default="configs/quick.json", help="experiment config (JSON); default: %(default)s")
+    run.add_argument("--results-dir", default="results", help="results root; the run goes to <dir>/<experiment_id>")
+    run.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="auto = CUDA when present")
+    run.add_argument("--restart", action="store_true", help="set the existing run folder aside and start over")
+    run.add_argument("--precision", default="fp32", choices=["fp32", "bf16"], help="bf16 = autocast (changes numerics)")
+    run.add_argument("--compile", action="store_true", help="torch.compile the training forward pass")
+    run.add_argument("--cache-dir", default=None, help="data cache (default: $DCSBM_CACHE_DIR or ./.cache)")
+    run.set_defaults(handler=command_run)
 
     generate = commands.add_parser("generate", help="write graph.npz, train.npz and eval.npz for a config")
     generate.add_argument("--config", required=True, help="experiment config (JSON)")
@@ -66,6 +101,9 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as error:
         print(f"dcsbm {args.command}: error: {error}", file=sys.stderr)
         return USAGE_ERROR
+    except RUNTIME_ERRORS as error:
+        print(f"dcsbm {args.command}: error: {error}", file=sys.stderr)
+        return RUNTIME_FAILURE
 
 
 if __name__ == "__main__":

@@ -42,11 +42,14 @@ def temporary_path_for(path: Path) -> Path:
     return path.with_name(f".{path.name}{TEMP_MARKER}{os.getpid()}")
 
 
-def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None]) -> Path:
+def atomic_write(
+    path: str | Path, write: Callable[[IO[bytes]], None], before_commit: Callable[[Path], None] | None = None
+) -> Path:
     """Write ``path`` through ``write(file)`` so that readers see the old or the new file, never a mix.
 
     On any error (a full disk raises OSError) the temporary is removed, the previous file is
-    untouched and the error propagates.
+    untouched and the error propagates. ``before_commit(path)`` runs when the temporary is
+    complete but not yet renamed (tests pause or fail the write there).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -56,6 +59,8 @@ def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None]) -> Path:
             write(handle)
             handle.flush()
             os.fsync(handle.fileno())
+        if before_commit is not None:
+            before_commit(path)
         os.replace(temporary, path)
     except BaseException:
         temporary.unlink(missing_ok=True)
@@ -64,8 +69,8 @@ def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None]) -> Path:
     return path
 
 
-def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
-    return atomic_write(path, lambda handle: handle.write(data))
+def atomic_write_bytes(path: str | Path, data: bytes, before_commit: Callable[[Path], None] | None = None) -> Path:
+    return atomic_write(path, lambda handle: handle.write(data), before_commit)
 
 
 def atomic_write_json(path: str | Path, payload: Any) -> Path:

@@ -1,0 +1,265 @@
+"""One experiment end to end: results/<experiment_id>/ holds config.json, graph.npz, result.json,
+checkpoints/ and training_curves.png.
+
+Re-running the same config continues the same run: it resumes from the newest checkpoint that
+loads, or reports a finished run without retraining (``restart=True`` sets the old folder aside
+and starts over). Only one process may work in a results folder at a time.
+"""
+
+from __future__ import annotations
+
+import platform
+import subprocess
+import time
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from functools import partial
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+from .config import ExperimentConfig
+from .data.dataset import ExperimentData, load_or_build_data
+from .model import TransformerLM
+from .reproducibility import seed_everything, torch_generator
+from .storage import atomic_write_bytes, remove_stale_temporaries, write_npz
+from .training.checkpoint import newest_loadable
+from .training.evaluation import GateEvaluation, GateEvaluator
+from .training.lock import RunLock
+from .training.plots import FIGURE_FILE, plot_training_curves
+from .training.results import read_result, write_result
+from .training.trainer import Trainer, TrainingHooks, TrainingState, mean_loss
+
+CHECKPOINT_DIR = "checkpoints"
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    results_root: Path = Path("results")
+    device: str = "auto"  # auto | cpu | cuda
+    restart: bool = False
+    precision: Literal["fp32", "bf16"] = "fp32"
+    compile: bool = False
+    cache_root: Path | None = None
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name not in ("cpu", "cuda"):
+        raise ValueError(f"--device must be auto, cpu or cuda, got {name!r}")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda: no CUDA device is available on this machine (use --device cpu or auto)")
+    return torch.device(name)
+
+
+def autocast_factory(precision: str, device: torch.device) -> Callable:
+    if precision == "fp32":
+        return nullcontext
+    if precision == "bf16":
+        return partial(torch.autocast, device_type=device.type, dtype=torch.bfloat16)
+    raise ValueError(f"--precision must be fp32 or bf16, got {precision!r}")
+
+
+def run_directory(config: ExperimentConfig, results_root: Path) -> Path:
+    return Path(results_root) / config.experiment_id
+
+
+def _set_aside(run_dir: Path) -> Path:
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    target = run_dir.with_name(f"{run_dir.name}.restarted-{stamp}")
+    run_dir.rename(target)
+    return target
+
+
+def _git_commit() -> str | None:
+    try:
+        done = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, cwd=Path(__file__).resolve().parent
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return done.stdout.strip() or None if done.returncode == 0 else None
+
+
+def _environment(device: torch.device, options: RunOptions) -> dict[str, Any]:
+    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else (platform.processor() or platform.machine())
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "platform": platform.platform(),
+        "device": str(device),
+        "device_name": device_name,
+        "threads": torch.get_num_threads(),
+        "precision": options.precision,
+        "compile": options.compile,
+        "git_commit": _git_commit(),
+    }
+
+
+def _data_summary(data: ExperimentData) -> dict[str, Any]:
+    return {
+        "n_edges": data.graph.n_edges,
+        "jumpers": len(data.graph.jumper_vertex),
+        "jumper_r": sorted(set(data.graph.jumper_r.tolist())),
+        "train_walks": len(data.train.walks),
+        "eval_walks": len(data.eval.walks),
+        "train_rule_events": len(data.train.events),
+        "eval_rule_events": len(data.eval.events),
+        "walks_restarted": {"train": data.train.restarted_walks, "eval": data.eval.restarted_walks},
+    }
+
+
+def build_result(
+    config: ExperimentConfig, trainer: Trainer, data: dict[str, Any], environment: dict[str, Any], timings: dict[str, Any]
+) -> dict[str, Any]:
+    state: TrainingState = trainer.state
+    return {
+        "experiment_id": config.experiment_id,
+        "status": "finished" if state.finished else "running",
+        "config": config.to_dict(),
+        "config_hash": config.config_hash,
+        "data_hash": config.data_hash,
+        "curves": {
+            "train_loss": state.train_loss,
+            "edge_compliance": state.edge_compliance,
+            "rule_compliance": state.rule_compliance,
+            "rule_events": state.rule_events,
+        },
+        "training": {
+            "gate_passed": state.gate_passed,
+            "gate_epoch": state.gate_epoch,
+            "epochs_trained": state.epoch,
+            "steps_trained": state.global_step,
+            "steps_per_epoch": trainer.steps_per_epoch,
+            "total_steps": trainer.total_steps,
+            "failure_reason": state.failure_reason,
+            "final_edge_compliance": state.edge_compliance[-1] if state.edge_compliance else None,
+            "final_rule_compliance": state.rule_compliance[-1] if state.rule_compliance else None,
+            "excluded_from_analysis": not state.gate_passed,
+        },
+        "evaluation": state.last_evaluation,
+        "data": data,
+        "environment": environment,
+        "timings": {
+            **timings,
+            "train_seconds": round(sum(state.epoch_seconds), 3),
+            "eval_seconds": round(sum(state.eval_seconds), 3),
+            "epoch_seconds": [round(s, 3) for s in state.epoch_seconds],
+        },
+    }
+
+
+def _epoch_line(trainer: Trainer, evaluation: GateEvaluation | None) -> str:
+    state = trainer.state
+    if evaluation is None:
+        return f"stopped: {state.failure_reason}"
+    losses = state.train_loss[-trainer.steps_per_epoch :]
+    report = evaluation.report
+    fmt = lambda x: "  n/a " if x is None else f"{x:.4f}"  # noqa: E731
+    verdict = "  GATE PASSED" if state.gate_passed else ""
+    return (
+        f"epoch {state.epoch:3d}/{trainer.config.training.max_epochs}  loss {mean_loss(losses):.4f}  "
+        f"edge {fmt(report.edge_compliance)}  rule {fmt(report.rule_compliance)} ({report.rule_events} events)  "
+        f"train {state.epoch_seconds[-1]:.1f}s  eval {evaluation.seconds:.1f}s{verdict}"
+    )
+
+
+def _finish_outputs(run_dir: Path, config: ExperimentConfig, trainer: Trainer, payload: dict[str, Any]) -> None:
+    write_result(run_dir, payload)
+    state = trainer.state
+    if state.finished:
+        plot_training_curves(
+            run_dir / FIGURE_FILE,
+            state.train_loss,
+            trainer.steps_per_epoch,
+            state.edge_compliance,
+            state.rule_compliance,
+            config.gate.edge_threshold,
+            config.gate.rule_threshold,
+            title=config.experiment_id,
+        )
+
+
+def run_experiment(
+    config: ExperimentConfig,
+    options: RunOptions = RunOptions(),
+    hooks: TrainingHooks | None = None,
+    echo: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Train ``config`` to the gate (or resume / report it); returns the result.json payload."""
+    started = time.perf_counter()
+    device = resolve_device(options.device)
+    autocast = autocast_factory(options.precision, device)
+    run_dir = run_directory(config, options.results_root)
+    if options.restart and run_dir.exists():
+        echo(f"--restart: previous run set aside as {_set_aside(run_dir)}")
+    checkpoint_dir = run_dir / CHECKPOINT_DIR
+    checkpoint_dir.mkdir(parents=True, exist_ok=True)
+    with RunLock(run_dir):
+        for folder in (run_dir, checkpoint_dir):
+            remove_stale_temporaries(folder)
+        finished = read_result(run_dir)
+        if finished is not None and finished["status"] == "finished":
+            echo(_finished_message(run_dir, finished))
+            return finished
+        atomic_write_bytes(run_dir / "config.json", config.to_json().encode())
+
+        data_started = time.perf_counter()
+        data = load_or_build_data(config, options.cache_root)
+        data_seconds = time.perf_counter() - data_started
+        if not (run_dir / "graph.npz").exists():
+            write_npz(run_dir / "graph.npz", data.graph.to_arrays())
+
+        trainer = _build_trainer(config, data, device, autocast, options, checkpoint_dir, hooks)
+        resume = newest_loadable(checkpoint_dir, config.config_hash)
+        for reason in resume.skipped if resume else []:
+            echo(f"not resuming from a damaged or foreign checkpoint: {reason}")
+        if resume is not None:
+            trainer.restore(resume.state)
+            echo(f"resuming {config.experiment_id} from {resume.path.name} (epoch {trainer.state.epoch})")
+        else:
+            echo(f"training {config.experiment_id} on {device} ({trainer.steps_per_epoch} steps per epoch)")
+
+        environment = _environment(device, options)
+        data_block = _data_summary(data)
+
+        def on_epoch_end(trainer: Trainer, evaluation: GateEvaluation | None) -> None:
+            timings = {"data_seconds": round(data_seconds, 3), "wall_seconds_this_invocation": round(time.perf_counter() - started, 3)}
+            _finish_outputs(run_dir, config, trainer, build_result(config, trainer, data_block, environment, timings))
+            echo(_epoch_line(trainer, evaluation))
+
+        if trainer.state.finished:  # a finished checkpoint whose result.json was lost
+            on_epoch_end(trainer, None)
+        else:
+            trainer.run(on_epoch_end)
+        result = read_result(run_dir)
+        assert result is not None
+        echo(_finished_message(run_dir, result))
+        return result
+
+
+def _build_trainer(config, data, device, autocast, options, checkpoint_dir, hooks) -> Trainer:
+    seed_everything(config.seed)
+    model = TransformerLM.from_config(config, generator=torch_generator(config.seed, "model-init")).to(device)
+    compiled = torch.compile(model) if options.compile else None
+    walks = torch.from_numpy(data.train.walks).to(device)
+    evaluator = GateEvaluator(config, data.graph, data.eval)
+    return Trainer(config, model, walks, evaluator, checkpoint_dir, autocast=autocast, compiled=compiled, hooks=hooks)
+
+
+def _finished_message(run_dir: Path, result: dict[str, Any]) -> str:
+    training = result["training"]
+    if result["status"] != "finished":
+        return f"{run_dir}: in progress after {training['epochs_trained']} epochs"
+    if training["gate_passed"]:
+        return (
+            f"{run_dir}: gate passed at epoch {training['gate_epoch']} (edge {training['final_edge_compliance']:.4f}, "
+            f"rule {training['final_rule_compliance']:.4f}); finished, nothing to do (--restart to train again)"
+        )
+    return f"{run_dir}: finished without passing the gate, excluded from analysis: {training['failure_reason']}"

@@ -1,0 +1,1 @@
+"""The training pipeline: windows, schedule, generation, gate, checkpoints, results (spec §TRNG)."""

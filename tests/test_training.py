@@ -1,0 +1,248 @@
+"""The training pipeline (spec TRNG-01/03/04/05/06): loss, gate, checkpoints, resume, results."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from dcsbm_transformer import ExtractionMode, load_run
+from dcsbm_transformer.experiment import CHECKPOINT_DIR, RunOptions, resolve_device, run_directory, run_experiment
+from dcsbm_transformer.training.checkpoint import CheckpointError, load_checkpoint
+from dcsbm_transformer.training.gate import gate_decision
+from dcsbm_transformer.training.results import Result
+from dcsbm_transformer.training.schedule import lr_multiplier, warmup_steps_for
+from dcsbm_transformer.training.trainer import TrainingHooks
+
+from conftest import tiny_config
+
+NEVER = {"edge_threshold": 1.0, "rule_threshold": 1.0}  # strict ">": unreachable
+
+
+class Interrupted(Exception):
+    """Stands in for a kill in the middle of an epoch."""
+
+
+def train(config, root, hooks=None, **options):
+    return run_experiment(config, RunOptions(results_root=root, cache_root=root / "cache", **options), hooks=hooks, echo=lambda _: None)
+
+
+def final_weights(config, root):
+    directory = run_directory(config, root) / CHECKPOINT_DIR
+    newest = sorted(directory.glob("checkpoint_epoch_*.pt"))[-1]
+    return torch.load(newest, weights_only=True)["model"]
+
+
+# ---- TRNG-01: cross-entropy training with AdamW and warmup + cosine ---------------------------
+
+def test_training_loss_decreases(tmp_path):
+    config = tiny_config(gate=NEVER, training={"max_epochs": 3})
+    result = train(config, tmp_path)
+    loss = result["curves"]["train_loss"]
+    per_epoch = result["training"]["steps_per_epoch"]
+    first, last = np.mean(loss[:per_epoch]), np.mean(loss[-per_epoch:])
+    assert loss[0] == pytest.approx(math.log(config.graph.n), rel=0.1)  # starts near uniform
+    assert last < first - 0.3
+
+
+def test_schedule_edges():
+    total, warmup = 1000, warmup_steps_for(1000, 0.1)
+    assert warmup == 100
+    assert lr_multiplier(0, total, warmup, 0.1) == pytest.approx(1 / 100)  # step 0 already learns
+    assert lr_multiplier(warmup - 1, total, warmup, 0.1) == pytest.approx(1.0)  # end of warmup
+    assert lr_multiplier(warmup, total, warmup, 0.1) == pytest.approx(1.0)  # cosine starts at the peak
+    assert lr_multiplier(total - 1, total, warmup, 0.1) == pytest.approx(0.1)  # floor at the last step
+    middle = warmup + (total - 1 - warmup) / 2
+    assert lr_multiplier(int(middle), total, warmup, 0.1) == pytest.approx(0.55, abs=0.01)
+    values = [lr_multiplier(s, total, warmup, 0.1) for s in range(warmup, total)]
+    assert all(a >= b for a, b in zip(values, values[1:]))
+
+
+def test_optimiser_lr_follows_the_schedule_across_a_resume(tmp_path):
+    config = tiny_config(gate=NEVER, training={"max_epochs": 3, "lr": 1e-3})
+    seen = []
+
+    def stop_in_epoch_two(trainer, step):
+        if step == 150:
+            raise Interrupted
+
+    with pytest.raises(Interrupted):
+        train(config, tmp_path, TrainingHooks(after_step=stop_in_epoch_two))
+    checkpoint = load_checkpoint(run_directory(config, tmp_path) / CHECKPOINT_DIR / "checkpoint_epoch_0001.pt", config.config_hash)
+    steps = checkpoint["global_step"]
+    lr_after = checkpoint["optimizer"]["param_groups"][0]["lr"]
+    total = checkpoint["scheduler"]["last_epoch"]
+    assert total == steps
+    expected = 1e-3 * lr_multiplier(steps, 3 * steps, warmup_steps_for(3 * steps, 0.1), 0.1)
+    assert lr_after == pytest.approx(expected)
+
+    def record(trainer, step):
+        seen.append(step)
+
+    train(config, tmp_path, TrainingHooks(after_step=record))
+    assert seen[0] == steps  # resumed at the first step of epoch 2, not before or after
+
+
+# ---- TRNG-03: checkpoints and resume -----------------------------------------------------------
+
+def test_checkpoint_resume_is_bitwise_identical_to_an_uninterrupted_run(tmp_path):
+    config = tiny_config(gate=NEVER, model={"dropout": 0.1}, training={"max_epochs": 4})
+    straight = train(config, tmp_path / "straight")
+
+    def kill_mid_epoch_three(trainer, step):
+        if step == 250:  # epoch 3 of 100-step epochs
+            raise Interrupted
+
+    with pytest.raises(Interrupted):
+        train(config, tmp_path / "resumed", TrainingHooks(after_step=kill_mid_epoch_three))
+    partial = json.loads((run_directory(config, tmp_path / "resumed") / "result.json").read_text())
+    assert partial["status"] == "running" and partial["training"]["epochs_trained"] == 2
+    resumed = train(config, tmp_path / "resumed")
+
+    assert resumed["curves"] == straight["curves"]
+    assert resumed["training"] == straight["training"]
+    a, b = final_weights(config, tmp_path / "straight"), final_weights(config, tmp_path / "resumed")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_resume_across_the_epoch_boundary(tmp_path):
+    config = tiny_config(gate=NEVER, model={"dropout": 0.1}, training={"max_epochs": 3})
+    straight = train(config, tmp_path / "straight")
+
+    def stop_before_gate_eval(epoch):
+        if epoch == 2:
+            raise Interrupted
+
+    with pytest.raises(Interrupted):
+        train(config, tmp_path / "resumed", TrainingHooks(before_evaluation=stop_before_gate_eval))
+    resumed = train(config, tmp_path / "resumed")
+    assert resumed["curves"] == straight["curves"]
+    a, b = final_weights(config, tmp_path / "straight"), final_weights(config, tmp_path / "resumed")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_retention_keeps_the_last_three_and_the_gate_checkpoint(tmp_path):
+    config = tiny_config(gate=NEVER, training={"max_epochs": 6})
+    train(config, tmp_path)
+    names = sorted(p.name for p in (run_directory(config, tmp_path) / CHECKPOINT_DIR).iterdir())
+    assert names == ["checkpoint_epoch_0004.pt", "checkpoint_epoch_0005.pt", "checkpoint_epoch_0006.pt"]
+
+    passing = tiny_config(gate={"edge_threshold": 0.0, "rule_threshold": 0.0}, training={"max_epochs": 6})
+    train(passing, tmp_path)
+    names = sorted(p.name for p in (run_directory(passing, tmp_path) / CHECKPOINT_DIR).iterdir())
+    assert names == ["checkpoint_epoch_0001.pt", "checkpoint_gate.pt"]
+
+
+def test_checkpoints_load_weights_only_with_no_unsafe_globals(tmp_path):
+    config = tiny_config(gate=NEVER, training={"max_epochs": 1})
+    train(config, tmp_path)
+    path = run_directory(config, tmp_path) / CHECKPOINT_DIR / "checkpoint_epoch_0001.pt"
+    assert torch.serialization.get_unsafe_globals_in_checkpoint(path) == []
+    state = torch.load(path, weights_only=True)
+    for key in ("model", "optimizer", "scheduler", "epoch", "global_step", "rng", "curves", "gate", "config_hash"):
+        assert key in state
+    assert {"torch", "cuda", "numpy", "python"} <= set(state["rng"])
+
+
+def test_checkpoint_from_another_config_is_refused(tmp_path):
+    config = tiny_config(gate=NEVER, training={"max_epochs": 1})
+    train(config, tmp_path)
+    path = run_directory(config, tmp_path) / CHECKPOINT_DIR / "checkpoint_epoch_0001.pt"
+    other = tiny_config(seed=11)
+    with pytest.raises(CheckpointError, match="different config"):
+        load_checkpoint(path, other.config_hash)
+
+
+def test_finished_run_is_reported_not_retrained_and_restart_sets_it_aside(tmp_path):
+    config = tiny_config(gate=NEVER, training={"max_epochs": 1})
+    first = train(config, tmp_path)
+    steps = []
+    again = train(config, tmp_path, TrainingHooks(after_step=lambda trainer, step: steps.append(step)))
+    assert again == first and steps == []
+    train(config, tmp_path, TrainingHooks(after_step=lambda trainer, step: steps.append(step)), restart=True)
+    assert steps and steps[0] == 0
+    assert len(list(tmp_path.glob(f"{config.experiment_id}.restarted-*"))) == 1
+
+
+# ---- TRNG-04: curves in result.json ------------------------------------------------------------
+
+def test_curve_logging(tmp_path):
+    config = tiny_config(gate=NEVER, training={"max_epochs": 2})
+    train(config, tmp_path)
+    result = json.loads((run_directory(config, tmp_path) / "result.json").read_text())
+    Result.model_validate(result)
+    curves, training = result["curves"], result["training"]
+    assert len(curves["train_loss"]) == training["steps_trained"] == 2 * training["steps_per_epoch"]
+    assert len(curves["edge_compliance"]) == len(curves["rule_compliance"]) == 2
+    assert all(0.0 <= x <= 1.0 for x in curves["edge_compliance"] + curves["rule_compliance"])
+    assert result["evaluation"]["rule_events"] == curves["rule_events"][-1] > 0
+    assert result["evaluation"]["sequences"] == config.gate.eval_sequences
+    assert set(result["evaluation"]["rule_compliance_by_r"]) == {"6"}
+    for key in ("torch", "python", "device", "git_commit"):
+        assert key in result["environment"]
+
+
+# ---- TRNG-05: the sufficiency gate -------------------------------------------------------------
+
+def test_gate_decision_is_strict_and_never_passes_blind():
+    assert gate_decision(0.96, 0.81, 10, 0.95, 0.80).passed
+    at_edge = gate_decision(0.95, 0.81, 10, 0.95, 0.80)
+    assert not at_edge.passed and "edge compliance 0.9500 is not above 0.95" in at_edge.failure_reason
+    at_rule = gate_decision(0.99, 0.80, 10, 0.95, 0.80)
+    assert not at_rule.passed and "rule compliance" in at_rule.failure_reason
+    both = gate_decision(0.90, 0.50, 10, 0.95, 0.80)
+    assert "short by 0.0500" in both.failure_reason and "short by 0.3000" in both.failure_reason
+    blind = gate_decision(1.0, None, 0, 0.95, 0.80)
+    assert not blind.passed and "no rule events" in blind.failure_reason
+    assert not gate_decision(1.0, 1.0, 0, 0.0, 0.0).passed
+
+
+def test_sufficiency_gate_stops_training_at_once(tmp_path):
+    config = tiny_config(gate={"edge_threshold": 0.0, "rule_threshold": 0.0}, training={"max_epochs": 5})
+    result = train(config, tmp_path)
+    training = result["training"]
+    assert training["gate_passed"] and training["gate_epoch"] == 1 and training["epochs_trained"] == 1
+    assert training["excluded_from_analysis"] is False and training["failure_reason"] is None
+    assert (run_directory(config, tmp_path) / CHECKPOINT_DIR / "checkpoint_gate.pt").exists()
+
+
+# ---- TRNG-06: failed configs -------------------------------------------------------------------
+
+def test_failed_config_metadata(tmp_path):
+    config = tiny_config(gate={"edge_threshold": 0.5, "rule_threshold": 1.0}, training={"max_epochs": 2})
+    result = train(config, tmp_path)
+    training = result["training"]
+    assert result["status"] == "finished"
+    assert training["gate_passed"] is False and training["excluded_from_analysis"] is True
+    assert training["gate_epoch"] is None and training["epochs_trained"] == 2
+    assert "gate not passed after 2 epochs" in training["failure_reason"]
+    assert "rule compliance" in training["failure_reason"] and "short by" in training["failure_reason"]
+    assert training["final_edge_compliance"] == result["curves"]["edge_compliance"][-1]
+    assert training["final_rule_compliance"] == result["curves"]["rule_compliance"][-1]
+
+
+# ---- results folder and analysis API -----------------------------------------------------------
+
+def test_load_run_gives_the_gate_model_with_extraction(tmp_path):
+    config = tiny_config(gate={"edge_threshold": 0.0, "rule_threshold": 0.0})
+    train(config, tmp_path)
+    run = load_run(run_directory(config, tmp_path))
+    assert run.checkpoint.name == "checkpoint_gate.pt"
+    assert run.config == config and run.result["training"]["gate_passed"]
+    assert not run.model.training and next(run.model.parameters()).device.type == "cpu"
+    assert run.graph.n == config.graph.n and len(run.graph.jumper_vertex) == 2
+    tokens = torch.from_numpy(np.asarray([[0, 1, 2, 3]]))
+    out = run.model(tokens, mode=ExtractionMode.SVD_TARGETS)
+    assert out.logits.shape == (1, 4, config.graph.n) and out.qkt.shape == (1, 1, 1, 4, 4)
+
+
+def test_device_must_exist():
+    assert resolve_device("cpu").type == "cpu"
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="no CUDA device"):
+            resolve_device("cuda")
+    with pytest.raises(ValueError):
+        resolve_device("tpu")
