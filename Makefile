@@ -22,3 +22,6 @@ test: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .cache .pytest_cache results
+
+bench: $(STAMP)
+	$(BIN)/python -m bench

@@ -136,3 +136,13 @@ def test_named_streams_are_reproducible_and_distinct():
     a = torch.rand(4, generator=torch_generator(5, "epoch", 1))
     assert torch.equal(a, torch.rand(4, generator=torch_generator(5, "epoch", 1)))
     assert not torch.equal(a, torch.rand(4, generator=torch_generator(5, "epoch", 2)))
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU side of a GPU-to-CPU move")
+def test_rng_state_from_a_gpu_machine_restores_on_a_cpu_one():
+    torch.manual_seed(5)
+    state = capture_rng_state()
+    state["cuda"] = [torch.zeros(16, dtype=torch.uint8)]  # as written on a machine with one GPU
+    expected = torch.rand(2)
+    restore_rng_state(state)  # CUDA states are skipped where there is no CUDA
+    assert torch.equal(torch.rand(2), expected)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -88,7 +90,8 @@ def test_optimiser_lr_follows_the_schedule_across_a_resume(tmp_path):
 
 # ---- TRNG-03: checkpoints and resume -----------------------------------------------------------
 
-def test_checkpoint_resume_is_bitwise_identical_to_an_uninterrupted_run(tmp_path):
+def test_checkpoint_resume(tmp_path):
+    """Interrupted mid-epoch 3 and resumed: curves, gate outcome and final weights bitwise identical."""
     config = tiny_config(gate=NEVER, model={"dropout": 0.1}, training={"max_epochs": 4})
     straight = train(config, tmp_path / "straight")
 
@@ -200,7 +203,8 @@ def test_gate_decision_is_strict_and_never_passes_blind():
     assert not gate_decision(1.0, 1.0, 0, 0.0, 0.0).passed
 
 
-def test_sufficiency_gate_stops_training_at_once(tmp_path):
+def test_sufficiency_gate(tmp_path):
+    """A gate that passes stops training at once and writes the gate checkpoint."""
     config = tiny_config(gate={"edge_threshold": 0.0, "rule_threshold": 0.0}, training={"max_epochs": 5})
     result = train(config, tmp_path)
     training = result["training"]
@@ -246,3 +250,39 @@ def test_device_must_exist():
             resolve_device("cuda")
     with pytest.raises(ValueError):
         resolve_device("tpu")
+
+
+def test_end_to_end_from_the_command_line(tmp_path):
+    config_file = tmp_path / "tiny.json"
+    config = tiny_config(gate=NEVER, training={"max_epochs": 2})
+    config_file.write_text(config.to_json())
+    done = subprocess.run(
+        [sys.executable, "-m", "dcsbm_transformer.cli", "run", "--config", str(config_file), "--results-dir", "out",
+         "--cache-dir", "cache", "--device", "cpu"],
+        cwd=tmp_path, capture_output=True, text=True,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "epoch   2/2" in done.stdout and "finished without passing the gate" in done.stdout
+    folder = tmp_path / "out" / config.experiment_id
+    for name in ("config.json", "graph.npz", "result.json", "training_curves.png", "checkpoints/checkpoint_epoch_0002.pt"):
+        assert (folder / name).is_file(), name
+    assert (folder / "training_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    Result.model_validate(json.loads((folder / "result.json").read_text()))
+    assert json.loads((folder / "config.json").read_text()) == config.to_dict()
+
+
+@pytest.mark.parametrize("option", [{"precision": "bf16"}, {"compile": True}])
+def test_checkpoints_move_between_run_options(tmp_path, option):
+    """A run started under bf16 autocast or torch.compile resumes plainly (weights stay fp32)."""
+    config = tiny_config(gate=NEVER, training={"max_epochs": 2})
+
+    def stop_in_epoch_two(trainer, step):
+        if step == 150:
+            raise Interrupted
+
+    with pytest.raises(Interrupted):
+        train(config, tmp_path, TrainingHooks(after_step=stop_in_epoch_two), **option)
+    result = train(config, tmp_path)
+    assert result["training"]["epochs_trained"] == 2
+    assert result["environment"]["precision"] == "fp32" and result["environment"]["compile"] is False
+    assert all(t.dtype == torch.float32 for t in final_weights(config, tmp_path).values())

@@ -206,7 +206,7 @@ def run_experiment(
             remove_stale_temporaries(folder)
         finished = read_result(run_dir)
         if finished is not None and finished["status"] == "finished":
-            echo(_finished_message(run_dir, finished))
+            echo(f"{_finished_message(run_dir, finished)}; already finished, nothing to do (--restart to train again)")
             return finished
         atomic_write_bytes(run_dir / "config.json", config.to_json().encode())
 
@@ -260,6 +260,6 @@ def _finished_message(run_dir: Path, result: dict[str, Any]) -> str:
     if training["gate_passed"]:
         return (
             f"{run_dir}: gate passed at epoch {training['gate_epoch']} (edge {training['final_edge_compliance']:.4f}, "
-            f"rule {training['final_rule_compliance']:.4f}); finished, nothing to do (--restart to train again)"
+            f"rule {training['final_rule_compliance']:.4f})"
         )
     return f"{run_dir}: finished without passing the gate, excluded from analysis: {training['failure_reason']}"

@@ -122,7 +122,7 @@ class Trainer:
         self.walks = train_walks  # int32 [W, L] on the training device
         self.checkpoint_dir = checkpoint_dir
         self.autocast, self.hooks = autocast, hooks or TrainingHooks()
-        self.forward = compiled or model
+        self.forward = compiled if compiled is not None else model
         t = config.training
         self.steps_per_epoch = steps_per_epoch(len(train_walks), train_walks.shape[1], config.model.context_window, t.batch_size)
         self.total_steps = self.steps_per_epoch * t.max_epochs

@@ -1,0 +1,78 @@
+"""Whole-epoch time of a config, extrapolated to the 50-epoch budget.
+
+Runs the real training loop (``Trainer.train_step`` over the epoch's shuffled windows) for
+``--steps`` optimiser steps (default: the whole epoch), then one real gate evaluation, and
+reports seconds per step, the epoch time (measured, or extrapolated from the steps run) and
+max_epochs × (epoch + evaluation) — the time a run that never passes the gate would take.
+
+Run: python -m bench.epoch [--config configs/anchor.json] [--steps N] [--device cpu|cuda] [--precision bf16]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import torch
+
+from bench.common import print_table, record, synchronize
+from dcsbm_transformer.config import load_config
+from dcsbm_transformer.data.dataset import load_or_build_data
+from dcsbm_transformer.experiment import autocast_factory
+from dcsbm_transformer.model import TransformerLM
+from dcsbm_transformer.reproducibility import torch_generator
+from dcsbm_transformer.training.evaluation import GateEvaluator
+from dcsbm_transformer.training.trainer import Trainer
+from dcsbm_transformer.training.windows import epoch_windows, gather_windows
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", default=str(ROOT / "configs" / "anchor.json"))
+    parser.add_argument("--steps", type=int, default=None, help="optimiser steps to time (default: a whole epoch)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    config = load_config(args.config)
+    data = load_or_build_data(config)
+    autocast = autocast_factory(args.precision, device)
+    model = TransformerLM.from_config(config, generator=torch_generator(config.seed, "model-init")).to(device)
+    walks = torch.from_numpy(data.train.walks).to(device)
+    evaluator = GateEvaluator(config, data.graph, data.eval)
+    trainer = Trainer(config, model, walks, evaluator, Path("/nonexistent"), autocast=autocast)
+    steps = min(args.steps or trainer.steps_per_epoch, trainer.steps_per_epoch)
+
+    w, batch = config.model.context_window, config.training.batch_size
+    walk, start = (t.to(device) for t in epoch_windows(len(walks), walks.shape[1], w, config.seed, 1))
+    synchronize()
+    started = time.perf_counter()
+    for i in range(steps):
+        trainer.train_step(gather_windows(walks, walk[i * batch : (i + 1) * batch], start[i * batch : (i + 1) * batch], w + 1))
+    synchronize()
+    train_s = time.perf_counter() - started
+    evaluation = evaluator.evaluate(model, autocast())
+
+    epoch_s = train_s / steps * trainer.steps_per_epoch
+    row = {
+        "config": Path(args.config).name,
+        "device": str(device),
+        "precision": args.precision,
+        "steps_timed": steps,
+        "steps_per_epoch": trainer.steps_per_epoch,
+        "ms_per_step": 1000 * train_s / steps,
+        "tokens_per_s": steps * batch * w / train_s,
+        "epoch_s": epoch_s,
+        "epoch_measured": steps == trainer.steps_per_epoch,
+        "gate_eval_s": evaluation.seconds,
+        "max_epochs_h": config.training.max_epochs * (epoch_s + evaluation.seconds) / 3600,
+    }
+    print_table("epoch time", [row])
+    record(f"epoch_{Path(args.config).stem}_{args.precision}", row, device)
+
+
+if __name__ == "__main__":
+    main()
