@@ -172,6 +172,14 @@ def test_finished_run_is_reported_not_retrained_and_restart_sets_it_aside(tmp_pa
 
 # ---- TRNG-04: curves in result.json ------------------------------------------------------------
 
+def test_free_running_gate_mode_trains_end_to_end(tmp_path):
+    config = tiny_config(gate={**NEVER, "prompt": "first_token", "eval_sequences": 100}, training={"max_epochs": 1})
+    evaluation = train(config, tmp_path)["evaluation"]
+    assert evaluation["prompt"] == "first_token" and evaluation["sequences"] == 100
+    assert evaluation["edge_transitions"] == 100 * (config.walks.walk_length - 1)
+    assert evaluation["distinct_sequences"] <= 100
+
+
 def test_curve_logging(tmp_path):
     config = tiny_config(gate=NEVER, training={"max_epochs": 2})
     train(config, tmp_path)
