@@ -24,7 +24,6 @@ from dcsbm_transformer.model import TransformerLM
 from dcsbm_transformer.reproducibility import torch_generator
 from dcsbm_transformer.training.evaluation import GateEvaluator
 from dcsbm_transformer.training.trainer import Trainer
-from dcsbm_transformer.training.windows import epoch_windows, gather_windows
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -47,11 +46,9 @@ def main() -> None:
     steps = min(args.steps or trainer.steps_per_epoch, trainer.steps_per_epoch)
 
     w, batch = config.model.context_window, config.training.batch_size
-    walk, start = (t.to(device) for t in epoch_windows(len(walks), walks.shape[1], w, config.seed, 1))
     synchronize()
     started = time.perf_counter()
-    for i in range(steps):
-        trainer.train_step(gather_windows(walks, walk[i * batch : (i + 1) * batch], start[i * batch : (i + 1) * batch], w + 1))
+    trainer.train_epoch(1, max_steps=steps)
     synchronize()
     train_s = time.perf_counter() - started
     evaluation = evaluator.evaluate(model, autocast())

@@ -27,7 +27,6 @@ from dcsbm_transformer.reproducibility import torch_generator
 from dcsbm_transformer.training.evaluation import GateEvaluator
 from dcsbm_transformer.training.generation import greedy_continue, plain_greedy_continue
 from dcsbm_transformer.training.trainer import Trainer
-from dcsbm_transformer.training.windows import epoch_windows, gather_windows
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -36,12 +35,7 @@ def briefly_trained_model(config, data, device: torch.device, steps: int) -> Tra
     """The config's model after ``steps`` optimiser steps of the real training loop."""
     model = TransformerLM.from_config(config, generator=torch_generator(config.seed, "model-init")).to(device)
     walks = torch.from_numpy(data.train.walks).to(device)
-    trainer = Trainer(config, model, walks, evaluator=None, checkpoint_dir=Path("/nonexistent"))
-    walk, start = epoch_windows(len(walks), walks.shape[1], config.model.context_window, config.seed, 1)
-    batch = config.training.batch_size
-    for i in range(steps):
-        rows = slice(i * batch, (i + 1) * batch)
-        trainer.train_step(gather_windows(walks, walk[rows].to(device), start[rows].to(device), config.model.context_window + 1))
+    Trainer(config, model, walks, evaluator=None, checkpoint_dir=Path("/nonexistent")).train_epoch(1, max_steps=steps)
     return model.eval()
 
 

@@ -152,15 +152,17 @@ class Trainer:
 
     # ---- one epoch -----------------------------------------------------------------------
 
-    def train_epoch(self, epoch: int) -> torch.Tensor:
-        """One pass over this epoch's windows; returns the per-step losses (CPU float32)."""
+    def train_epoch(self, epoch: int, max_steps: int | None = None) -> torch.Tensor:
+        """One pass over this epoch's windows (or its first ``max_steps`` batches, for
+        benchmarks); returns the per-step losses (CPU float32)."""
         device = self.walks.device
         w, batch = self.config.model.context_window, self.config.training.batch_size
         walk, start = epoch_windows(len(self.walks), self.walks.shape[1], w, self.config.seed, epoch)
         walk, start = walk.to(device), start.to(device)
-        losses = torch.empty(self.steps_per_epoch, device=device)
+        steps = min(max_steps or self.steps_per_epoch, self.steps_per_epoch)
+        losses = torch.empty(steps, device=device)
         self.model.train()
-        bar = tqdm(range(self.steps_per_epoch), desc=f"epoch {epoch}", leave=False, disable=not sys.stderr.isatty())
+        bar = tqdm(range(steps), desc=f"epoch {epoch}", leave=False, disable=not sys.stderr.isatty())
         for i in bar:
             tokens = gather_windows(self.walks, walk[i * batch : (i + 1) * batch], start[i * batch : (i + 1) * batch], w + 1)
             loss = self.train_step(tokens)
