@@ -294,6 +294,9 @@ def test_a_second_run_of_the_same_config_is_refused_while_the_first_lives(tmp_pa
     second = finish(launch(root, config_file))
     assert second.returncode == 1
     assert f"in use by process {first.pid}" in second.stderr and "Traceback" not in second.stderr
+    restart = finish(launch(root, config_file, None, "--restart"))  # nor set aside under its feet
+    assert restart.returncode == 1 and f"in use by process {first.pid}" in restart.stderr
+    assert run_folder(root).is_dir() and not list((root / "results").glob("*.restarted-*"))
     first.kill()
     first.communicate()
     (root / "paused").unlink()

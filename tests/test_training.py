@@ -170,6 +170,16 @@ def test_finished_run_is_reported_not_retrained_and_restart_sets_it_aside(tmp_pa
     assert len(list(tmp_path.glob(f"{config.experiment_id}.restarted-*"))) == 1
 
 
+def test_a_lost_result_json_is_rebuilt_from_the_final_checkpoint_without_training(tmp_path):
+    config = tiny_config(gate={"edge_threshold": 0.0, "rule_threshold": 0.0})
+    first = train(config, tmp_path)
+    (run_directory(config, tmp_path) / "result.json").unlink()
+    steps = []
+    again = train(config, tmp_path, TrainingHooks(after_step=lambda trainer, step: steps.append(step)))
+    assert steps == []
+    assert {k: again[k] for k in ("curves", "training", "status")} == {k: first[k] for k in ("curves", "training", "status")}
+
+
 # ---- TRNG-04: curves in result.json ------------------------------------------------------------
 
 def test_free_running_gate_mode_trains_end_to_end(tmp_path):

@@ -29,7 +29,7 @@ from .reproducibility import seed_everything, torch_generator
 from .storage import atomic_write_bytes, remove_stale_temporaries, write_npz
 from .training.checkpoint import newest_loadable
 from .training.evaluation import GateEvaluation, GateEvaluator
-from .training.lock import RunLock
+from .training.lock import LOCK_FILE, RunLock
 from .training.plots import FIGURE_FILE, plot_training_curves
 from .training.results import read_result, write_result
 from .training.trainer import Trainer, TrainingHooks, TrainingState, mean_loss
@@ -70,9 +70,12 @@ def run_directory(config: ExperimentConfig, results_root: Path) -> Path:
 
 
 def _set_aside(run_dir: Path) -> Path:
+    """Move a run folder out of the way (--restart), refusing while a live run holds it."""
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     target = run_dir.with_name(f"{run_dir.name}.restarted-{stamp}")
-    run_dir.rename(target)
+    with RunLock(run_dir):
+        run_dir.rename(target)
+        (target / LOCK_FILE).unlink(missing_ok=True)
     return target
 
 
@@ -217,31 +220,38 @@ def run_experiment(
             write_npz(run_dir / "graph.npz", data.graph.to_arrays())
 
         trainer = _build_trainer(config, data, device, autocast, options, checkpoint_dir, hooks)
-        resume = newest_loadable(checkpoint_dir, config.config_hash)
-        for reason in resume.skipped if resume else []:
-            echo(f"not resuming from a damaged or foreign checkpoint: {reason}")
-        if resume is not None:
-            trainer.restore(resume.state)
-            echo(f"resuming {config.experiment_id} from {resume.path.name} (epoch {trainer.state.epoch})")
-        else:
-            echo(f"training {config.experiment_id} on {device} ({trainer.steps_per_epoch} steps per epoch)")
+        _resume_if_possible(trainer, checkpoint_dir, echo)
+        environment, data_block = _environment(device, options), _data_summary(data)
 
-        environment = _environment(device, options)
-        data_block = _data_summary(data)
-
-        def on_epoch_end(trainer: Trainer, evaluation: GateEvaluation | None) -> None:
+        def write_outputs() -> None:
             timings = {"data_seconds": round(data_seconds, 3), "wall_seconds_this_invocation": round(time.perf_counter() - started, 3)}
             _finish_outputs(run_dir, config, trainer, build_result(config, trainer, data_block, environment, timings))
+
+        def on_epoch_end(trainer: Trainer, evaluation: GateEvaluation | None) -> None:
+            write_outputs()
             echo(_epoch_line(trainer, evaluation))
 
-        if trainer.state.finished:  # a finished checkpoint whose result.json was lost
-            on_epoch_end(trainer, None)
+        if trainer.state.finished:  # the newest checkpoint is final but result.json was lost
+            write_outputs()
         else:
             trainer.run(on_epoch_end)
         result = read_result(run_dir)
         assert result is not None
         echo(_finished_message(run_dir, result))
         return result
+
+
+def _resume_if_possible(trainer: Trainer, checkpoint_dir: Path, echo: Callable[[str], None]) -> None:
+    """Restore the newest checkpoint that loads, saying which newer ones were skipped and why."""
+    resume = newest_loadable(checkpoint_dir, trainer.config.config_hash)
+    for reason in resume.skipped if resume else []:
+        echo(f"not resuming from a damaged or foreign checkpoint: {reason}")
+    if resume is None:
+        device = next(trainer.model.parameters()).device
+        echo(f"training {trainer.config.experiment_id} on {device} ({trainer.steps_per_epoch} steps per epoch)")
+        return
+    trainer.restore(resume.state)
+    echo(f"resuming {trainer.config.experiment_id} from {resume.path.name} (epoch {trainer.state.epoch})")
 
 
 def _build_trainer(config, data, device, autocast, options, checkpoint_dir, hooks) -> Trainer:
