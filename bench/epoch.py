@@ -19,9 +19,7 @@ import torch
 from bench.common import print_table, record, synchronize
 from dcsbm_transformer.config import load_config
 from dcsbm_transformer.data.dataset import load_or_build_data
-from dcsbm_transformer.experiment import autocast_factory
-from dcsbm_transformer.model import TransformerLM
-from dcsbm_transformer.reproducibility import torch_generator
+from dcsbm_transformer.experiment import autocast_factory, build_model
 from dcsbm_transformer.training.evaluation import GateEvaluator
 from dcsbm_transformer.training.trainer import Trainer
 
@@ -39,7 +37,7 @@ def main() -> None:
     config = load_config(args.config)
     data = load_or_build_data(config)
     autocast = autocast_factory(args.precision, device)
-    model = TransformerLM.from_config(config, generator=torch_generator(config.seed, "model-init")).to(device)
+    model = build_model(config, device)
     walks = torch.from_numpy(data.train.walks).to(device)
     evaluator = GateEvaluator(config, data.graph, data.eval)
     trainer = Trainer(config, model, walks, evaluator, Path("/nonexistent"), autocast=autocast)

@@ -22,8 +22,8 @@ import torch
 from bench.common import print_table, record, synchronize
 from dcsbm_transformer.config import config_from_dict, load_config
 from dcsbm_transformer.data.dataset import load_or_build_data
+from dcsbm_transformer.experiment import build_model
 from dcsbm_transformer.model import TransformerLM
-from dcsbm_transformer.reproducibility import torch_generator
 from dcsbm_transformer.training.evaluation import GateEvaluator
 from dcsbm_transformer.training.generation import greedy_continue, plain_greedy_continue
 from dcsbm_transformer.training.trainer import Trainer
@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def briefly_trained_model(config, data, device: torch.device, steps: int) -> TransformerLM:
     """The config's model after ``steps`` optimiser steps of the real training loop."""
-    model = TransformerLM.from_config(config, generator=torch_generator(config.seed, "model-init")).to(device)
+    model = build_model(config, device)
     walks = torch.from_numpy(data.train.walks).to(device)
     Trainer(config, model, walks, evaluator=None, checkpoint_dir=Path("/nonexistent")).train_epoch(1, max_steps=steps)
     return model.eval()
