@@ -22,7 +22,7 @@ import torch
 from bench.common import print_table, record, synchronize
 from dcsbm_transformer.config import config_from_dict, load_config
 from dcsbm_transformer.data.dataset import load_or_build_data
-from dcsbm_transformer.experiment import build_model
+from dcsbm_transformer.experiment import autocast_factory, build_model
 from dcsbm_transformer.model import TransformerLM
 from dcsbm_transformer.training.evaluation import GateEvaluator
 from dcsbm_transformer.training.generation import greedy_continue, plain_greedy_continue
@@ -69,8 +69,11 @@ def main() -> None:
     parser.add_argument("--config", default=str(ROOT / "configs" / "anchor.json"))
     parser.add_argument("--train-steps", type=int, default=200)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"], help="bf16 = autocast for both generators")
+    parser.add_argument("--prompts", nargs="+", default=["jumper_prefix", "first_token"], choices=["jumper_prefix", "first_token"])
     args = parser.parse_args()
     device = torch.device(args.device)
+    autocast = autocast_factory(args.precision, device)
     config = load_config(args.config)
     data = load_or_build_data(config)
     started = time.perf_counter()
@@ -78,14 +81,16 @@ def main() -> None:
     train_s = time.perf_counter() - started
 
     rows = []
-    for prompt in ("jumper_prefix", "first_token"):
+    for prompt in args.prompts:
         raw = config.to_dict()
         raw["gate"]["prompt"] = prompt
         evaluator = GateEvaluator(config_from_dict(raw), data.graph, data.eval)
-        with torch.no_grad():
-            rows.append(compare(model, evaluator, device))
-    print_table(f"gate evaluation, {Path(args.config).name}, model trained {args.train_steps} steps ({train_s:.0f} s), {device}", rows)
-    record("gate_eval", {"config": Path(args.config).name, "train_steps": args.train_steps, "rows": rows}, device)
+        with torch.no_grad(), autocast():
+            rows.append({**compare(model, evaluator, device), "precision": args.precision})
+    title = f"gate evaluation, {Path(args.config).name}, model trained {args.train_steps} steps ({train_s:.0f} s), {device}"
+    print_table(title, rows)
+    name = "gate_eval" if args.precision == "fp32" else f"gate_eval_{args.precision}"
+    record(name, {"config": Path(args.config).name, "train_steps": args.train_steps, "rows": rows}, device)
 
 
 if __name__ == "__main__":
