@@ -14,6 +14,8 @@ from typing import Any, Callable
 
 import torch
 
+from dcsbm_transformer.storage import atomic_write_bytes
+
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
 
@@ -88,12 +90,8 @@ def machine_key(device: torch.device | str = "cpu") -> str:
 
 def record(name: str, payload: dict[str, Any], device: torch.device | str = "cpu") -> Path:
     """Merge {name: payload + machine info} into bench/results/<machine>.json, keeping the
-    file's other entries; written via a temporary file so a crash leaves the old file whole."""
-    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    file's other entries; written atomically so a crash leaves the old file whole."""
     path = RESULTS_DIR / f"{machine_key(device)}.json"
     data = json.loads(path.read_text()) if path.exists() else {}
     data[name] = {**payload, "machine": machine_info(device)}
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
-    tmp.replace(path)
-    return path
+    return atomic_write_bytes(path, (json.dumps(data, indent=2, sort_keys=True) + "\n").encode())

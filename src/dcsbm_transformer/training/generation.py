@@ -1,6 +1,6 @@
 """Greedy (argmax) continuation of prompts, batched across sequences, the model seeing the last w tokens.
 
-Work is saved three ways, none of which changes a single generated token:
+Work is saved four ways, none of which changes a single generated token:
 - **no needless logits**: a full window asks only for the last position's logits
   (``TransformerLM.logits_last``), not [B, T, vocab];
 - **KV cache while the context grows**: when every prompt has the same length < w (the
@@ -9,7 +9,9 @@ Work is saved three ways, none of which changes a single generated token:
 - **deduplication**: greedy decoding is deterministic, so two sequences whose visible context
   is identical have identical futures. Identical prompts are generated once, and sequences
   whose last-w windows become identical (free-running walks fall into shared cycles) are
-  merged; the merged rows take their representative's tokens when results are expanded.
+  merged; the merged rows take their representative's tokens when results are expanded;
+- **cache-sized slices on a CPU**: the batch goes through the model about 8,192 tokens at a
+  time, so activations stay in cache (``_Batch.next_logits``).
 
 Prompts are held left-aligned in a [B, w] buffer with their lengths: a short prompt occupies
 positions 0..len-1 (causal attention makes the unused tail irrelevant), a full one slides.
