@@ -230,14 +230,56 @@ def test_prefill_then_decode_matches_forward(model, use_sdpa):
     full = model(tokens).logits
     prompt = 4
     logits, cache = model.prefill(tokens[:, :prompt])
-    assert isinstance(cache, KVCache) and cache.length == prompt
+    assert isinstance(cache, KVCache) and cache.lengths.tolist() == [prompt] * len(tokens)
     torch.testing.assert_close(logits, full[:, prompt - 1], **CLOSE)
     for t in range(prompt, WINDOW):
         logits, cache = model.decode(tokens[:, t], cache)
         torch.testing.assert_close(logits, full[:, t], **CLOSE)
-    assert cache.length == WINDOW
+    assert cache.lengths.tolist() == [WINDOW] * len(tokens)
     with pytest.raises(ValueError, match="context window"):
         model.decode(tokens[:, 0], cache)
+
+
+@pytest.mark.parametrize("use_sdpa", [False, True], ids=["explicit", "sdpa"])
+def test_ragged_prefill_decodes_each_row_at_its_own_position(model, use_sdpa):
+    for block in model.blocks:
+        block.attn.use_sdpa = use_sdpa
+    tokens = random_tokens(batch=4)
+    full = model(tokens).logits
+    lengths = torch.tensor([1, 3, 6, WINDOW - 1])
+    junk = tokens.clone()
+    junk[torch.arange(WINDOW)[None, :] >= lengths[:, None]] = 0  # beyond a row's length: ignored
+    logits, cache = model.prefill(junk[:, : int(lengths.max())], lengths)
+    rows = torch.arange(4)
+    torch.testing.assert_close(logits, full[rows, lengths - 1], **CLOSE)
+    for _ in range(2):  # row 3 reaches the window after one token
+        live = torch.nonzero(cache.lengths < WINDOW).squeeze(1)
+        cache, rows = cache.select(live), rows[live]
+        logits, cache = model.decode(tokens[rows, cache.lengths], cache)
+        torch.testing.assert_close(logits, full[rows, cache.lengths - 1], **CLOSE)
+    assert cache.lengths.tolist() == [3, 5, 8]
+
+
+def test_ragged_decode_under_bf16_autocast_tracks_fp32(model):
+    """The cache stays in the weights' dtype while autocast computes keys in bf16."""
+    tokens = random_tokens(batch=3)
+    full = model(tokens).logits
+    lengths = torch.tensor([2, 4, 5])
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        _, cache = model.prefill(tokens[:, :5], lengths)
+        logits, cache = model.decode(tokens[torch.arange(3), lengths], cache)
+    assert cache.keys.dtype == torch.float32 and cache.lengths.tolist() == [3, 5, 6]
+    torch.testing.assert_close(logits.float(), full[torch.arange(3), lengths], atol=0.1, rtol=0.0)
+
+
+def test_prefill_rejects_bad_lengths(model):
+    tokens = random_tokens(length=5)
+    for lengths, message in [
+        (torch.tensor([1, 2]), "shape"), (torch.tensor([0, 2, 5]), r"\[1, 5\]"),
+        (torch.tensor([1, 6, 5]), r"\[1, 5\]"), (torch.tensor([1.0, 2.0, 3.0]), "int"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            model.prefill(tokens, lengths)
 
 
 def test_cache_select_keeps_chosen_rows():
@@ -246,7 +288,7 @@ def test_cache_select_keeps_chosen_rows():
     _, cache = model.prefill(tokens[:, :5])
     index = torch.tensor([2, 0, 2])
     subset = cache.select(index)
-    assert subset.batch_size == 3 and cache.batch_size == 4 and subset.length == 5
+    assert subset.batch_size == 3 and cache.batch_size == 4 and subset.lengths.tolist() == [5, 5, 5]
     logits, _ = model.decode(tokens[index, 5], subset)
     torch.testing.assert_close(logits, full[index, 5], **CLOSE)
     with pytest.raises(ValueError, match="batch"):

@@ -112,14 +112,35 @@ class CausalSelfAttention(nn.Module):
         y = self._attend(self._split_heads(q), self._split_heads(k), self._split_heads(v))
         return self._output(y)
 
-    def forward_cached(self, x: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, start: int) -> torch.Tensor:
-        """Attention for new positions start..start+T_new-1 using a key/value cache.
+    def forward_prefill(self, x: torch.Tensor, keys: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+        """Attention for positions 0..T-1 that also fills a key/value cache.
 
-        x [B, T_new, d_model]; keys, values [B, H, capacity, d_head] are this layer's cache
-        buffers, written in place at the new positions. Returns [B, T_new, d_model].
+        x [B, T, d_model]; keys, values [B, H, capacity, d_head] are this layer's cache buffers,
+        written in place at positions 0..T-1. Returns [B, T, d_model].
         """
         q, k, v = self._project_qkv(x)
-        end = start + x.shape[1]
-        keys[:, :, start:end] = k
-        values[:, :, start:end] = v
-        return self._output(self._attend(q, keys[:, :, :end], values[:, :, :end]))
+        length = x.shape[1]
+        keys[:, :, :length] = k
+        values[:, :, :length] = v
+        return self._output(self._attend(q, k, v))
+
+    def forward_decode(self, x: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """Attention for one new position per sequence, each at its own absolute position.
+
+        x [B, 1, d_model]; keys, values [B, H, capacity, d_head], this layer's cache, valid
+        below ``positions`` [B] (int64) and written in place at ``positions``. Returns
+        [B, 1, d_model].
+        """
+        q, k, v = self._project_qkv(x)
+        rows = torch.arange(len(positions), device=positions.device)
+        # index_put does not cast as slice assignment does: under autocast k, v are bf16.
+        keys[rows, :, positions] = k[:, :, 0].to(keys.dtype)
+        values[rows, :, positions] = v[:, :, 0].to(values.dtype)
+        allowed = torch.arange(keys.shape[2], device=positions.device)[None, :] <= positions[:, None]
+        allowed = allowed[:, None, None, :]  # [B, 1, 1, capacity]
+        if self.use_sdpa:
+            y = F.scaled_dot_product_attention(q, keys, values, attn_mask=allowed)
+        else:
+            scores = (q @ keys.transpose(-2, -1)) * self.scale
+            y = torch.softmax(scores.masked_fill(~allowed, float("-inf")), dim=-1) @ values
+        return self._output(y)

@@ -47,7 +47,12 @@ class Block(nn.Module):
         x_last = x[:, -1:] + self.attn.forward_last(self.ln_1(x))
         return x_last + self.mlp(self.ln_2(x_last))
 
-    def forward_cached(self, x: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, start: int) -> torch.Tensor:
-        """New positions [B, T_new, d_model] -> [B, T_new, d_model]; see CausalSelfAttention.forward_cached."""
-        x = x + self.attn.forward_cached(self.ln_1(x), keys, values, start)
+    def forward_prefill(self, x: torch.Tensor, keys: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+        """Positions 0..T-1 [B, T, d_model] -> [B, T, d_model]; see CausalSelfAttention.forward_prefill."""
+        x = x + self.attn.forward_prefill(self.ln_1(x), keys, values)
+        return x + self.mlp(self.ln_2(x))
+
+    def forward_decode(self, x: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """One new position per sequence [B, 1, d_model] -> [B, 1, d_model]; see CausalSelfAttention.forward_decode."""
+        x = x + self.attn.forward_decode(self.ln_1(x), keys, values, positions)
         return x + self.mlp(self.ln_2(x))

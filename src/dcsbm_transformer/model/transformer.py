@@ -139,10 +139,12 @@ class TransformerLM(nn.Module):
             tokens, vocab_size=self.vocab_size, max_len=self.context_window, ndim=ndim, check_ids=check_ids, name=name
         )
 
-    def embed(self, tokens: torch.Tensor, start: int = 0) -> torch.Tensor:
+    def embed(self, tokens: torch.Tensor, positions: torch.Tensor | None = None) -> torch.Tensor:
         """Residual stream entering block 0: token + position embedding of already-valid ids
-        tokens [B, T] at absolute positions start..start+T-1 -> [B, T, d_model]."""
-        positions = torch.arange(start, start + tokens.shape[1], device=tokens.device)
+        tokens [B, T] at absolute ``positions`` (broadcastable to [B, T]; default 0..T-1)
+        -> [B, T, d_model]."""
+        if positions is None:
+            positions = torch.arange(tokens.shape[1], device=tokens.device)
         return self.emb_dropout(self.tok_emb(tokens) + self.pos_emb(positions))
 
     def forward(
@@ -194,45 +196,68 @@ class TransformerLM(nn.Module):
         return self.head(self.ln_f(x))[:, 0]
 
     @torch.no_grad()
-    def prefill(self, tokens: torch.Tensor, *, check_ids: bool = True) -> tuple[torch.Tensor, KVCache]:
+    def prefill(
+        self, tokens: torch.Tensor, lengths: torch.Tensor | None = None, *, check_ids: bool = True
+    ) -> tuple[torch.Tensor, KVCache]:
         """Start incremental decoding: tokens [B, T] at positions 0..T-1 ->
-        (last-position logits [B, vocab], cache holding T positions)."""
+        (next-token logits [B, vocab], cache).
+
+        ``lengths`` [B] (1 <= lengths[i] <= T) lets rows hold prompts of different lengths,
+        left-aligned: row i's prompt is tokens[i, :lengths[i]], its logits are those of position
+        lengths[i] - 1, and decoding continues it at position lengths[i]. What lies beyond a
+        row's length is ignored (causal attention) and overwritten as the row grows.
+        """
         tokens = self._check(tokens, check_ids)
         batch, length = tokens.shape
+        lengths = self._check_lengths(lengths, batch, length)
         first = self.tok_emb.weight
         cache = KVCache.empty(
             self.n_layers, batch, self.n_heads, self.context_window, self.d_head, device=first.device, dtype=first.dtype
         )
         x = self.embed(tokens)
         for layer, block in enumerate(self.blocks):
-            x = block.forward_cached(x, cache.keys[layer], cache.values[layer], start=0)
-        cache.length = length
-        return self.head(self.ln_f(x[:, -1])), cache
+            x = block.forward_prefill(x, cache.keys[layer], cache.values[layer])
+        cache.lengths = lengths.clone()
+        last = x[torch.arange(batch, device=x.device), lengths - 1]
+        return self.head(self.ln_f(last)), cache
+
+    def _check_lengths(self, lengths: object, batch: int, length: int) -> torch.Tensor:
+        device = self.tok_emb.weight.device
+        if lengths is None:
+            return torch.full((batch,), length, dtype=torch.long, device=device)
+        if not isinstance(lengths, torch.Tensor) or lengths.dtype not in (torch.int32, torch.int64):
+            raise ValueError(f"lengths must be an int32/int64 torch.Tensor, got {lengths!r}")
+        if lengths.shape != (batch,):
+            raise ValueError(f"lengths must have shape [{batch}] (one per row of tokens), got {tuple(lengths.shape)}")
+        low, high = (int(v) for v in torch.aminmax(lengths))
+        if low < 1 or high > length:
+            raise ValueError(f"lengths must lie in [1, {length}] (the tokens' T), got values in [{low}, {high}]")
+        return lengths.to(device=device, dtype=torch.long)
 
     @torch.no_grad()
     def decode(
         self, next_tokens: torch.Tensor, cache: KVCache, *, check_ids: bool = True
     ) -> tuple[torch.Tensor, KVCache]:
-        """Append one token per sequence: next_tokens [B] at position cache.length ->
-        (its logits [B, vocab], cache). The cache is updated in place and returned.
+        """Append one token per sequence: next_tokens[i] at position cache.lengths[i] ->
+        (their logits [B, vocab], cache). The cache is updated in place and returned.
 
-        Absolute positions end at context_window - 1: a full cache raises ValueError (start
+        Absolute positions end at context_window - 1: a full row raises ValueError (start
         again with prefill on the last tokens, as a sliding window must)."""
         next_tokens = self._check(next_tokens, check_ids, ndim=1, name="next_tokens")
         if next_tokens.shape[0] != cache.batch_size:
             raise ValueError(
                 f"next_tokens has batch {next_tokens.shape[0]} but the cache holds {cache.batch_size} sequences"
             )
-        if cache.length >= self.context_window:
+        positions = cache.lengths
+        if bool((positions >= self.context_window).any()):
             raise ValueError(
-                f"the cache already holds {cache.length} positions = the context window; "
+                f"a cache row already holds {self.context_window} positions = the context window; "
                 "prefill the last context_window - 1 tokens to continue"
             )
-        start = cache.length
-        x = self.embed(next_tokens[:, None], start=start)
+        x = self.embed(next_tokens[:, None], positions[:, None])
         for layer, block in enumerate(self.blocks):
-            x = block.forward_cached(x, cache.keys[layer], cache.values[layer], start=start)
-        cache.length = start + 1
+            x = block.forward_decode(x, cache.keys[layer], cache.values[layer], positions)
+        cache.lengths = positions + 1
         return self.head(self.ln_f(x[:, 0])), cache
 
     # -- weight-only circuits --------------------------------------------------------------

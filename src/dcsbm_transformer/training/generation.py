@@ -1,20 +1,23 @@
 """Greedy (argmax) continuation of prompts, batched across sequences, the model seeing the last w tokens.
 
-Work is saved four ways, none of which changes a single generated token:
-- **no needless logits**: a full window asks only for the last position's logits
-  (``TransformerLM.logits_last``), not [B, T, vocab];
-- **KV cache while the context grows**: when every prompt has the same length < w (the
-  free-running ``first_token`` gate), positions are absolute and nothing slides, so each new
-  token costs one position instead of the whole prefix;
+Work is saved four ways, none of which changes what is computed beyond float rounding:
+- **a KV cache until a window slides**: positions are absolute, so while a sequence is shorter
+  than w nothing it has seen moves, and each new token costs one position instead of the whole
+  prefix. Every prompt is prefilled once, whatever its length (``TransformerLM.prefill`` takes
+  per-row lengths), and decodes at its own position until its window is full;
+- **no needless logits once it slides**: a full window that slid is recomputed (every position
+  moved), but only the last position's logits are asked for (``TransformerLM.logits_last``);
 - **deduplication**: greedy decoding is deterministic, so two sequences whose visible context
   is identical have identical futures. Identical prompts are generated once, and sequences
   whose last-w windows become identical (free-running walks fall into shared cycles) are
   merged; the merged rows take their representative's tokens when results are expanded;
-- **cache-sized slices on a CPU**: the batch goes through the model about 8,192 tokens at a
-  time, so activations stay in cache (``_Batch.next_logits``).
+- **cache-sized slices on a CPU**: sliding windows go through the model about 8,192 tokens at
+  a time, so activations stay in cache (``_Batch.next_logits``).
 
 Prompts are held left-aligned in a [B, w] buffer with their lengths: a short prompt occupies
 positions 0..len-1 (causal attention makes the unused tail irrelevant), a full one slides.
+The KV cache holds w positions of every layer for each sequence that has not slid yet
+(2 · n_layers · w · d_model floats a sequence: 256 KiB for the anchor model).
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..model import TransformerLM
+from ..model import KVCache, TransformerLM
 
 CPU_TOKENS_PER_FORWARD = 8192  # measured fastest on a 2-core EPYC for the anchor model (64-128 rows of 64)
 
@@ -46,19 +49,57 @@ def _first_of_each_group(keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor
 
 
 class _Batch:
-    """The live sequences: a left-aligned context buffer, lengths, and their ids among all rows."""
+    """The live sequences: a left-aligned context buffer, lengths, their ids among all rows, and
+    the KV cache of the rows that have not slid yet (``cached``, in row order) with those rows'
+    next-token logits (``pending``), already computed by the cache."""
 
-    def __init__(self, context: torch.Tensor, lengths: torch.Tensor, ids: torch.Tensor):
+    def __init__(self, model: TransformerLM, context: torch.Tensor, lengths: torch.Tensor, ids: torch.Tensor):
+        self.model = model
         self.context, self.lengths, self.ids = context, lengths, ids
+        self.cached = torch.zeros(len(ids), dtype=torch.bool, device=ids.device)
+        self.cache: KVCache | None = None
+        self.pending: torch.Tensor | None = None
 
     @property
     def window(self) -> int:
         return self.context.shape[1]
 
+    def prefill(self) -> None:
+        """Put every sequence in the cache, with the logits that follow its prompt."""
+        longest = int(self.lengths.max())
+        pending, self.cache = self.model.prefill(self.context[:, :longest], self.lengths, check_ids=False)
+        self.pending = pending.float()
+        self.cached[:] = True
+
     def keep(self, rows: torch.Tensor) -> None:
+        """Keep only ``rows`` (sorted indices), with their cache rows."""
+        if self.cache is not None:
+            cache_row = torch.cumsum(self.cached, 0) - 1
+            kept = cache_row[rows[self.cached[rows]]]
+            self.cache, self.pending = self.cache.select(kept), self.pending[kept]
         self.context, self.lengths, self.ids = self.context[rows], self.lengths[rows], self.ids[rows]
+        self.cached = self.cached[rows]
+
+    def next_logits(self) -> torch.Tensor:
+        """Logits of every live sequence's next token, [B, vocab]: from the cache for rows that
+        have not slid, recomputed over the window for the others. On a CPU the slid windows go
+        through the model in slices of about CPU_TOKENS_PER_FORWARD tokens: activations then
+        stay in cache, and the memory-bound work (bias copies, GELU, LayerNorm) runs about
+        1.6× faster; rows are independent, so the logits are the same."""
+        if bool(self.cached.all()):
+            return self.pending
+        logits = torch.empty(len(self.ids), self.model.vocab_size, device=self.context.device)
+        slid = torch.nonzero(~self.cached).squeeze(1)
+        windows = self.context[slid]
+        rows = len(windows) if windows.device.type != "cpu" else max(1, CPU_TOKENS_PER_FORWARD // self.window)
+        logits[slid] = torch.cat([self.model.logits_last(part, check_ids=False).float() for part in windows.split(rows)])
+        if self.cache is not None:
+            logits[torch.nonzero(self.cached).squeeze(1)] = self.pending
+        return logits
 
     def append(self, tokens: torch.Tensor) -> None:
+        """Add one token to every sequence: full windows slide (and leave the cache), the
+        others grow by one position, which the cache decodes."""
         full = self.lengths == self.window
         if full.any():
             slid = torch.roll(self.context[full], shifts=-1, dims=1)
@@ -68,6 +109,16 @@ class _Batch:
         if len(short):
             self.context[short, self.lengths[short]] = tokens[short]
             self.lengths[short] += 1
+        if self.cache is None:
+            return
+        if bool((self.cached & full).any()):
+            self.cache = self.cache.select(torch.nonzero(~full[self.cached]).squeeze(1))
+            self.cached &= ~full
+        if not bool(self.cached.any()):
+            self.cache = self.pending = None
+            return
+        pending, self.cache = self.model.decode(tokens[self.cached], self.cache, check_ids=False)
+        self.pending = pending.float()
 
     def dedupe(self) -> tuple[torch.Tensor, torch.Tensor] | None:
         """Drop rows whose (length, context) repeat an earlier row; return (dropped ids, their representatives' ids)."""
@@ -79,33 +130,6 @@ class _Batch:
         merged = (self.ids[dropped], self.ids[representative[dropped]])
         self.keep(keep)
         return merged
-
-    def next_logits(self, model: TransformerLM) -> torch.Tensor:
-        """Logits of every live sequence's next token, [B, vocab]. On a CPU the batch goes
-        through the model in slices of about CPU_TOKENS_PER_FORWARD tokens: activations then
-        stay in cache, and the memory-bound work (bias copies, GELU, LayerNorm) runs about
-        1.6× faster; rows are independent, so the logits are the same."""
-        if self.context.device.type != "cpu":
-            return _next_logits(model, self.context, self.lengths)
-        rows = max(1, CPU_TOKENS_PER_FORWARD // self.window)
-        return torch.cat([
-            _next_logits(model, context, lengths) for context, lengths in zip(self.context.split(rows), self.lengths.split(rows))
-        ])
-
-
-def _next_logits(model: TransformerLM, context: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-    """Last-token logits [B, vocab] of left-aligned sequences context [B, w] of ``lengths``."""
-    full = lengths == context.shape[1]
-    if bool(full.all()):
-        return model.logits_last(context, check_ids=False)
-    logits = torch.empty(len(lengths), model.vocab_size, device=context.device)
-    if full.any():
-        logits[full] = model.logits_last(context[full], check_ids=False).float()
-    short = torch.nonzero(~full).squeeze(1)
-    longest = int(lengths[short].max())
-    short_logits = model(context[short, :longest], check_ids=False).logits
-    logits[short] = short_logits[torch.arange(len(short), device=short.device), lengths[short] - 1].float()
-    return logits
 
 
 @torch.no_grad()
@@ -122,19 +146,17 @@ def greedy_continue(model: TransformerLM, context: torch.Tensor, lengths: torch.
         return out
     context = context.clone()
     context[torch.arange(context.shape[1], device=device)[None, :] >= lengths[:, None]] = 0  # canonical tail
-    batch = _Batch(context, lengths.clone(), torch.arange(total, device=device))
+    batch = _Batch(model, context, lengths.clone(), torch.arange(total, device=device))
     initial = batch.dedupe()  # identical prompts: generated once
+    batch.prefill()
     merges: list[_Merge] = []
-
-    step = 0
-    first_length = int(batch.lengths[0])
-    if first_length < batch.window and bool((batch.lengths == first_length).all()):
-        step = _grow_with_cache(model, batch, out, steps)
-    for step in range(step, steps):
-        tokens = batch.next_logits(model).argmax(dim=-1)
+    for step in range(steps):
+        tokens = batch.next_logits().argmax(dim=-1)
         out[batch.ids, step] = tokens
+        if step + 1 == steps:
+            break
         batch.append(tokens)
-        if step + 1 < steps and (merged := batch.dedupe()) is not None:
+        if (merged := batch.dedupe()) is not None:
             merges.append(_Merge(step + 1, *merged))
 
     for merge in reversed(merges):  # later merges first: representatives' tails are final by then
@@ -142,22 +164,6 @@ def greedy_continue(model: TransformerLM, context: torch.Tensor, lengths: torch.
     if initial is not None:
         out[initial[0]] = out[initial[1]]
     return out
-
-
-def _grow_with_cache(model: TransformerLM, batch: _Batch, out: torch.Tensor, steps: int) -> int:
-    """Generate with a KV cache until the (common) context length reaches w; return the next step."""
-    length = int(batch.lengths[0])
-    logits, cache = model.prefill(batch.context[:, :length], check_ids=False)
-    step = 0
-    while step < steps and length < batch.window:
-        tokens = logits.argmax(dim=-1)
-        out[batch.ids, step] = tokens
-        batch.append(tokens)
-        length += 1
-        step += 1
-        if step < steps and length < batch.window:
-            logits, cache = model.decode(tokens, cache, check_ids=False)
-    return step
 
 
 @torch.no_grad()
