@@ -90,6 +90,23 @@ def gemm_ceiling(
                    vocab=vocab, dtype=dtype, device=device, repeat=repeat)[1]
 
 
+def forward_ceiling(
+    *, rows: int, context_window: int = 64, d_model: int = 128, n_layers: int = 4, vocab: int = 500,
+    dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu", repeat: int = 10,
+) -> float:
+    """GFLOP/s of the model's forward Linear GEMMs alone (inference: no gradients) with M =
+    rows · context_window, each layer counted as often as the model has it."""
+    device = torch.device(device)
+    total_flops, total_seconds = 0.0, 0.0
+    for _, m, k, n, count in linear_shapes(rows, context_window, d_model, n_layers, vocab):
+        x = torch.randn(m, k, device=device, dtype=dtype)
+        w = torch.randn(n, k, device=device, dtype=dtype)
+        b = torch.randn(n, device=device, dtype=dtype)
+        total_flops += 2.0 * m * k * n * count
+        total_seconds += median_seconds(lambda: F.linear(x, w, b), warmup=2, repeat=repeat) * count
+    return total_flops / total_seconds / 1e9
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
