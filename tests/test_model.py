@@ -260,8 +260,11 @@ def test_ragged_prefill_decodes_each_row_at_its_own_position(model, use_sdpa):
     assert cache.lengths.tolist() == [3, 5, 8]
 
 
-def test_ragged_decode_under_bf16_autocast_tracks_fp32(model):
+@pytest.mark.parametrize("use_sdpa", [False, True], ids=["explicit", "sdpa"])
+def test_ragged_decode_under_bf16_autocast_tracks_fp32(model, use_sdpa):
     """The cache stays in the weights' dtype while autocast computes keys in bf16."""
+    for block in model.blocks:
+        block.attn.use_sdpa = use_sdpa
     tokens = random_tokens(batch=3)
     full = model(tokens).logits
     lengths = torch.tensor([2, 4, 5])

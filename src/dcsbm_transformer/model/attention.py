@@ -57,25 +57,32 @@ class CausalSelfAttention(nn.Module):
         return self.resid_dropout(self.proj(merged))
 
     # -- attention kernels ---------------------------------------------------------------
-    def _scores_and_weights(self, q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _scores_and_weights(
+        self, q: torch.Tensor, k: torch.Tensor, allowed: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Explicit attention for queries at the last T_q of T_k positions.
 
-        Returns scores QKᵀ/√d_head [B, H, T_q, T_k], the mask of allowed (causal) entries
-        [T_q, T_k], and the softmax weights [B, H, T_q, T_k] (zero where not allowed).
+        Returns scores QKᵀ/√d_head [B, H, T_q, T_k], the mask of allowed entries (default:
+        causal, [T_q, T_k]; or the given one, broadcastable to the scores), and the softmax
+        weights [B, H, T_q, T_k] (zero where not allowed).
         """
         t_q, t_k = q.shape[-2], k.shape[-2]
         scores = (q @ k.transpose(-2, -1)) * self.scale
-        allowed = self.causal_mask[t_k - t_q : t_k, :t_k]  # query i sits at absolute position t_k - t_q + i
+        if allowed is None:
+            allowed = self.causal_mask[t_k - t_q : t_k, :t_k]  # query i sits at absolute position t_k - t_q + i
         weights = torch.softmax(scores.masked_fill(~allowed, float("-inf")), dim=-1)
         return scores, allowed, weights
 
-    def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        """Causal attention of queries q [B, H, T_q, d_head] (the last T_q positions) over
-        keys/values [B, H, T_k, d_head]; returns [B, H, T_q, d_head]."""
+    def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, allowed: torch.Tensor | None = None) -> torch.Tensor:
+        """Attention of queries q [B, H, T_q, d_head] over keys/values [B, H, T_k, d_head];
+        returns [B, H, T_q, d_head]. Causal with the queries at the last T_q positions, unless
+        ``allowed`` (bool, broadcastable to [B, H, T_q, T_k]) says which keys each query sees."""
         p = self.dropout if self.training else 0.0
         if not self.use_sdpa:
-            _, _, weights = self._scores_and_weights(q, k)
+            _, _, weights = self._scores_and_weights(q, k, allowed)
             return F.dropout(weights, p, self.training) @ v
+        if allowed is not None:
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, dropout_p=p)
         t_q, t_k = q.shape[-2], k.shape[-2]
         if t_q == t_k:
             return F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=True)
@@ -137,10 +144,4 @@ class CausalSelfAttention(nn.Module):
         keys[rows, :, positions] = k[:, :, 0].to(keys.dtype)
         values[rows, :, positions] = v[:, :, 0].to(values.dtype)
         allowed = torch.arange(keys.shape[2], device=positions.device)[None, :] <= positions[:, None]
-        allowed = allowed[:, None, None, :]  # [B, 1, 1, capacity]
-        if self.use_sdpa:
-            y = F.scaled_dot_product_attention(q, keys, values, attn_mask=allowed)
-        else:
-            scores = (q @ keys.transpose(-2, -1)) * self.scale
-            y = torch.softmax(scores.masked_fill(~allowed, float("-inf")), dim=-1) @ values
-        return self._output(y)
+        return self._output(self._attend(q, keys, values, allowed[:, None, None, :]))  # mask [B, 1, 1, capacity]
