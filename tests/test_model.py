@@ -222,55 +222,54 @@ def test_logits_last_matches_forward(model, length):
     torch.testing.assert_close(model.logits_last(tokens), model(tokens).logits[:, -1], **CLOSE)
 
 
-@pytest.mark.parametrize("use_sdpa", [False, True], ids=["explicit", "sdpa"])
-def test_prefill_then_decode_matches_forward(model, use_sdpa):
+@pytest.fixture(params=[False, True], ids=["explicit", "sdpa"])
+def model_per_kernel(model, request) -> TransformerLM:
+    """The model with both attention kernels (the cached paths honour use_sdpa too)."""
     for block in model.blocks:
-        block.attn.use_sdpa = use_sdpa
+        block.attn.use_sdpa = request.param
+    return model
+
+
+def test_prefill_then_decode_matches_forward(model_per_kernel):
     tokens = random_tokens()
-    full = model(tokens).logits
+    full = model_per_kernel(tokens).logits
     prompt = 4
-    logits, cache = model.prefill(tokens[:, :prompt])
+    logits, cache = model_per_kernel.prefill(tokens[:, :prompt])
     assert isinstance(cache, KVCache) and cache.lengths.tolist() == [prompt] * len(tokens)
     torch.testing.assert_close(logits, full[:, prompt - 1], **CLOSE)
     for t in range(prompt, WINDOW):
-        logits, cache = model.decode(tokens[:, t], cache)
+        logits, cache = model_per_kernel.decode(tokens[:, t], cache)
         torch.testing.assert_close(logits, full[:, t], **CLOSE)
     assert cache.lengths.tolist() == [WINDOW] * len(tokens)
     with pytest.raises(ValueError, match="context window"):
-        model.decode(tokens[:, 0], cache)
+        model_per_kernel.decode(tokens[:, 0], cache)
 
 
-@pytest.mark.parametrize("use_sdpa", [False, True], ids=["explicit", "sdpa"])
-def test_ragged_prefill_decodes_each_row_at_its_own_position(model, use_sdpa):
-    for block in model.blocks:
-        block.attn.use_sdpa = use_sdpa
+def test_ragged_prefill_decodes_each_row_at_its_own_position(model_per_kernel):
     tokens = random_tokens(batch=4)
-    full = model(tokens).logits
+    full = model_per_kernel(tokens).logits
     lengths = torch.tensor([1, 3, 6, WINDOW - 1])
     junk = tokens.clone()
     junk[torch.arange(WINDOW)[None, :] >= lengths[:, None]] = 0  # beyond a row's length: ignored
-    logits, cache = model.prefill(junk[:, : int(lengths.max())], lengths)
+    logits, cache = model_per_kernel.prefill(junk[:, : int(lengths.max())], lengths)
     rows = torch.arange(4)
     torch.testing.assert_close(logits, full[rows, lengths - 1], **CLOSE)
     for _ in range(2):  # row 3 reaches the window after one token
         live = torch.nonzero(cache.lengths < WINDOW).squeeze(1)
         cache, rows = cache.select(live), rows[live]
-        logits, cache = model.decode(tokens[rows, cache.lengths], cache)
+        logits, cache = model_per_kernel.decode(tokens[rows, cache.lengths], cache)
         torch.testing.assert_close(logits, full[rows, cache.lengths - 1], **CLOSE)
     assert cache.lengths.tolist() == [3, 5, 8]
 
 
-@pytest.mark.parametrize("use_sdpa", [False, True], ids=["explicit", "sdpa"])
-def test_ragged_decode_under_bf16_autocast_tracks_fp32(model, use_sdpa):
+def test_ragged_decode_under_bf16_autocast_tracks_fp32(model_per_kernel):
     """The cache stays in the weights' dtype while autocast computes keys in bf16."""
-    for block in model.blocks:
-        block.attn.use_sdpa = use_sdpa
     tokens = random_tokens(batch=3)
-    full = model(tokens).logits
+    full = model_per_kernel(tokens).logits
     lengths = torch.tensor([2, 4, 5])
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        _, cache = model.prefill(tokens[:, :5], lengths)
-        logits, cache = model.decode(tokens[torch.arange(3), lengths], cache)
+        _, cache = model_per_kernel.prefill(tokens[:, :5], lengths)
+        logits, cache = model_per_kernel.decode(tokens[torch.arange(3), lengths], cache)
     assert cache.keys.dtype == torch.float32 and cache.lengths.tolist() == [3, 5, 6]
     torch.testing.assert_close(logits.float(), full[torch.arange(3), lengths], atol=0.1, rtol=0.0)
 
