@@ -226,7 +226,8 @@ class TransformerLM(nn.Module):
         if lengths is None:
             return torch.full((batch,), length, dtype=torch.long, device=device)
         if not isinstance(lengths, torch.Tensor) or lengths.dtype not in (torch.int32, torch.int64):
-            raise ValueError(f"lengths must be an int32/int64 torch.Tensor, got {lengths!r}")
+            got = lengths.dtype if isinstance(lengths, torch.Tensor) else type(lengths).__name__
+            raise ValueError(f"lengths must be an int32/int64 torch.Tensor, got {got}")
         if lengths.shape != (batch,):
             raise ValueError(f"lengths must have shape [{batch}] (one per row of tokens), got {tuple(lengths.shape)}")
         low, high = (int(v) for v in torch.aminmax(lengths))
