@@ -5,7 +5,12 @@ Runs the real training loop (``Trainer.train_step`` over the epoch's shuffled wi
 reports seconds per step, the epoch time (measured, or extrapolated from the steps run) and
 max_epochs × (epoch + evaluation) — the time a run that never passes the gate would take.
 
-Run: python -m bench.epoch [--config configs/anchor.json] [--steps N] [--device cpu|cuda] [--precision bf16]
+One untimed warm-up step comes first (allocator, kernel selection, and with ``--compile`` the
+torch.compile of forward and backward, as ``dcsbm run --compile`` does it); its time is
+reported apart as ``warmup_s``, so a compiled epoch is compared with an eager one on equal terms
+and the compile cost is still in the table.
+
+Run: python -m bench.epoch [--config configs/anchor.json] [--steps N] [--device cpu|cuda] [--precision bf16] [--compile]
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=None, help="optimiser steps to time (default: a whole epoch)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
+    parser.add_argument("--compile", action="store_true", help="train through torch.compile(model)")
     args = parser.parse_args()
     device = torch.device(args.device)
     config = load_config(args.config)
@@ -40,11 +46,16 @@ def main() -> None:
     model = build_model(config, device)
     walks = torch.from_numpy(data.train.walks).to(device)
     evaluator = GateEvaluator(config, data.graph, data.eval)
-    trainer = Trainer(config, model, walks, evaluator, Path("/nonexistent"), autocast=autocast)
+    compiled = torch.compile(model) if args.compile else None
+    trainer = Trainer(config, model, walks, evaluator, Path("/nonexistent"), autocast=autocast, compiled=compiled)
     steps = min(args.steps or trainer.steps_per_epoch, trainer.steps_per_epoch)
 
     w, batch = config.model.context_window, config.training.batch_size
     synchronize()
+    started = time.perf_counter()
+    trainer.train_epoch(1, max_steps=1)
+    synchronize()
+    warmup_s = time.perf_counter() - started
     started = time.perf_counter()
     trainer.train_epoch(1, max_steps=steps)
     synchronize()
@@ -56,6 +67,8 @@ def main() -> None:
         "config": Path(args.config).name,
         "device": str(device),
         "precision": args.precision,
+        "compile": args.compile,
+        "warmup_s": warmup_s,
         "steps_timed": steps,
         "steps_per_epoch": trainer.steps_per_epoch,
         "ms_per_step": 1000 * train_s / steps,
@@ -66,7 +79,8 @@ def main() -> None:
         "max_epochs_h": config.training.max_epochs * (epoch_s + evaluation.seconds) / 3600,
     }
     print_table("epoch time", [row])
-    record(f"epoch_{Path(args.config).stem}_{args.precision}", row, device)
+    variant = f"{args.precision}_compiled" if args.compile else args.precision
+    record(f"epoch_{Path(args.config).stem}_{variant}", row, device)
 
 
 if __name__ == "__main__":
