@@ -52,6 +52,7 @@ def problems_of(raw) -> list[str]:
         ({"training": {"batch_size": True}}, "training.batch_size"),
         ({"graph": []}, "graph"),
         ({"seed": -1}, "seed"),
+        ({"seed": 2**70}, "seed"),
     ],
 )
 def test_each_bad_value_is_rejected_naming_its_field(raw, field):

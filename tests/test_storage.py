@@ -6,11 +6,13 @@ import json
 import random
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from dcsbm_transformer import cli
 from dcsbm_transformer.data.dataset import (
     DATA_FILES,
     DataIntegrityError,
@@ -58,6 +60,27 @@ def test_generate_with_a_bad_config_exits_2_lists_problems_and_writes_nothing(tm
     assert not (tmp_path / "out").exists() and not (tmp_path / "cache").exists()
     missing = run_cli("generate", "--config", "nope.json", "--out", "out", cwd=tmp_path)
     assert missing.returncode == 2 and "nope.json" in missing.stderr and "Traceback" not in missing.stderr
+
+
+def test_generate_into_a_path_under_a_file_exits_2_before_generating(tmp_path):
+    config_file = write_config(tmp_path / "tiny.json", tiny_config())
+    (tmp_path / "taken").write_text("a file, not a folder")
+    result = run_cli("generate", "--config", str(config_file), "--out", "taken/data", "--cache-dir", "cache", cwd=tmp_path)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "--out taken/data" in result.stderr and "taken exists and is not a directory" in result.stderr
+    assert (tmp_path / "taken").read_text() == "a file, not a folder" and not (tmp_path / "cache").exists()
+
+
+def test_generate_that_cannot_write_exits_1_naming_the_file(tmp_path, monkeypatch, capsys):
+    def disk_full(data, directory, config):
+        raise OSError(28, "No space left on device", str(Path(directory) / "train.npz"))
+
+    monkeypatch.setattr(cli, "write_data", disk_full)
+    config_file = write_config(tmp_path / "tiny.json", tiny_config())
+    status = cli.main(["generate", "--config", str(config_file), "--out", str(tmp_path / "out"), "--cache-dir", str(tmp_path / "cache")])
+    error = capsys.readouterr().err
+    assert status == 1 and "No space left on device" in error and str(tmp_path / "out" / "train.npz") in error
+    assert not (tmp_path / "out" / "config.json").exists()
 
 
 @pytest.mark.parametrize("damage", ["truncate", "alter", "delete", "manifest"])

@@ -18,6 +18,7 @@ from .data.dataset import DataIntegrityError, load_or_build_data, write_data
 from .data.dcsbm import GraphGenerationError
 from .data.walks import WalkGenerationError
 from .experiment import RunOptions, resolve_device, run_experiment
+from .storage import atomic_write_bytes
 from .training.checkpoint import CheckpointError, CheckpointWriteError
 from .training.faults import hooks_from_environment
 from .training.lock import RunLockedError
@@ -59,11 +60,12 @@ def command_run(args: argparse.Namespace) -> int:
 def command_generate(args: argparse.Namespace) -> int:
     config = _read_config(args.config)
     out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"--out {out}: exists and is not a directory")
+    blocker = next((p for p in (out, *out.parents) if p.exists() and not p.is_dir()), None)
+    if blocker is not None:
+        raise UsageError(f"--out {out}: {blocker} exists and is not a directory")
     data = load_or_build_data(config, args.cache_dir)
     write_data(data, out, config)
-    (out / "config.json").write_text(config.to_json())
+    atomic_write_bytes(out / "config.json", config.to_json().encode())
     print(
         f"wrote {out}/graph.npz, train.npz, eval.npz: n={data.graph.n}, {data.graph.n_edges} edges, "
         f"{len(data.graph.jumper_vertex)} jumpers; {len(data.train.walks)} train and {len(data.eval.walks)} eval walks"
@@ -101,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as error:
         print(f"dcsbm {args.command}: error: {error}", file=sys.stderr)
         return USAGE_ERROR
-    except RUNTIME_ERRORS as error:
+    except (*RUNTIME_ERRORS, OSError) as error:  # OSError: a folder not writable, a disk full...
         print(f"dcsbm {args.command}: error: {error}", file=sys.stderr)
         return RUNTIME_FAILURE
 

@@ -98,7 +98,7 @@ class GateConfig(_Section):
 class ExperimentConfig(_Section):
     """The whole experiment. Attributes mirror the JSON: ``config.graph.n``."""
 
-    seed: StrictInt = Field(42, ge=0)
+    seed: StrictInt = Field(42, ge=0, le=2**63 - 1)  # torch.manual_seed takes a 64-bit seed
     graph: GraphConfig = GraphConfig()
     walks: WalksConfig = WalksConfig()
     model: ModelConfig = ModelConfig()
