@@ -77,6 +77,16 @@ def test_jumper_prefix_gate_asks_fixed_questions_and_scores_only_generated_token
     assert evaluation.report.rule_events >= config.gate.eval_sequences
 
 
+def test_asking_for_more_questions_than_the_eval_corpus_holds_says_so(tiny_setup, caplog):
+    config, data = tiny_setup
+    events = len(data.eval.events)
+    greedy = tiny_config(gate={"eval_sequences": events + 1})
+    with caplog.at_level("WARNING"):
+        evaluator = GateEvaluator(greedy, data.graph, data.eval)
+    assert evaluator.sequence_count == events
+    assert f"gate.eval_sequences is {events + 1}" in caplog.text and f"only {events} rule events" in caplog.text
+
+
 def test_evaluation_does_not_touch_the_training_rng(tiny_setup):
     config, data = tiny_setup
     evaluator = GateEvaluator(config, data.graph, data.eval)

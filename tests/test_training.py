@@ -127,6 +127,28 @@ def test_resume_across_the_epoch_boundary(tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_a_gate_checkpoint_newer_than_the_resume_point_is_set_aside(tmp_path):
+    """A kill between the gate checkpoint and the epoch checkpoint leaves a gate file from an epoch
+    the resumed run retrains; if that retrain does not pass, the file must not stay as the gate's."""
+    config = tiny_config(gate=NEVER, training={"max_epochs": 3})
+
+    def kill_in_epoch_three(trainer, step):
+        if step == 250:
+            raise Interrupted
+
+    with pytest.raises(Interrupted):
+        train(config, tmp_path, TrainingHooks(after_step=kill_in_epoch_three))
+    checkpoints = run_directory(config, tmp_path) / CHECKPOINT_DIR
+    ghost = (checkpoints / "checkpoint_epoch_0002.pt").read_bytes()
+    (checkpoints / "checkpoint_gate.pt").write_bytes(ghost)  # stands in for the passed epoch's file
+    messages = []
+    result = run_experiment(config, RunOptions(results_root=tmp_path, cache_root=tmp_path / "cache"), echo=messages.append)
+    assert not result["training"]["gate_passed"]
+    assert not (checkpoints / "checkpoint_gate.pt").exists()
+    assert (checkpoints / "checkpoint_gate.superseded.pt").read_bytes() == ghost
+    assert any("kept as checkpoint_gate.superseded.pt" in m for m in messages)
+
+
 def test_retention_keeps_the_last_three_and_the_gate_checkpoint(tmp_path):
     config = tiny_config(gate=NEVER, training={"max_epochs": 6})
     train(config, tmp_path)

@@ -27,7 +27,7 @@ from .data.dataset import ExperimentData, load_or_build_data
 from .model import TransformerLM
 from .reproducibility import seed_everything, torch_generator
 from .storage import atomic_write_bytes, remove_stale_temporaries, write_npz
-from .training.checkpoint import newest_loadable
+from .training.checkpoint import GATE_CHECKPOINT, SUPERSEDED_GATE_CHECKPOINT, newest_loadable
 from .training.evaluation import GateEvaluation, GateEvaluator
 from .training.lock import LOCK_FILE, RunLock
 from .training.plots import FIGURE_FILE, plot_training_curves
@@ -249,9 +249,22 @@ def _resume_if_possible(trainer: Trainer, checkpoint_dir: Path, echo: Callable[[
     if resume is None:
         device = next(trainer.model.parameters()).device
         echo(f"training {trainer.config.experiment_id} on {device} ({trainer.steps_per_epoch} steps per epoch)")
+    else:
+        trainer.restore(resume.state)
+        echo(f"resuming {trainer.config.experiment_id} from {resume.path.name} (epoch {trainer.state.epoch})")
+    _set_aside_superseded_gate_checkpoint(trainer.state, checkpoint_dir, echo)
+
+
+def _set_aside_superseded_gate_checkpoint(state: TrainingState, checkpoint_dir: Path, echo: Callable[[str], None]) -> None:
+    """A gate checkpoint beside a resume point that has not passed the gate comes from an epoch
+    about to be retrained (a kill between the gate and epoch checkpoint writes). On a CPU the
+    retrain writes it again identically; where training is not bitwise deterministic it may not
+    pass, so the file is renamed rather than left to contradict result.json (never deleted)."""
+    gate_file = checkpoint_dir / GATE_CHECKPOINT
+    if state.gate_passed or not gate_file.exists():
         return
-    trainer.restore(resume.state)
-    echo(f"resuming {trainer.config.experiment_id} from {resume.path.name} (epoch {trainer.state.epoch})")
+    gate_file.replace(checkpoint_dir / SUPERSEDED_GATE_CHECKPOINT)
+    echo(f"{gate_file.name} is from an epoch after epoch {state.epoch}, which is retrained now; kept as {SUPERSEDED_GATE_CHECKPOINT}")
 
 
 def build_model(config: ExperimentConfig, device: torch.device) -> TransformerLM:

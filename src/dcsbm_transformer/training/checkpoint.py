@@ -26,6 +26,7 @@ from ..storage import atomic_write_bytes
 CHECKPOINT_FORMAT = 1
 KEEP_LAST = 3
 GATE_CHECKPOINT = "checkpoint_gate.pt"
+SUPERSEDED_GATE_CHECKPOINT = "checkpoint_gate.superseded.pt"  # see experiment._resume_if_possible
 _EPOCH_PATTERN = re.compile(r"^checkpoint_epoch_(\d{4,})\.pt$")
 REQUIRED_KEYS = (
     "format", "config_hash", "epoch", "global_step", "model", "optimizer", "scheduler", "rng", "curves", "gate", "timings",

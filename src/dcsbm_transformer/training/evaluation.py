@@ -18,6 +18,7 @@ judged on the same questions, and evaluation never touches the training RNG.
 
 from __future__ import annotations
 
+import logging
 import time
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
@@ -32,6 +33,8 @@ from ..data.walks import Corpus
 from ..model import TransformerLM
 from ..reproducibility import numpy_rng
 from .generation import greedy_continue
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -61,6 +64,11 @@ class GateEvaluator:
         events = corpus.events
         if len(events) == 0:
             raise ValueError("the eval corpus holds no rule events: the jumper_prefix gate has nothing to ask")
+        if count > len(events):
+            log.warning(
+                "gate.eval_sequences is %d but the eval corpus holds only %d rule events: the gate asks all %d "
+                "(more eval walks, walks.eval_walks, give it more)", count, len(events), len(events)
+            )
         chosen = np.sort(rng.choice(len(events), size=min(count, len(events)), replace=False))
         row, step = events.row[chosen], events.step[chosen]
         self.event_walk, self.event_step = row, step

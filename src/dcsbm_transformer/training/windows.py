@@ -2,10 +2,11 @@
 
 Each epoch cuts every walk into k = walk_length // (w + 1) back-to-back windows starting at a
 random *phase* (0 .. walk_length - k(w + 1)), drawn per walk and per epoch, and shuffles all
-windows. So every token is used about once per epoch, a jumper sits at every window position
-equally often, and a rule with r ≤ w lies wholly inside one window (jumper and deadline seen
-together) in a share of epochs of about (w + 1 - r) / (w + 1) — a different share of the pairs
-each epoch — instead of never, as with fixed chunks at fixed offsets.
+windows. So an epoch uses k(w + 1)/walk_length of the tokens (76% for the anchor config), a
+different part of each walk every epoch; a jumper sits at every window position equally often;
+and a rule with r ≤ w lies wholly inside one window (jumper and deadline seen together) in a
+share of epochs of about (w + 1 - r) / (w + 1) — a different share of the pairs each epoch —
+instead of never, as with fixed chunks at fixed offsets.
 
 Everything is drawn from a generator seeded by (seed, epoch), so any epoch's batches can be
 rebuilt exactly (resume needs no data-loader state).
