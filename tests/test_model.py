@@ -51,13 +51,14 @@ def test_extracted_shapes_per_mode(model):
         "qkt": (batch, L, H, length, length),
         "attention": (batch, L, H, length, length),
         "values": (batch, L, H, length, dh),
+        "ov_circuits": (L, H, D_MODEL, D_MODEL),
         "residual": (batch, L, length, D_MODEL),
     }
     wanted = {
         ExtractionMode.NONE: set(),
-        ExtractionMode.SVD_TARGETS: {"qkt", "attention", "values"},
+        ExtractionMode.SVD_TARGETS: {"qkt", "attention", "values", "ov_circuits"},
         ExtractionMode.RESIDUAL: {"residual"},
-        ExtractionMode.FULL: {"qkt", "attention", "values", "residual"},
+        ExtractionMode.FULL: {"qkt", "attention", "values", "ov_circuits", "residual"},
     }
     for mode, names in wanted.items():
         out = model(tokens, mode)
@@ -143,6 +144,7 @@ def test_ov_circuit_matches_values_and_output_projection(model):
     rhs = torch.einsum("btd,hde->bhte", x, ov[0])
     torch.testing.assert_close(lhs, rhs, **CLOSE)
     assert not ov.requires_grad
+    assert torch.equal(out.ov_circuits, ov)  # the mode hands out the same matrices
 
 
 # -- gradients -----------------------------------------------------------------------------

@@ -22,7 +22,7 @@ class ExtractionMode(enum.Enum):
     """What `TransformerLM.forward` returns besides the logits."""
 
     NONE = "none"  # logits only: the fast path used in training
-    SVD_TARGETS = "svd_targets"  # + qkt, attention, values per layer and head
+    SVD_TARGETS = "svd_targets"  # + qkt, attention, values per layer and head; W_v·W_o from the weights
     RESIDUAL = "residual"  # + the residual stream after each block
     FULL = "full"  # all of the above
 
@@ -44,6 +44,8 @@ class ModelOutput:
     attention [B, n_layers, n_heads, T, T]           softmax weights (before dropout); rows sum
                                                      to 1, zero above the diagonal
     values    [B, n_layers, n_heads, T, d_head]      V = LN(x) W_v + b_v of each head
+    ov_circuits [n_layers, n_heads, d_model, d_model] W_v·W_o of each head, from the weights
+                                                     (no batch axis; see TransformerLM.ov_circuits)
     residual  [B, n_layers, T, d_model]              residual stream after each block
     """
 
@@ -51,6 +53,7 @@ class ModelOutput:
     qkt: torch.Tensor | None = None
     attention: torch.Tensor | None = None
     values: torch.Tensor | None = None
+    ov_circuits: torch.Tensor | None = None
     residual: torch.Tensor | None = None
 
 
@@ -181,8 +184,8 @@ class TransformerLM(nn.Module):
         # Stack the per-layer [B, H, ...] / [B, T, d] tensors along a new layer axis (dim 1).
         stack = lambda tensors: torch.stack(tensors, dim=1) if tensors else None  # noqa: E731
         return ModelOutput(
-            logits=self.head(self.ln_f(x)), qkt=stack(qkt), attention=stack(attention),
-            values=stack(values), residual=stack(residual),
+            logits=self.head(self.ln_f(x)), qkt=stack(qkt), attention=stack(attention), values=stack(values),
+            ov_circuits=self.ov_circuits() if mode.wants_attention else None, residual=stack(residual),
         )
 
     # -- generation ----------------------------------------------------------------------
