@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import os
 import platform
 import re
 import socket
@@ -16,7 +17,8 @@ import torch
 
 from dcsbm_transformer.storage import atomic_write_bytes
 
-RESULTS_DIR = Path(__file__).resolve().parent / "results"
+# Where results files go; DCSBM_BENCH_RESULTS moves them (the smoke tests write to a temp folder).
+RESULTS_DIR = Path(os.environ.get("DCSBM_BENCH_RESULTS") or Path(__file__).resolve().parent / "results")
 
 
 def synchronize() -> None:

@@ -14,6 +14,7 @@ import argparse
 import json
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -55,15 +56,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default=str(ROOT / "configs" / "anchor.json"))
     args = parser.parse_args()
-    scratch = Path("/tmp") / "dcsbm-bench-graph"
-    scratch.mkdir(exist_ok=True)
-    child = subprocess.run(
-        [sys.executable, "-c", _CHILD, args.config, str(scratch / "indptr.npy"), str(scratch / "indices.npy")],
-        capture_output=True, text=True, check=True,
-    )
+    with tempfile.TemporaryDirectory() as folder:
+        scratch = Path(folder)
+        child = subprocess.run(
+            [sys.executable, "-c", _CHILD, args.config, str(scratch / "indptr.npy"), str(scratch / "indices.npy")],
+            capture_output=True, text=True, check=True,
+        )
+        indptr, indices = np.load(scratch / "indptr.npy"), np.load(scratch / "indices.npy")
     ours = json.loads(child.stdout.strip().splitlines()[-1])
     config = json.loads(Path(args.config).read_text())
-    indptr, indices = np.load(scratch / "indptr.npy"), np.load(scratch / "indices.npy")
     started = time.perf_counter()
     plain_walks(indptr, indices, ours["walks"], config["walks"]["walk_length"])
     plain_s = time.perf_counter() - started

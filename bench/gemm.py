@@ -15,14 +15,12 @@ Run: python -m bench.gemm
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 from bench.common import median_seconds, print_table, record
 
-ROOT = Path(__file__).resolve().parent.parent
 ANCHOR = dict(batch=64, context_window=64, d_model=128, n_layers=4, vocab=500)
 
 
@@ -121,7 +119,7 @@ def main() -> None:
         payload["ceiling_GFLOPs"][name] = ceiling
         payload[f"rows_{name}"] = rows
     path = record("gemm", payload, args.device)
-    print(f"\nrecorded in {path.relative_to(ROOT)}")
+    print(f"\nrecorded in {path}")
 
 
 if __name__ == "__main__":

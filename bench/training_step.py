@@ -198,7 +198,7 @@ def main() -> None:
     print_table("Training step (forward + backward + clip + AdamW); MFU vs the fp32 GEMM ceiling", rows)
     formula = "tokens*(6*N_linear + 6*n_layers*T*d_model) / seconds / fp32 GEMM ceiling"
     path = record("training_step", {"shapes": shapes, "rows": rows, "mfu_formula": formula}, device)
-    print(f"\nrecorded in {path.relative_to(ROOT)}")
+    print(f"\nrecorded in {path}")
 
 
 if __name__ == "__main__":
