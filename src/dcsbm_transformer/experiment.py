@@ -264,7 +264,7 @@ def _set_aside_superseded_gate_checkpoint(state: TrainingState, checkpoint_dir: 
     if state.gate_passed or not gate_file.exists():
         return
     gate_file.replace(checkpoint_dir / SUPERSEDED_GATE_CHECKPOINT)
-    echo(f"{gate_file.name} is from an epoch after epoch {state.epoch}, which is retrained now; kept as {SUPERSEDED_GATE_CHECKPOINT}")
+    echo(f"{gate_file.name} comes from an epoch after epoch {state.epoch}, which is trained again now; kept as {SUPERSEDED_GATE_CHECKPOINT}")
 
 
 def build_model(config: ExperimentConfig, device: torch.device) -> TransformerLM:

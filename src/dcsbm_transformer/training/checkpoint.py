@@ -26,7 +26,7 @@ from ..storage import atomic_write_bytes
 CHECKPOINT_FORMAT = 1
 KEEP_LAST = 3
 GATE_CHECKPOINT = "checkpoint_gate.pt"
-SUPERSEDED_GATE_CHECKPOINT = "checkpoint_gate.superseded.pt"  # see experiment._resume_if_possible
+SUPERSEDED_GATE_CHECKPOINT = "checkpoint_gate.superseded.pt"  # see experiment._set_aside_superseded_gate_checkpoint
 _EPOCH_PATTERN = re.compile(r"^checkpoint_epoch_(\d{4,})\.pt$")
 REQUIRED_KEYS = (
     "format", "config_hash", "epoch", "global_step", "model", "optimizer", "scheduler", "rng", "curves", "gate", "timings",
