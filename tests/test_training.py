@@ -326,3 +326,43 @@ def test_checkpoints_move_between_run_options(tmp_path, option):
     assert result["training"]["epochs_trained"] == 2
     assert result["environment"]["precision"] == "fp32" and result["environment"]["compile"] is False
     assert all(t.dtype == torch.float32 for t in final_weights(config, tmp_path).values())
+
+
+def _adamw_steps(model, optimizer, steps, seed):
+    generator = torch.Generator().manual_seed(seed)
+    for _ in range(steps):
+        tokens = torch.randint(0, model.vocab_size, (4, 9), generator=generator)
+        logits = model(tokens[:, :-1]).logits
+        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), tokens[:, 1:].reshape(-1))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+
+@pytest.mark.parametrize("written_fused", [True, False])
+def test_optimiser_state_moves_between_the_fused_gpu_and_the_cpu_adamw(written_fused):
+    """On a GPU the trainer's AdamW is the fused kernel, on a CPU torch's default one: a checkpoint's
+    optimiser state written by either resumes in the other, with the same update."""
+    import copy
+    import io
+
+    from dcsbm_transformer.model import TransformerLM
+    from dcsbm_transformer.training.trainer import build_optimizer
+
+    model = TransformerLM(13, 8, 16, 2, 2, generator=torch.Generator().manual_seed(0))
+    assert build_optimizer(model, 1e-3, 0.01).defaults["fused"] is (next(model.parameters()).device.type == "cuda")
+    writer = torch.optim.AdamW(model.parameter_groups(0.01), lr=1e-3, fused=written_fused)
+    _adamw_steps(model, writer, 3, seed=1)
+    buffer = io.BytesIO()
+    torch.save(writer.state_dict(), buffer)
+    buffer.seek(0)
+    stored = torch.load(buffer, weights_only=True)
+
+    resumed_model = copy.deepcopy(model)
+    reader = torch.optim.AdamW(resumed_model.parameter_groups(0.01), lr=1e-3, fused=not written_fused)
+    reader.load_state_dict(stored)
+    _adamw_steps(model, writer, 2, seed=2)
+    _adamw_steps(resumed_model, reader, 2, seed=2)
+    for (name, expected), actual in zip(model.state_dict().items(), resumed_model.state_dict().values()):
+        torch.testing.assert_close(actual, expected, rtol=1e-5, atol=1e-6, msg=name)
+    assert reader.state_dict()["state"][0]["step"].item() == 5

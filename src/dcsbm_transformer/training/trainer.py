@@ -126,7 +126,7 @@ class Trainer:
         t = config.training
         self.steps_per_epoch = steps_per_epoch(len(train_walks), train_walks.shape[1], config.model.context_window, t.batch_size)
         self.total_steps = self.steps_per_epoch * t.max_epochs
-        self.optimizer = torch.optim.AdamW(model.parameter_groups(t.weight_decay), lr=t.lr)
+        self.optimizer = build_optimizer(model, t.lr, t.weight_decay)
         self.scheduler = warmup_cosine_scheduler(self.optimizer, self.total_steps, t.warmup_fraction, t.min_lr_fraction)
         self.state = TrainingState()
 
@@ -243,6 +243,17 @@ class Trainer:
             save_checkpoint(self.checkpoint_dir / GATE_CHECKPOINT, state, commit)
         save_checkpoint(self.checkpoint_dir / epoch_checkpoint_name(self.state.epoch), state, commit)
         prune_epoch_checkpoints(self.checkpoint_dir)
+
+
+def build_optimizer(model: TransformerLM, lr: float, weight_decay: float) -> torch.optim.AdamW:
+    """AdamW over ``model.parameter_groups``. On a GPU, torch's fused kernel: a step of a model
+    this small is bound by kernel launches and host overhead, which the fused update cuts to one
+    launch per parameter group (same update rule; results differ only in float rounding, as the
+    fused attention kernel's do). On a CPU torch's default implementation stays: fused measured
+    no faster there (bench.training_step). The state_dict has the same layout either way, so
+    checkpoints resume across devices."""
+    fused = next(model.parameters()).device.type == "cuda"
+    return torch.optim.AdamW(model.parameter_groups(weight_decay), lr=lr, fused=fused)
 
 
 def evaluation_record(epoch: int, prompt: str, evaluation: GateEvaluation) -> dict[str, Any]:
