@@ -10,7 +10,13 @@ torch.compile of forward and backward, as ``dcsbm run --compile`` does it); its 
 reported apart as ``warmup_s``, so a compiled epoch is compared with an eager one on equal terms
 and the compile cost is still in the table.
 
-Run: python -m bench.epoch [--config configs/anchor.json] [--steps N] [--device cpu|cuda] [--precision bf16] [--compile]
+``--compile-mode reduce-overhead`` (with --compile) replays forward and backward as CUDA graphs
+on a GPU, where a step of the anchor model is bound by launch overhead (bench.training_step's
+host-overhead table); on a CPU it is the same as the default mode. The dcsbm CLI's --compile
+uses the default mode.
+
+Run: python -m bench.epoch [--config configs/anchor.json] [--steps N] [--device cpu|cuda] [--precision bf16]
+     [--compile [--compile-mode default|reduce-overhead|max-autotune-no-cudagraphs]]
 """
 
 from __future__ import annotations
@@ -38,7 +44,13 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
     parser.add_argument("--compile", action="store_true", help="train through torch.compile(model)")
+    parser.add_argument(
+        "--compile-mode", default="default", choices=["default", "reduce-overhead", "max-autotune-no-cudagraphs"],
+        help="torch.compile's mode, with --compile",
+    )
     args = parser.parse_args()
+    if args.compile_mode != "default" and not args.compile:
+        parser.error("--compile-mode needs --compile")
     device = torch.device(args.device)
     config = load_config(args.config)
     data = load_or_build_data(config)
@@ -46,7 +58,7 @@ def main() -> None:
     model = build_model(config, device)
     walks = torch.from_numpy(data.train.walks).to(device)
     evaluator = GateEvaluator(config, data.graph, data.eval)
-    compiled = torch.compile(model) if args.compile else None
+    compiled = torch.compile(model, mode=args.compile_mode) if args.compile else None
     trainer = Trainer(config, model, walks, evaluator, Path("/nonexistent"), autocast=autocast, compiled=compiled)
     steps = min(args.steps or trainer.steps_per_epoch, trainer.steps_per_epoch)
 
@@ -68,6 +80,7 @@ def main() -> None:
         "device": str(device),
         "precision": args.precision,
         "compile": args.compile,
+        "compile_mode": args.compile_mode if args.compile else None,
         "warmup_s": warmup_s,
         "steps_timed": steps,
         "steps_per_epoch": trainer.steps_per_epoch,
@@ -79,7 +92,9 @@ def main() -> None:
         "max_epochs_h": config.training.max_epochs * (epoch_s + evaluation.seconds) / 3600,
     }
     print_table("epoch time", [row])
-    variant = f"{args.precision}_compiled" if args.compile else args.precision
+    variant = args.precision
+    if args.compile:
+        variant += "_compiled" if args.compile_mode == "default" else f"_compiled_{args.compile_mode.replace('-', '_')}"
     record(f"epoch_{Path(args.config).stem}_{variant}", row, device)
 
 
