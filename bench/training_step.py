@@ -11,12 +11,20 @@ no embedding lookups). 6·N: forward 2·N, backward 4·N. 6·L·T·d: QKᵀ and 
 token and layer in the forward pass, ×3 with the backward, halved because causal attention
 needs only half the score matrix.
 
-Compared side by side, interleaved round by round (the machine may be shared): our model
-(explicit and SDPA attention; with AdamW(fused=True)), a plain eager GPT written here (separate
-q/k/v Linears, explicit softmax attention), our model under bf16 autocast and, with --compile,
-under torch.compile. Each round times every variant (median of `repeat` steps); the table uses
-the best round (ms_median shows the spread), the ceiling the better of two GEMM measurements.
-`speed_vs_ours` = our step time / the variant's step time.
+Compared side by side, interleaved round by round (the machine may be shared): our model with
+the trainer's optimiser (``build_optimizer``: torch's default AdamW on a CPU, the fused one on a
+GPU) and with the other one (``ours_fused_adamw`` on a CPU, ``ours_default_adamw`` on a GPU), with
+SDPA attention, a plain eager GPT written here (separate q/k/v Linears, explicit softmax
+attention), our model under bf16 autocast and, with --compile, under torch.compile. Each round
+times every variant (median of `repeat` steps); the table uses the best round (ms_median shows
+the spread), the ceiling the better of two GEMM measurements. `speed_vs_ours` = our step time /
+the variant's step time.
+
+A second table, **host overhead**, runs the same variants with the anchor model's layers and
+heads at tiny shapes (d_model 8, w 4, batch 1, vocab 8), where the arithmetic is nil: what is
+left is the framework's cost per step (Python, dispatch, autograd, and on a GPU the kernel
+launches). A small model on a GPU cannot step faster than that, so ``epoch_floor_s`` = that
+time × the anchor config's steps per epoch is the shortest epoch eager training allows there.
 
 Run: python -m bench.training_step [--rounds 5] [--compile]
 """
@@ -37,6 +45,8 @@ from bench.common import median_seconds, print_table, record
 from bench.gemm import bf16_supported, gemm_ceiling
 from dcsbm_transformer.config import load_config
 from dcsbm_transformer.model import TransformerLM
+from dcsbm_transformer.training.trainer import build_optimizer
+from dcsbm_transformer.training.windows import steps_per_epoch
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -94,14 +104,18 @@ def model_flops_per_step(model: nn.Module, batch: int, context_window: int, d_mo
 
 
 def make_step(
-    model: nn.Module, tokens: torch.Tensor, *, bf16: bool = False, fused_adamw: bool = False, compile: bool = False
+    model: nn.Module, tokens: torch.Tensor, *, bf16: bool = False, fused_adamw: bool | None = None, compile: bool = False
 ) -> Callable[[], None]:
-    """One optimiser step on `tokens` [batch, w+1] (inputs = all but the last, targets = shifted)."""
-    groups = model.parameter_groups(0.01) if hasattr(model, "parameter_groups") else [
-        {"params": [p for p in model.parameters() if p.dim() >= 2], "weight_decay": 0.01},
-        {"params": [p for p in model.parameters() if p.dim() < 2], "weight_decay": 0.0},
-    ]
-    optimizer = torch.optim.AdamW(groups, lr=3e-4, fused=fused_adamw or None)
+    """One optimiser step on `tokens` [batch, w+1] (inputs = all but the last, targets = shifted).
+    ``fused_adamw`` None: our model gets the trainer's optimiser, the plain GPT torch's default."""
+    if isinstance(model, TransformerLM) and fused_adamw is None:
+        optimizer = build_optimizer(model, lr=3e-4, weight_decay=0.01)
+    else:
+        groups = model.parameter_groups(0.01) if hasattr(model, "parameter_groups") else [
+            {"params": [p for p in model.parameters() if p.dim() >= 2], "weight_decay": 0.01},
+            {"params": [p for p in model.parameters() if p.dim() < 2], "weight_decay": 0.0},
+        ]
+        optimizer = torch.optim.AdamW(groups, lr=3e-4, fused=fused_adamw)
     inputs, targets = tokens[:, :-1], tokens[:, 1:]
     vocab = model.head.out_features
     is_ours = isinstance(model, TransformerLM)
@@ -125,7 +139,9 @@ def variants(shape: dict, device: torch.device, compile: bool) -> dict[str, tupl
     out = {
         "ours": (TransformerLM(*args).to(device), {}),
         "ours_sdpa": (TransformerLM(*args, use_sdpa=True).to(device), {}),
-        "ours_fused_adamw": (TransformerLM(*args).to(device), {"fused_adamw": True}),
+        # The optimiser the trainer does not use on this device (see build_optimizer).
+        **({"ours_fused_adamw": (TransformerLM(*args).to(device), {"fused_adamw": True})} if device.type == "cpu"
+           else {"ours_default_adamw": (TransformerLM(*args).to(device), {"fused_adamw": False})}),
         "plain": (PlainGPT(*args).to(device), {}),
     }
     if bf16_supported(device):
@@ -183,6 +199,33 @@ def bench_shape(label: str, shape: dict, device: torch.device, rounds: int, repe
     return rows
 
 
+OVERHEAD_SHAPE = dict(vocab=8, context_window=4, d_model=8, batch=1)
+OVERHEAD_REPEAT = 50  # steps of a few milliseconds: more of them for a steady median
+
+
+def bench_overhead(anchor: dict, anchor_config: Path, device: torch.device, rounds: int, compile: bool) -> list[dict]:
+    """Every variant with the anchor model's layers and heads at tiny shapes (module docstring)."""
+    shape = {**anchor, **OVERHEAD_SHAPE}
+    torch.manual_seed(0)
+    tokens = torch.randint(0, shape["vocab"], (shape["batch"], shape["context_window"] + 1), device=device)
+    models = variants(shape, device, compile)
+    steps = {name: make_step(model, tokens, **options) for name, (model, options) in models.items()}
+    if compile:
+        steps["ours_compiled"]()
+    seconds = time_variants(steps, rounds, OVERHEAD_REPEAT)
+    config = load_config(anchor_config)
+    per_epoch = steps_per_epoch(
+        config.walks.train_walks, config.walks.walk_length, config.model.context_window, config.training.batch_size
+    )
+    base = min(seconds["ours"])
+    return [
+        {"variant": name, "ms_best": 1e3 * min(times), "ms_median": 1e3 * statistics.median(times),
+         "speed_vs_ours": base / min(times), "anchor_steps_per_epoch": per_epoch,
+         "epoch_floor_s": min(times) * per_epoch}
+        for name, times in seconds.items()
+    ]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -196,8 +239,11 @@ def main() -> None:
     for label, shape in shapes.items():
         rows += bench_shape(label, shape, device, args.rounds, args.repeat, args.compile)
     print_table("Training step (forward + backward + clip + AdamW); MFU vs the fp32 GEMM ceiling", rows)
+    overhead = bench_overhead(shapes["anchor"], ROOT / "configs" / "anchor.json", device, args.rounds, args.compile)
+    print_table("Host overhead per step: anchor layers at tiny shapes (arithmetic nil)", overhead)
     formula = "tokens*(6*N_linear + 6*n_layers*T*d_model) / seconds / fp32 GEMM ceiling"
-    path = record("training_step", {"shapes": shapes, "rows": rows, "mfu_formula": formula}, device)
+    payload = {"shapes": shapes, "rows": rows, "mfu_formula": formula, "overhead_rows": overhead}
+    path = record("training_step", payload, device)
     print(f"\nrecorded in {path}")
 
 

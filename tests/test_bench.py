@@ -45,6 +45,17 @@ def test_epoch_benchmark_times_steps_and_extrapolates(bench_env):
     assert entry["machine"]["torch"].startswith("2.")
 
 
+def test_epoch_benchmark_compiles_in_the_mode_asked_and_records_it_apart(bench_env):
+    config, _, env = bench_env
+    args = ["bench.epoch", "--config", str(config), "--steps", "2", "--compile", "--compile-mode", "reduce-overhead"]
+    entries = run_bench(bench_env, *args)
+    entry = entries["epoch_tiny_fp32_compiled_reduce_overhead"]
+    assert entry["compile"] is True and entry["compile_mode"] == "reduce-overhead" and entry["steps_timed"] == 2
+    refused = subprocess.run([sys.executable, "-m", *args[:5], "--compile-mode", "reduce-overhead"], cwd=REPO, env=env,
+                             capture_output=True, text=True)
+    assert refused.returncode == 2 and "--compile-mode needs --compile" in refused.stderr
+
+
 def test_gate_eval_benchmark_compares_both_generators_on_both_prompt_modes(bench_env):
     config, _, _ = bench_env
     rows = run_bench(bench_env, "bench.gate_eval", "--config", str(config), "--train-steps", "2")["gate_eval"]["rows"]
@@ -76,3 +87,10 @@ def test_gemm_and_training_step_benchmarks_report_utilisation_against_the_same_r
     assert {row["model"] for row in rows} == {"anchor", "quick"}
     for row in rows:
         assert row["MFU"] == pytest.approx(row["model_GFLOPs"] / row["gemm_ceiling_GFLOPs"])
+    # The host-overhead floor: the same variants at tiny shapes, scaled to an anchor epoch
+    # (200,000 walks × 3 windows / batch 64 = 9,375 steps).
+    overhead = results["training_step"]["overhead_rows"]
+    assert [row["variant"] for row in overhead] == [row["variant"] for row in rows if row["model"] == "anchor"]
+    for row in overhead:
+        assert row["anchor_steps_per_epoch"] == 9375
+        assert row["epoch_floor_s"] == pytest.approx(row["ms_best"] / 1000 * 9375)
