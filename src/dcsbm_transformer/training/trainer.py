@@ -246,14 +246,13 @@ class Trainer:
 
 
 def build_optimizer(model: TransformerLM, lr: float, weight_decay: float) -> torch.optim.AdamW:
-    """AdamW over ``model.parameter_groups``. On a GPU, torch's fused kernel: a step of a model
-    this small is bound by kernel launches and host overhead, which the fused update cuts to one
-    launch per parameter group (same update rule; results differ only in float rounding, as the
-    fused attention kernel's do). On a CPU torch's default implementation stays: fused measured
-    no faster there (bench.training_step). The state_dict has the same layout either way, so
-    checkpoints resume across devices."""
-    fused = next(model.parameters()).device.type == "cuda"
-    return torch.optim.AdamW(model.parameter_groups(weight_decay), lr=lr, fused=fused)
+    """AdamW over ``model.parameter_groups``, as torch's fused kernel: one pass over each
+    parameter group instead of a dozen element-wise ops per tensor. Steps of models this small
+    are bound by that overhead (kernel launches on a GPU), and fused measured as fast or faster
+    on the CPU too (bench.training_step: 1.09x a quick-preset step, the same for the anchor's).
+    The same update rule as the unfused AdamW up to float rounding, and the same state_dict
+    layout, so checkpoints resume across devices and implementations."""
+    return torch.optim.AdamW(model.parameter_groups(weight_decay), lr=lr, fused=True)
 
 
 def evaluation_record(epoch: int, prompt: str, evaluation: GateEvaluation) -> dict[str, Any]:
