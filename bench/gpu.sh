@@ -38,6 +38,7 @@ bench 75  bench.epoch --device cuda --steps 3000 --compile --compile-mode reduce
 bench 60  bench.gate_eval --device cuda
 bench 40  bench.data_generation
 bench 60  bench.time_to_gate --config configs/quick.json --device cuda
+bench 180 pytest -q -p no:cacheprovider tests                          # the suite with CUDA present (device auto = cuda)
 
 echo; echo "done $(date -u +%H:%M:%S); failed: ${failed[*]:-none}"
 [ ${#failed[@]} -eq 0 ]

@@ -366,3 +366,70 @@ def test_optimiser_state_moves_between_fused_and_unfused_adamw(written_fused):
     for (name, expected), actual in zip(model.state_dict().items(), resumed_model.state_dict().values()):
         torch.testing.assert_close(actual, expected, rtol=1e-5, atol=1e-6, msg=name)
     assert reader.state_dict()["state"][0]["step"].item() == 5
+
+
+# Tensor methods that copy a value to the host: on a GPU each one waits for the queued work.
+HOST_READS = {"item", "tolist", "numpy", "cpu", "__bool__", "__float__", "__int__", "__index__"}
+
+
+class _HostReads(torch.overrides.TorchFunctionMode):
+    """Counts calls of HOST_READS made through torch while active, and ``Tensor.to`` calls made
+    by this package's own code (torch's internals move tensors between a parameter's own device
+    and itself, which a CPU-only machine cannot tell apart from a copy to the host)."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls: dict[str, int] = {}
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        name = getattr(func, "__name__", "")
+        caller = sys._getframe(1).f_code.co_filename
+        if name in HOST_READS or (name == "to" and "dcsbm_transformer" in caller):
+            key = f"{name} ({caller.rsplit('/', 1)[-1]})"
+            self.calls[key] = self.calls.get(key, 0) + 1
+        return func(*args, **(kwargs or {}))
+
+
+def test_an_epoch_reads_nothing_back_per_step_and_keeps_every_step_loss(tmp_path):
+    """The training loop never waits on the device within an epoch: host reads do not grow with
+    the number of steps (the losses come back once, at the epoch's end), and the per-step curve
+    is complete."""
+    from dcsbm_transformer.data.dataset import build_data
+    from dcsbm_transformer.experiment import build_model
+    from dcsbm_transformer.training.evaluation import GateEvaluator
+    from dcsbm_transformer.training.trainer import Trainer
+
+    config = tiny_config()
+    data = build_data(config)
+    model = build_model(config, torch.device("cpu"))
+    trainer = Trainer(config, model, torch.from_numpy(data.train.walks), GateEvaluator(config, data.graph, data.eval), tmp_path)
+    counts = []
+    for steps in (3, 9):
+        with _HostReads() as reads:
+            losses = trainer.train_epoch(1, max_steps=steps)
+        assert losses.shape == (steps,) and bool(torch.isfinite(losses).all())
+        counts.append(reads.calls)
+    assert counts[0] == counts[1], f"host reads grow with the steps of an epoch: {counts[0]} for 3, {counts[1]} for 9"
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_an_epoch_never_synchronises_with_the_host_on_cuda(tmp_path):
+    """On a GPU, CUDA's own sync check (set_sync_debug_mode "error") raises on any step after the
+    first that waits for the device; the epoch's losses still all come back at its end."""
+    from dcsbm_transformer.data.dataset import build_data
+    from dcsbm_transformer.experiment import build_model
+    from dcsbm_transformer.training.evaluation import GateEvaluator
+    from dcsbm_transformer.training.trainer import Trainer
+
+    config, device, steps = tiny_config(), torch.device("cuda"), 12
+    data = build_data(config)
+    walks = torch.from_numpy(data.train.walks).to(device)
+    evaluator = GateEvaluator(config, data.graph, data.eval)
+    # Checked from the end of step 1 (allocator and kernel selection settle) to the end of the last.
+    hooks = TrainingHooks(after_step=lambda _, step: torch.cuda.set_sync_debug_mode("error" if step < steps - 1 else 0))
+    trainer = Trainer(config, build_model(config, device), walks, evaluator, tmp_path, hooks=hooks)
+    try:
+        losses = trainer.train_epoch(1, max_steps=steps)
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    assert losses.shape == (steps,) and bool(torch.isfinite(losses).all())
