@@ -2,22 +2,31 @@
 
 from __future__ import annotations
 
+import copy
+import io
 import json
 import math
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+import dcsbm_transformer
 from dcsbm_transformer import ExtractionMode, load_run
-from dcsbm_transformer.experiment import CHECKPOINT_DIR, RunOptions, resolve_device, run_directory, run_experiment
+from dcsbm_transformer.data.dataset import build_data
+from dcsbm_transformer.experiment import (
+    CHECKPOINT_DIR, RunOptions, build_model, resolve_device, run_directory, run_experiment,
+)
 from dcsbm_transformer.training.checkpoint import CheckpointError, load_checkpoint
 from dcsbm_transformer.training.gate import gate_decision
 from dcsbm_transformer.training.results import Result
 from dcsbm_transformer.training.schedule import lr_multiplier, warmup_steps_for
-from dcsbm_transformer.training.trainer import TrainingHooks
+from dcsbm_transformer.model import TransformerLM
+from dcsbm_transformer.training.evaluation import GateEvaluator
+from dcsbm_transformer.training.trainer import Trainer, TrainingHooks, build_optimizer
 
 from conftest import tiny_config
 
@@ -343,12 +352,6 @@ def _adamw_steps(model, optimizer, steps, seed):
 def test_optimiser_state_moves_between_fused_and_unfused_adamw(written_fused):
     """The trainer's AdamW is torch's fused kernel: optimiser state written by it resumes in the
     unfused AdamW (a checkpoint of an older run, or for comparison) and back, with the same update."""
-    import copy
-    import io
-
-    from dcsbm_transformer.model import TransformerLM
-    from dcsbm_transformer.training.trainer import build_optimizer
-
     model = TransformerLM(13, 8, 16, 2, 2, generator=torch.Generator().manual_seed(0))
     assert build_optimizer(model, 1e-3, 0.01).defaults["fused"] is True
     writer = torch.optim.AdamW(model.parameter_groups(0.01), lr=1e-3, fused=written_fused)
@@ -370,6 +373,15 @@ def test_optimiser_state_moves_between_fused_and_unfused_adamw(written_fused):
 
 # Tensor methods that copy a value to the host: on a GPU each one waits for the queued work.
 HOST_READS = {"item", "tolist", "numpy", "cpu", "__bool__", "__float__", "__int__", "__index__"}
+PACKAGE_DIR = str(Path(dcsbm_transformer.__file__).parent)
+
+
+def epoch_trainer(config, device: torch.device, directory, hooks=None) -> Trainer:
+    """A Trainer on ``device`` for calling train_epoch directly, as the benchmarks do."""
+    data = build_data(config)
+    walks = torch.from_numpy(data.train.walks).to(device)
+    evaluator = GateEvaluator(config, data.graph, data.eval)
+    return Trainer(config, build_model(config, device), walks, evaluator, directory, hooks=hooks)
 
 
 class _HostReads(torch.overrides.TorchFunctionMode):
@@ -384,7 +396,7 @@ class _HostReads(torch.overrides.TorchFunctionMode):
     def __torch_function__(self, func, types, args=(), kwargs=None):
         name = getattr(func, "__name__", "")
         caller = sys._getframe(1).f_code.co_filename
-        if name in HOST_READS or (name == "to" and "dcsbm_transformer" in caller):
+        if name in HOST_READS or (name == "to" and caller.startswith(PACKAGE_DIR)):
             key = f"{name} ({caller.rsplit('/', 1)[-1]})"
             self.calls[key] = self.calls.get(key, 0) + 1
         return func(*args, **(kwargs or {}))
@@ -394,15 +406,7 @@ def test_an_epoch_reads_nothing_back_per_step_and_keeps_every_step_loss(tmp_path
     """The training loop never waits on the device within an epoch: host reads do not grow with
     the number of steps (the losses come back once, at the epoch's end), and the per-step curve
     is complete."""
-    from dcsbm_transformer.data.dataset import build_data
-    from dcsbm_transformer.experiment import build_model
-    from dcsbm_transformer.training.evaluation import GateEvaluator
-    from dcsbm_transformer.training.trainer import Trainer
-
-    config = tiny_config()
-    data = build_data(config)
-    model = build_model(config, torch.device("cpu"))
-    trainer = Trainer(config, model, torch.from_numpy(data.train.walks), GateEvaluator(config, data.graph, data.eval), tmp_path)
+    trainer = epoch_trainer(tiny_config(), torch.device("cpu"), tmp_path)
     counts = []
     for steps in (3, 9):
         with _HostReads() as reads:
@@ -416,18 +420,10 @@ def test_an_epoch_reads_nothing_back_per_step_and_keeps_every_step_loss(tmp_path
 def test_an_epoch_never_synchronises_with_the_host_on_cuda(tmp_path):
     """On a GPU, CUDA's own sync check (set_sync_debug_mode "error") raises on any step after the
     first that waits for the device; the epoch's losses still all come back at its end."""
-    from dcsbm_transformer.data.dataset import build_data
-    from dcsbm_transformer.experiment import build_model
-    from dcsbm_transformer.training.evaluation import GateEvaluator
-    from dcsbm_transformer.training.trainer import Trainer
-
-    config, device, steps = tiny_config(), torch.device("cuda"), 12
-    data = build_data(config)
-    walks = torch.from_numpy(data.train.walks).to(device)
-    evaluator = GateEvaluator(config, data.graph, data.eval)
+    steps = 12
     # Checked from the end of step 1 (allocator and kernel selection settle) to the end of the last.
     hooks = TrainingHooks(after_step=lambda _, step: torch.cuda.set_sync_debug_mode("error" if step < steps - 1 else 0))
-    trainer = Trainer(config, build_model(config, device), walks, evaluator, tmp_path, hooks=hooks)
+    trainer = epoch_trainer(tiny_config(), torch.device("cuda"), tmp_path, hooks)
     try:
         losses = trainer.train_epoch(1, max_steps=steps)
     finally:

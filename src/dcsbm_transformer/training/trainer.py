@@ -129,7 +129,7 @@ class Trainer:
         self.optimizer = build_optimizer(model, t.lr, t.weight_decay)
         # Listed once: walking the module tree for every step's clipping costs ~7% of a small
         # model's per-step overhead (bench.training_step's host-overhead table).
-        self.parameters = list(model.parameters())
+        self.clipped_parameters = list(model.parameters())
         self.scheduler = warmup_cosine_scheduler(self.optimizer, self.total_steps, t.warmup_fraction, t.min_lr_fraction)
         self.state = TrainingState()
 
@@ -181,7 +181,7 @@ class Trainer:
         loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), tokens[:, 1:].reshape(-1))
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(self.parameters, self.config.training.grad_clip)
+        torch.nn.utils.clip_grad_norm_(self.clipped_parameters, self.config.training.grad_clip)
         self.optimizer.step()
         self.scheduler.step()
         return loss.detach()
