@@ -252,7 +252,7 @@ def build_optimizer(model: TransformerLM, lr: float, weight_decay: float) -> tor
     """AdamW over ``model.parameter_groups``, as torch's fused kernel: one pass over each
     parameter group instead of a dozen element-wise ops per tensor. Steps of models this small
     are bound by that overhead (kernel launches on a GPU), and fused measured as fast or faster
-    on the CPU too (bench.training_step: 1.09x a quick-preset step, the same for the anchor's).
+    on the CPU too (bench.training_step: 1.07-1.09x a quick-preset step, the same for the anchor's).
     The same update rule as the unfused AdamW up to float rounding, and the same state_dict
     layout, so checkpoints resume across devices and implementations."""
     return torch.optim.AdamW(model.parameter_groups(weight_decay), lr=lr, fused=True)
