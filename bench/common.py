@@ -15,16 +15,11 @@ from typing import Any, Callable
 
 import torch
 
+from dcsbm_transformer.devices import synchronize
 from dcsbm_transformer.storage import atomic_write_bytes
 
 # Where results files go; DCSBM_BENCH_RESULTS moves them (the smoke tests write to a temp folder).
 RESULTS_DIR = Path(os.environ.get("DCSBM_BENCH_RESULTS") or Path(__file__).resolve().parent / "results")
-
-
-def synchronize() -> None:
-    """Wait for queued CUDA work, so wall-clock timings include it (no-op on the CPU)."""
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        torch.cuda.synchronize()
 
 
 def median_seconds(fn: Callable[[], Any], warmup: int = 3, repeat: int = 10) -> float:

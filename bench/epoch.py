@@ -27,10 +27,11 @@ from pathlib import Path
 
 import torch
 
-from bench.common import print_table, record, synchronize
+from bench.common import print_table, record
 from dcsbm_transformer.config import load_config
 from dcsbm_transformer.data.dataset import load_or_build_data
-from dcsbm_transformer.experiment import autocast_factory, build_model
+from dcsbm_transformer.devices import autocast_factory, synchronize
+from dcsbm_transformer.experiment import build_model
 from dcsbm_transformer.training.evaluation import GateEvaluator
 from dcsbm_transformer.training.trainer import Trainer
 

@@ -26,11 +26,12 @@ from pathlib import Path
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from bench.common import print_table, record, synchronize
+from bench.common import print_table, record
 from bench.gemm import forward_ceiling
 from dcsbm_transformer.config import config_from_dict, load_config
 from dcsbm_transformer.data.dataset import load_or_build_data
-from dcsbm_transformer.experiment import autocast_factory, build_model
+from dcsbm_transformer.devices import autocast_factory, synchronize
+from dcsbm_transformer.experiment import build_model
 from dcsbm_transformer.model import TransformerLM
 from dcsbm_transformer.training.evaluation import GateEvaluator
 from dcsbm_transformer.training.generation import CPU_TOKENS_PER_FORWARD, greedy_continue, plain_greedy_continue

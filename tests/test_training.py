@@ -17,9 +17,8 @@ import torch
 import dcsbm_transformer
 from dcsbm_transformer import ExtractionMode, load_run
 from dcsbm_transformer.data.dataset import build_data
-from dcsbm_transformer.experiment import (
-    CHECKPOINT_DIR, RunOptions, build_model, resolve_device, run_directory, run_experiment,
-)
+from dcsbm_transformer.devices import resolve_device
+from dcsbm_transformer.experiment import CHECKPOINT_DIR, RunOptions, build_model, run_directory, run_experiment
 from dcsbm_transformer.training.checkpoint import CheckpointError, load_checkpoint
 from dcsbm_transformer.training.gate import gate_decision
 from dcsbm_transformer.training.results import Result

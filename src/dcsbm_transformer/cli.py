@@ -17,7 +17,8 @@ from .config import ConfigError, ExperimentConfig, load_config
 from .data.dataset import DataIntegrityError, load_or_build_data, write_data
 from .data.dcsbm import GraphGenerationError
 from .data.walks import WalkGenerationError
-from .experiment import RunOptions, resolve_device, run_experiment
+from .devices import resolve_device
+from .experiment import RunOptions, run_experiment
 from .storage import atomic_write_bytes
 from .training.checkpoint import CheckpointError, CheckpointWriteError
 from .training.faults import hooks_from_environment

@@ -12,10 +12,8 @@ import platform
 import subprocess
 import time
 from collections.abc import Callable
-from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
@@ -24,6 +22,7 @@ import torch
 
 from .config import ExperimentConfig
 from .data.dataset import ExperimentData, load_or_build_data
+from .devices import autocast_factory, resolve_device
 from .model import TransformerLM
 from .reproducibility import seed_everything, torch_generator
 from .storage import atomic_write_bytes, remove_stale_temporaries, write_npz
@@ -45,24 +44,6 @@ class RunOptions:
     precision: Literal["fp32", "bf16"] = "fp32"
     compile: bool = False
     cache_root: Path | None = None
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name not in ("cpu", "cuda"):
-        raise ValueError(f"--device must be auto, cpu or cuda, got {name!r}")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda: no CUDA device is available on this machine (use --device cpu or auto)")
-    return torch.device(name)
-
-
-def autocast_factory(precision: str, device: torch.device) -> Callable:
-    if precision == "fp32":
-        return nullcontext
-    if precision == "bf16":
-        return partial(torch.autocast, device_type=device.type, dtype=torch.bfloat16)
-    raise ValueError(f"--precision must be fp32 or bf16, got {precision!r}")
 
 
 def run_directory(config: ExperimentConfig, results_root: Path) -> Path:
