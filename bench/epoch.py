@@ -5,10 +5,10 @@ Runs the real training loop (``Trainer.train_step`` over the epoch's shuffled wi
 reports seconds per step, the epoch time (measured, or extrapolated from the steps run) and
 max_epochs × (epoch + evaluation) — the time a run that never passes the gate would take.
 
-One untimed warm-up step comes first (allocator, kernel selection, and with ``--compile`` the
-torch.compile of forward and backward, as ``dcsbm run --compile`` does it); its time is
-reported apart as ``warmup_s``, so a compiled epoch is compared with an eager one on equal terms
-and the compile cost is still in the table.
+With ``--compile`` the forward and backward are compiled first, as ``dcsbm run --compile`` does
+it (``Trainer.compile_ahead``), reported as ``compile_s``; then one untimed warm-up step
+(allocator, kernel selection), reported as ``warmup_s``. So a compiled epoch is compared with an
+eager one on equal terms and the compile cost is still in the table.
 
 ``--compile-mode reduce-overhead`` (with --compile) replays forward and backward as CUDA graphs
 on a GPU, where a step of the anchor model is bound by launch overhead (bench.training_step's
@@ -64,6 +64,7 @@ def main() -> None:
     steps = min(args.steps or trainer.steps_per_epoch, trainer.steps_per_epoch)
 
     w, batch = config.model.context_window, config.training.batch_size
+    compile_s = trainer.compile_ahead() if args.compile else None
     synchronize()
     started = time.perf_counter()
     trainer.train_epoch(1, max_steps=1)
@@ -82,6 +83,7 @@ def main() -> None:
         "precision": args.precision,
         "compile": args.compile,
         "compile_mode": args.compile_mode if args.compile else None,
+        "compile_s": compile_s,
         "warmup_s": warmup_s,
         "steps_timed": steps,
         "steps_per_epoch": trainer.steps_per_epoch,

@@ -41,7 +41,7 @@ def test_epoch_benchmark_times_steps_and_extrapolates(bench_env):
     entry = run_bench(bench_env, "bench.epoch", "--config", str(config), "--steps", "3")["epoch_tiny_fp32"]
     assert entry["steps_timed"] == 3 and entry["steps_per_epoch"] == 100 and not entry["epoch_measured"]
     assert entry["epoch_s"] == pytest.approx(entry["ms_per_step"] / 1000 * entry["steps_per_epoch"])
-    assert entry["warmup_s"] > 0 and entry["gate_eval_s"] > 0 and entry["compile"] is False
+    assert entry["warmup_s"] > 0 and entry["gate_eval_s"] > 0 and entry["compile"] is False and entry["compile_s"] is None
     assert entry["machine"]["torch"].startswith("2.")
 
 
@@ -51,6 +51,7 @@ def test_epoch_benchmark_compiles_in_the_mode_asked_and_records_it_apart(bench_e
     entries = run_bench(bench_env, *args)
     entry = entries["epoch_tiny_fp32_compiled_reduce_overhead"]
     assert entry["compile"] is True and entry["compile_mode"] == "reduce-overhead" and entry["steps_timed"] == 2
+    assert entry["compile_s"] > 0 and entry["warmup_s"] > 0
     refused = subprocess.run([sys.executable, "-m", *args[:5], "--compile-mode", "reduce-overhead"], cwd=REPO, env=env,
                              capture_output=True, text=True)
     assert refused.returncode == 2 and "--compile-mode needs --compile" in refused.stderr

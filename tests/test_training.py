@@ -330,9 +330,13 @@ def test_checkpoints_move_between_run_options(tmp_path, option):
 
     with pytest.raises(Interrupted):
         train(config, tmp_path, TrainingHooks(after_step=stop_in_epoch_two), **option)
+    after_epoch_one = json.loads((run_directory(config, tmp_path) / "result.json").read_text())
+    compile_seconds = after_epoch_one["timings"]["compile_seconds_this_invocation"]
+    assert compile_seconds > 0 if option.get("compile") else compile_seconds is None
     result = train(config, tmp_path)
     assert result["training"]["epochs_trained"] == 2
     assert result["environment"]["precision"] == "fp32" and result["environment"]["compile"] is False
+    assert result["timings"]["compile_seconds_this_invocation"] is None
     assert all(t.dtype == torch.float32 for t in final_weights(config, tmp_path).values())
 
 
@@ -375,12 +379,61 @@ HOST_READS = {"item", "tolist", "numpy", "cpu", "__bool__", "__float__", "__int_
 PACKAGE_DIR = str(Path(dcsbm_transformer.__file__).parent)
 
 
-def epoch_trainer(config, device: torch.device, directory, hooks=None) -> Trainer:
-    """A Trainer on ``device`` for calling train_epoch directly, as the benchmarks do."""
+def epoch_trainer(config, device: torch.device, directory, hooks=None, compile_backend=None) -> Trainer:
+    """A Trainer on ``device`` for calling train_epoch directly, as the benchmarks do; with
+    ``compile_backend``, training through torch.compile(model, backend=compile_backend)."""
     data = build_data(config)
     walks = torch.from_numpy(data.train.walks).to(device)
     evaluator = GateEvaluator(config, data.graph, data.eval)
-    return Trainer(config, build_model(config, device), walks, evaluator, directory, hooks=hooks)
+    model = build_model(config, device)
+    compiled = torch.compile(model, backend=compile_backend) if compile_backend else None
+    return Trainer(config, model, walks, evaluator, directory, hooks=hooks, compiled=compiled)
+
+
+UNEVEN = {"batch_size": 60}  # tiny_config's 6,400 windows: 106 full batches and a last one of 40
+
+
+def test_compiling_ahead_leaves_no_compilation_inside_the_epoch(tmp_path):
+    """compile_ahead compiles for every batch shape an epoch feeds the model (the uneven last
+    batch too), so the first epoch's time is training alone; without it the epoch compiles."""
+    graphs = []
+
+    def counting_backend(graph_module, example_inputs):
+        graphs.append(graph_module)
+        return graph_module.forward
+
+    config = tiny_config(training=UNEVEN)
+    torch.compiler.reset()
+    ahead = epoch_trainer(config, torch.device("cpu"), tmp_path, compile_backend=counting_backend)
+    assert ahead.compile_ahead() > 0
+    compiled_ahead = len(graphs)
+    assert compiled_ahead >= 2, "the full and the uneven last batch each need a graph"
+    ahead.train_epoch(1)
+    assert len(graphs) == compiled_ahead, f"{len(graphs) - compiled_ahead} graphs compiled inside the epoch"
+
+    torch.compiler.reset()
+    graphs.clear()
+    epoch_trainer(config, torch.device("cpu"), tmp_path, compile_backend=counting_backend).train_epoch(1)
+    assert len(graphs) == compiled_ahead  # the same compilations, inside the epoch this time
+    torch.compiler.reset()
+
+
+def test_compiling_ahead_changes_nothing_training_computes(tmp_path):
+    """With dropout drawing from the global RNG, an epoch after compile_ahead gives bitwise the
+    losses and weights of one without it: no parameter, gradient, optimiser or RNG state moved."""
+    config = tiny_config(training=UNEVEN, model={"dropout": 0.2})
+    runs = []
+    for ahead in (True, False):
+        torch.compiler.reset()
+        trainer = epoch_trainer(config, torch.device("cpu"), tmp_path, compile_backend="aot_eager")
+        torch.manual_seed(11)
+        if ahead:
+            trainer.compile_ahead()
+        runs.append((trainer.train_epoch(1, max_steps=20), trainer.model.state_dict()))
+    torch.compiler.reset()
+    (losses_ahead, weights_ahead), (losses_plain, weights_plain) = runs
+    assert torch.equal(losses_ahead, losses_plain)
+    assert all(torch.equal(weights_ahead[k], weights_plain[k]) for k in weights_plain)
 
 
 class _HostReads(torch.overrides.TorchFunctionMode):

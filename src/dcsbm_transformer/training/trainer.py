@@ -26,13 +26,14 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from ..config import ExperimentConfig
+from ..devices import synchronize
 from ..model import TransformerLM
 from ..reproducibility import capture_rng_state, restore_rng_state
 from .checkpoint import CHECKPOINT_FORMAT, GATE_CHECKPOINT, epoch_checkpoint_name, prune_epoch_checkpoints, save_checkpoint
 from .evaluation import GateEvaluation, GateEvaluator
 from .gate import gate_decision
 from .schedule import warmup_cosine_scheduler
-from .windows import epoch_windows, gather_windows, steps_per_epoch
+from .windows import epoch_windows, gather_windows, steps_per_epoch, windows_per_walk
 
 
 @dataclass
@@ -176,15 +177,44 @@ class Trainer:
 
     def train_step(self, tokens: torch.Tensor) -> torch.Tensor:
         """tokens [B, w + 1]: predict tokens[:, 1:] from tokens[:, :-1]; returns the detached loss."""
-        with self.autocast():
-            logits = self.forward(tokens[:, :-1], check_ids=False).logits  # [B, w, n]
-        loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), tokens[:, 1:].reshape(-1))
+        loss = self.loss(tokens)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.clipped_parameters, self.config.training.grad_clip)
         self.optimizer.step()
         self.scheduler.step()
         return loss.detach()
+
+    def loss(self, tokens: torch.Tensor) -> torch.Tensor:
+        """The next-token cross-entropy of windows ``tokens`` [B, w + 1], through the (compiled) forward."""
+        with self.autocast():
+            logits = self.forward(tokens[:, :-1], check_ids=False).logits  # [B, w, n]
+        return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), tokens[:, 1:].reshape(-1))
+
+    def compile_ahead(self) -> float:
+        """Run the training forward and backward once on each batch shape an epoch feeds them (the
+        full batch, then a smaller last one where the windows do not divide evenly), so that
+        torch.compile traces and generates its code here rather than inside the first epoch's
+        timing; returns the seconds this took (result.json: timings.compile_seconds_this_invocation).
+
+        Nothing a training step reads changes: parameters and optimiser state are untouched, the
+        gradients are dropped, and every RNG state (dropout draws from them) is put back. And every
+        process of a run, resumed or not, then trains through the same compiled graphs."""
+        device, w, batch = self.walks.device, self.config.model.context_window, self.config.training.batch_size
+        windows = len(self.walks) * windows_per_walk(self.walks.shape[1], w)
+        sizes = dict.fromkeys([min(batch, windows), windows - (self.steps_per_epoch - 1) * batch])  # in epoch order
+        walk, start = epoch_windows(len(self.walks), self.walks.shape[1], w, self.config.seed, self.state.epoch + 1)
+        rng = capture_rng_state()
+        self.model.train()
+        synchronize()
+        started = time.perf_counter()
+        for size in sizes:
+            self.loss(gather_windows(self.walks, walk[:size].to(device), start[:size].to(device), w + 1)).backward()
+        synchronize()
+        seconds = time.perf_counter() - started
+        self.optimizer.zero_grad(set_to_none=True)
+        restore_rng_state(rng)
+        return seconds
 
     # ---- the loop ------------------------------------------------------------------------
 
