@@ -6,6 +6,7 @@ import copy
 import io
 import json
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -317,6 +318,24 @@ def test_end_to_end_from_the_command_line(tmp_path):
     assert (folder / "training_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     Result.model_validate(json.loads((folder / "result.json").read_text()))
     assert json.loads((folder / "config.json").read_text()) == config.to_dict()
+
+
+def test_a_compile_that_cannot_work_is_a_clear_error_before_any_training(tmp_path):
+    """torch.compile needs a C++ compiler on a CPU: without one, --compile ends with one message
+    naming the problem and the way out, exit status 1, no traceback and no checkpoint."""
+    config_file = tmp_path / "tiny.json"
+    config = tiny_config(gate=NEVER, training={"max_epochs": 1})
+    config_file.write_text(config.to_json())
+    env = {**os.environ, "CXX": str(tmp_path / "no-such-compiler"), "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "inductor")}
+    done = subprocess.run(
+        [sys.executable, "-m", "dcsbm_transformer.cli", "run", "--config", str(config_file), "--results-dir", "out",
+         "--cache-dir", "cache", "--device", "cpu", "--compile"],
+        cwd=tmp_path, capture_output=True, text=True, env=env,
+    )
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert "--compile: torch.compile could not compile the model" in done.stderr and "no-such-compiler" in done.stderr
+    assert "without --compile" in done.stderr
+    assert not list((tmp_path / "out" / config.experiment_id / CHECKPOINT_DIR).iterdir())
 
 
 @pytest.mark.parametrize("option", [{"precision": "bf16"}, {"compile": True}])

@@ -23,10 +23,14 @@ from .storage import atomic_write_bytes
 from .training.checkpoint import CheckpointError, CheckpointWriteError
 from .training.faults import hooks_from_environment
 from .training.lock import RunLockedError
+from .training.trainer import CompileError
 
 USAGE_ERROR = 2
 RUNTIME_FAILURE = 1
-RUNTIME_ERRORS = (CheckpointError, CheckpointWriteError, DataIntegrityError, GraphGenerationError, RunLockedError, WalkGenerationError)
+RUNTIME_ERRORS = (
+    CheckpointError, CheckpointWriteError, CompileError, DataIntegrityError, GraphGenerationError, RunLockedError,
+    WalkGenerationError,
+)
 
 
 class UsageError(Exception):

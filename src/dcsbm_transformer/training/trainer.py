@@ -95,6 +95,10 @@ class TrainingState:
         )
 
 
+class CompileError(RuntimeError):
+    """torch.compile could not compile the model on this machine (``--compile``)."""
+
+
 @dataclass
 class TrainingHooks:
     """Points where tests inject faults (pauses for a kill, NaNs, write errors); no-ops by default."""
@@ -199,7 +203,9 @@ class Trainer:
 
         Nothing a training step reads changes: parameters and optimiser state are untouched, the
         gradients are dropped, and every RNG state (dropout draws from them) is put back. And every
-        process of a run, resumed or not, then trains through the same compiled graphs."""
+        process of a run, resumed or not, then trains through the same compiled graphs. Where
+        torch.compile cannot work (no C++ compiler for a CPU, no Triton for a GPU) this raises
+        CompileError before any training."""
         device, w, batch = self.walks.device, self.config.model.context_window, self.config.training.batch_size
         windows = len(self.walks) * windows_per_walk(self.walks.shape[1], w)
         sizes = dict.fromkeys([min(batch, windows), windows - (self.steps_per_epoch - 1) * batch])  # in epoch order
@@ -208,8 +214,15 @@ class Trainer:
         self.model.train()
         synchronize()
         started = time.perf_counter()
-        for size in sizes:
-            self.loss(gather_windows(self.walks, walk[:size].to(device), start[:size].to(device), w + 1)).backward()
+        try:
+            for size in sizes:
+                self.loss(gather_windows(self.walks, walk[:size].to(device), start[:size].to(device), w + 1)).backward()
+        except torch._dynamo.exc.TorchDynamoException as error:
+            reason = next((line for line in str(error).splitlines() if line.strip()), type(error).__name__)
+            raise CompileError(
+                f"--compile: torch.compile could not compile the model on this machine: {reason}. "
+                "nothing was trained in this invocation; run again without --compile (checkpoints move freely between the two)"
+            ) from error
         synchronize()
         seconds = time.perf_counter() - started
         self.optimizer.zero_grad(set_to_none=True)
