@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from bench.common import median_seconds, print_table, record
+from dcsbm_transformer.devices import bf16_supported
 
 ANCHOR = dict(batch=64, context_window=64, d_model=128, n_layers=4, vocab=500)
 
@@ -36,18 +37,6 @@ def linear_shapes(
         ("mlp_proj", m, 4 * d, d, n_layers),
         ("head", m, d, vocab, 1),
     ]
-
-
-def bf16_supported(device: torch.device | str = "cpu") -> bool:
-    """Native bf16 matmul: on CUDA as torch reports it, on the CPU when oneDNN can use
-    AVX512-BF16/AMX (otherwise bf16 is emulated and slower than fp32)."""
-    device = torch.device(device)
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
 
 
 def _timed_passes(m: int, k: int, n: int, dtype: torch.dtype, device: torch.device, repeat: int) -> dict[str, float]:

@@ -42,8 +42,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from bench.common import median_seconds, print_table, record
-from bench.gemm import bf16_supported, gemm_ceiling
+from bench.gemm import gemm_ceiling
 from dcsbm_transformer.config import load_config
+from dcsbm_transformer.devices import bf16_supported
 from dcsbm_transformer.model import TransformerLM
 from dcsbm_transformer.training.trainer import build_optimizer
 from dcsbm_transformer.training.windows import steps_per_epoch

@@ -320,6 +320,18 @@ def test_end_to_end_from_the_command_line(tmp_path):
     assert json.loads((folder / "config.json").read_text()) == config.to_dict()
 
 
+def test_bf16_on_a_device_without_native_bf16_says_so(tmp_path, monkeypatch):
+    """bf16 autocast still runs where bf16 is emulated, but the run says it will likely be slower."""
+    config = tiny_config(gate=NEVER, training={"max_epochs": 1})
+    lines = []
+    for native in (True, False):
+        monkeypatch.setattr("dcsbm_transformer.experiment.bf16_supported", lambda device, native=native: native)
+        options = RunOptions(results_root=tmp_path / str(native), cache_root=tmp_path / "cache", precision="bf16", device="cpu")
+        run_experiment(config, options, echo=lines.append)
+        notes = [line for line in lines if "no native bf16" in line]
+        assert len(notes) == (0 if native else 1), lines
+
+
 def test_a_compile_that_cannot_work_is_a_clear_error_before_any_training(tmp_path):
     """torch.compile needs a C++ compiler on a CPU: without one, --compile ends with one message
     naming the problem and the way out, exit status 1, no traceback and no checkpoint."""

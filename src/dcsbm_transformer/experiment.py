@@ -22,7 +22,7 @@ import torch
 
 from .config import ExperimentConfig
 from .data.dataset import ExperimentData, load_or_build_data
-from .devices import autocast_factory, resolve_device
+from .devices import autocast_factory, bf16_supported, device_name, resolve_device
 from .model import TransformerLM
 from .reproducibility import seed_everything, torch_generator
 from .storage import atomic_write_bytes, remove_stale_temporaries, write_npz
@@ -71,14 +71,13 @@ def _git_commit() -> str | None:
 
 
 def _environment(device: torch.device, options: RunOptions) -> dict[str, Any]:
-    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else (platform.processor() or platform.machine())
     return {
         "python": platform.python_version(),
         "torch": torch.__version__,
         "numpy": np.__version__,
         "platform": platform.platform(),
         "device": str(device),
-        "device_name": device_name,
+        "device_name": device_name(device),
         "threads": torch.get_num_threads(),
         "precision": options.precision,
         "compile": options.compile,
@@ -180,6 +179,8 @@ def run_experiment(
     started = time.perf_counter()
     device = resolve_device(options.device)
     autocast = autocast_factory(options.precision, device)
+    if options.precision == "bf16" and not bf16_supported(device):
+        echo(f"note: {device_name(device)} has no native bf16 matrix multiply; bf16 autocast runs emulated, likely slower than fp32")
     run_dir = run_directory(config, options.results_root)
     if options.restart and run_dir.exists():
         echo(f"--restart: previous run set aside as {_set_aside(run_dir)}")
