@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -10,6 +13,14 @@ from dcsbm_transformer.config import ExperimentConfig, config_from_dict, load_co
 from dcsbm_transformer.data.dataset import build_data
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def run_cli(*args, cwd, env=None):
+    """``dcsbm *args`` in a fresh process from ``cwd``; ``env`` adds to this process's environment."""
+    return subprocess.run(
+        [sys.executable, "-m", "dcsbm_transformer.cli", *args], cwd=cwd, capture_output=True, text=True,
+        env={**os.environ, **(env or {})},
+    )
 
 # Many jumpers (a quarter of all vertices) with three jump lengths: nested rules everywhere.
 STRESS = {

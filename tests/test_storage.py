@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import random
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -23,11 +21,7 @@ from dcsbm_transformer.data.dataset import (
 from dcsbm_transformer.reproducibility import capture_rng_state, restore_rng_state, torch_generator
 from dcsbm_transformer.storage import atomic_write_bytes, read_npz, remove_stale_temporaries
 
-from conftest import tiny_config
-
-
-def run_cli(*args, cwd):
-    return subprocess.run([sys.executable, "-m", "dcsbm_transformer.cli", *args], cwd=cwd, capture_output=True, text=True)
+from conftest import run_cli, tiny_config
 
 
 def write_config(path, config):

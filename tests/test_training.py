@@ -6,8 +6,6 @@ import copy
 import io
 import json
 import math
-import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -28,7 +26,7 @@ from dcsbm_transformer.model import TransformerLM
 from dcsbm_transformer.training.evaluation import GateEvaluator
 from dcsbm_transformer.training.trainer import Trainer, TrainingHooks, build_optimizer
 
-from conftest import tiny_config
+from conftest import run_cli, tiny_config
 
 NEVER = {"edge_threshold": 1.0, "rule_threshold": 1.0}  # strict ">": unreachable
 
@@ -301,15 +299,17 @@ def test_device_must_exist():
         resolve_device("tpu")
 
 
-def test_end_to_end_from_the_command_line(tmp_path):
+def run_tiny_from_the_command_line(tmp_path, config, *options, env=None):
+    """``dcsbm run`` of ``config`` on the CPU, results in tmp_path/out, data cached in tmp_path/cache."""
     config_file = tmp_path / "tiny.json"
-    config = tiny_config(gate=NEVER, training={"max_epochs": 2})
     config_file.write_text(config.to_json())
-    done = subprocess.run(
-        [sys.executable, "-m", "dcsbm_transformer.cli", "run", "--config", str(config_file), "--results-dir", "out",
-         "--cache-dir", "cache", "--device", "cpu"],
-        cwd=tmp_path, capture_output=True, text=True,
-    )
+    return run_cli("run", "--config", str(config_file), "--results-dir", "out", "--cache-dir", "cache", "--device", "cpu",
+                   *options, cwd=tmp_path, env=env)
+
+
+def test_end_to_end_from_the_command_line(tmp_path):
+    config = tiny_config(gate=NEVER, training={"max_epochs": 2})
+    done = run_tiny_from_the_command_line(tmp_path, config)
     assert done.returncode == 0, done.stderr
     assert "epoch   2/2" in done.stdout and "finished without passing the gate" in done.stdout
     folder = tmp_path / "out" / config.experiment_id
@@ -335,15 +335,9 @@ def test_bf16_on_a_device_without_native_bf16_says_so(tmp_path, monkeypatch):
 def test_a_compile_that_cannot_work_is_a_clear_error_before_any_training(tmp_path):
     """torch.compile needs a C++ compiler on a CPU: without one, --compile ends with one message
     naming the problem and the way out, exit status 1, no traceback and no checkpoint."""
-    config_file = tmp_path / "tiny.json"
     config = tiny_config(gate=NEVER, training={"max_epochs": 1})
-    config_file.write_text(config.to_json())
-    env = {**os.environ, "CXX": str(tmp_path / "no-such-compiler"), "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "inductor")}
-    done = subprocess.run(
-        [sys.executable, "-m", "dcsbm_transformer.cli", "run", "--config", str(config_file), "--results-dir", "out",
-         "--cache-dir", "cache", "--device", "cpu", "--compile"],
-        cwd=tmp_path, capture_output=True, text=True, env=env,
-    )
+    env = {"CXX": str(tmp_path / "no-such-compiler"), "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "inductor")}
+    done = run_tiny_from_the_command_line(tmp_path, config, "--compile", env=env)
     assert done.returncode == 1 and "Traceback" not in done.stderr
     assert "--compile: torch.compile could not compile the model" in done.stderr and "no-such-compiler" in done.stderr
     assert "without --compile" in done.stderr
