@@ -30,11 +30,37 @@ class Run:
     checkpoint: Path  # the file the weights came from
 
 
+def _is_run_folder(folder: Path) -> bool:
+    return (folder / "config.json").is_file() and (folder / RESULT_FILE).is_file()
+
+
+def _check_run_folder(directory: Path) -> None:
+    """Refuse, saying what is wrong, a path that is not a run folder written by ``dcsbm run``.
+
+    The common mistake is passing the results root (``results``) instead of one run in it
+    (``results/<experiment_id>``): that is recognised and the runs it holds are listed. A folder
+    with a config.json is left to the checks of each file that follow.
+    """
+    if not directory.is_dir():
+        raise FileNotFoundError(f"no run folder at {directory}: pass results/<experiment_id>, written by dcsbm run")
+    if (directory / "config.json").is_file():
+        return
+    runs = sorted(p.name for p in directory.iterdir() if p.is_dir() and _is_run_folder(p))
+    if runs:
+        raise FileNotFoundError(
+            f"{directory} is a results root, not a run folder: pass {directory / '<experiment_id>'} "
+            f"(runs here: {', '.join(runs)})"
+        )
+    raise FileNotFoundError(
+        f"{directory} is not a run folder: it has no config.json "
+        "(a run folder is results/<experiment_id>, written by dcsbm run)"
+    )
+
+
 def load_run(results_dir: str | Path) -> Run:
     """Load config, result, graph and trained model of one experiment folder."""
     directory = Path(results_dir)
-    if not directory.is_dir():
-        raise FileNotFoundError(f"no run folder at {directory}")
+    _check_run_folder(directory)
     config = load_config(directory / "config.json")
     result = read_result(directory)
     if result is None:

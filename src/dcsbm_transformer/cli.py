@@ -44,12 +44,24 @@ def _read_config(path: str) -> ExperimentConfig:
         raise UsageError(str(error)) from None
 
 
+def _require_directory_path(option: str, folder: Path) -> None:
+    """Refuse a folder option where the folder or a parent is an existing file (usage error).
+
+    Checked before anything is written, so the user sees which path is in the way rather than
+    a bare "[Errno 20] Not a directory" from deep inside the run.
+    """
+    blocker = next((p for p in (folder, *folder.parents) if p.exists() and not p.is_dir()), None)
+    if blocker is not None:
+        raise UsageError(f"{option} {folder}: {blocker} exists and is not a directory")
+
+
 def command_run(args: argparse.Namespace) -> int:
     config = _read_config(args.config)
     try:
         resolve_device(args.device)
     except ValueError as error:
         raise UsageError(str(error)) from None
+    _require_directory_path("--results-dir", Path(args.results_dir))
     options = RunOptions(
         results_root=Path(args.results_dir),
         device=args.device,
@@ -65,9 +77,7 @@ def command_run(args: argparse.Namespace) -> int:
 def command_generate(args: argparse.Namespace) -> int:
     config = _read_config(args.config)
     out = Path(args.out)
-    blocker = next((p for p in (out, *out.parents) if p.exists() and not p.is_dir()), None)
-    if blocker is not None:
-        raise UsageError(f"--out {out}: {blocker} exists and is not a directory")
+    _require_directory_path("--out", out)
     data = load_or_build_data(config, args.cache_dir)
     write_data(data, out, config)
     atomic_write_bytes(out / "config.json", config.to_json().encode())
