@@ -8,7 +8,8 @@ from scipy.sparse.csgraph import connected_components
 
 from dcsbm_transformer.config import config_from_dict
 from dcsbm_transformer.data.compliance import find_rule_events, score_compliance
-from dcsbm_transformer.data.dcsbm import GraphGenerationError, generate_graph, zipf_theta
+from dcsbm_transformer.data.dcsbm import GraphGenerationError, choose_jumpers, generate_graph, zipf_theta
+from dcsbm_transformer.data.graph import Graph
 from dcsbm_transformer.data.walks import RuleAwareWalker
 
 
@@ -57,6 +58,31 @@ def test_jumper_rules_are_non_trivial(data):
         assert target != graph.block[v]
         assert reach[r, v, target]  # target reachable in exactly r steps
         assert reach[r, v].sum() >= 2  # ...and so is some other block
+
+
+def test_rule_targets_are_balanced_over_the_blocks(data):
+    graph = data.graph
+    per_block = np.bincount(graph.jumper_target_block, minlength=graph.K)
+    assert (per_block == graph.n_jumpers // graph.K).all()
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3, 4, 42])
+def test_quick_preset_targets_are_balanced_on_every_seed(quick_config, seed):
+    graph = generate_graph(quick_config.model_copy(update={"seed": seed}))
+    assert sorted(graph.jumper_target_block.tolist()) == list(range(graph.K))  # one rule into every block
+    assert (graph.jumper_target_block != graph.block[graph.jumper_vertex]).all()
+
+
+def test_a_graph_without_non_trivial_rules_says_why():
+    # a directed 4-cycle alternating blocks: from every vertex exactly one vertex is r steps away,
+    # so no rule is non-trivial (the graph alone would force it)
+    ring = Graph.from_arrays({
+        "indptr": np.array([0, 1, 2, 3, 4]), "indices": np.array([2, 3, 1, 0]), "block": np.array([0, 0, 1, 1]),
+        "theta": np.ones(4), "jumper_vertex": np.zeros(0), "jumper_target_block": np.zeros(0), "jumper_r": np.zeros(0),
+        "K": np.asarray(2),
+    })
+    why = choose_jumpers(ring, [2, 2], 1, np.random.default_rng(0))
+    assert isinstance(why, str) and why.startswith("no balanced set of non-trivial rules (block 0 has no free vertex whose r=2 rule")
 
 
 def test_every_walk_obeys_the_graph_and_every_rule(data):

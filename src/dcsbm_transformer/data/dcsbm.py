@@ -20,6 +20,7 @@ from ..reproducibility import numpy_rng
 from .graph import Graph
 
 ZIPF_ALPHA = 1.0
+ASSIGNMENT_ATTEMPTS = 50  # balanced target assignments tried on one graph draw before redrawing it
 
 
 class GraphGenerationError(RuntimeError):
@@ -64,45 +65,69 @@ def structural_problem(adjacency: sp.csr_array, min_out_degree: int) -> str | No
     return None
 
 
-def choose_jumpers(graph: Graph, r_values: list[int], jumpers_per_block: int, rng: np.random.Generator) -> Graph | str:
-    """Pick the jumpers of every block and give each a non-trivial rule.
+def random_derangement(K: int, rng: np.random.Generator) -> np.ndarray:
+    """A uniformly random permutation of range(K) that moves every element (K ≥ 2)."""
+    while True:  # about 1/e of all permutations are derangements
+        permutation = rng.permutation(K)
+        if (permutation != np.arange(K)).all():
+            return permutation
 
-    Jumper k = b * jumpers_per_block + j lives in block b and has jump length r_values[k]. Its
-    (vertex, target) pair is drawn uniformly among the pairs of its block whose rule is
-    non-trivial: the target is reachable in exactly r steps, and so is some other block (so the
-    graph alone does not force compliance). Returns the graph with rules, or why it failed.
+
+def balanced_targets(K: int, jumpers_per_block: int, rng: np.random.Generator) -> np.ndarray:
+    """int [K, jumpers_per_block]: the target block of jumper j of block b, never b itself, every
+    block a target exactly ``jumpers_per_block`` times.
+
+    Column j is a random derangement of the blocks. Every balanced assignment is such a stack
+    (a K×K count matrix with zero diagonal and equal row and column sums is a sum of derangement
+    matrices, Birkhoff–von Neumann), so any of them can be drawn; and where the jump scales
+    repeat every jumpers_per_block jumpers, each r is balanced over the blocks on its own.
+    """
+    return np.stack([random_derangement(K, rng) for _ in range(jumpers_per_block)], axis=1)
+
+
+def choose_jumpers(graph: Graph, r_values: list[int], jumpers_per_block: int, rng: np.random.Generator) -> Graph | str:
+    """Pick the jumpers of every block and give each a balanced, non-trivial rule.
+
+    Jumper k = b * jumpers_per_block + j lives in block b and has jump length r_values[k].
+    Targets are balanced first (``balanced_targets``): with Zipf θ and unbalanced targets a
+    model that only drifts into the commonest target block scores far above chance. Then each
+    jumper's vertex is drawn uniformly among the unused vertices of its block whose rule to that
+    target is non-trivial: the target is reachable in exactly r steps, and so is some other block
+    (the graph alone does not force compliance). An assignment that leaves some jumper without
+    a vertex is drawn again, up to ASSIGNMENT_ATTEMPTS times. Returns the graph with rules, or
+    why it failed.
     """
     reach = graph.block_reach(max(r_values))
-    vertices, targets = [], []
-    for b in range(graph.K):
-        members = graph.block_members(b)
-        for j in range(jumpers_per_block):
-            r = r_values[b * jumpers_per_block + j]
+    r_grid = np.asarray(r_values).reshape(graph.K, jumpers_per_block)
+    problem = ""
+    for _ in range(ASSIGNMENT_ATTEMPTS):
+        targets = balanced_targets(graph.K, jumpers_per_block, rng)
+        vertices, problem = _vertices_for(graph, reach, r_grid, targets, rng)
+        if vertices is not None:
+            return graph.with_rules(vertices, targets.reshape(-1), r_grid.reshape(-1))
+    return problem
+
+
+def _vertices_for(graph: Graph, reach: np.ndarray, r_grid: np.ndarray, targets: np.ndarray, rng: np.random.Generator):
+    """(jumper vertices in jumper order, "") for a target assignment, or (None, why not)."""
+    vertices = []
+    for b, members in enumerate(graph.block_members):
+        used = np.zeros(len(members), dtype=bool)
+        for r, target in zip(r_grid[b], targets[b]):
             reachable = reach[r][members]  # [block_size, K]
-            valid = reachable & (reachable.sum(axis=1, keepdims=True) >= 2)
-            valid[:, b] = False  # target must differ from the jumper's own block
-            valid[np.isin(members, vertices)] = False
-            pairs = np.argwhere(valid)
-            if len(pairs) == 0:
-                return f"block {b} has no vertex with a non-trivial rule of length r={r}"
-            member, target = pairs[rng.integers(len(pairs))]
+            valid = reachable[:, target] & (reachable.sum(axis=1) >= 2) & ~used
+            if not valid.any():
+                return None, f"no balanced set of non-trivial rules (block {b} has no free vertex whose r={r} rule to block {target} is non-trivial)"
+            member = rng.choice(np.flatnonzero(valid))
+            used[member] = True
             vertices.append(int(members[member]))
-            targets.append(int(target))
-    return Graph(
-        indptr=graph.indptr,
-        indices=graph.indices,
-        block=graph.block,
-        theta=graph.theta,
-        jumper_vertex=np.asarray(vertices, dtype=np.int32),
-        jumper_target_block=np.asarray(targets, dtype=np.int32),
-        jumper_r=np.asarray(r_values, dtype=np.int32),
-        K=graph.K,
-    )
+    return np.asarray(vertices, dtype=np.int32), ""
 
 
 def generate_graph(config: ExperimentConfig) -> Graph:
     """Draw graphs (seed, "graph", attempt) until one passes; raise with the reasons otherwise."""
-    reasons: Counter[str] = Counter()
+    reasons: Counter[str] = Counter()  # kind of problem → draws that had it
+    examples: dict[str, str] = {}  # kind → the latest draw's full message
     r_values = config.jumper_r_values()
     for attempt in range(config.graph.max_attempts):
         rng = numpy_rng(config.seed, "graph", attempt)
@@ -123,11 +148,13 @@ def generate_graph(config: ExperimentConfig) -> Graph:
             if isinstance(result, Graph):
                 return result
             problem = result
-        reasons[problem.split(" (")[0] if problem.startswith("not strongly") else problem] += 1
-    summary = "; ".join(f"{count}x {reason}" for reason, count in reasons.most_common(4))
+        kind = problem.split(" (")[0]
+        reasons[kind] += 1
+        examples[kind] = problem
+    summary = "; ".join(f"{count}x {examples[kind]}" for kind, count in reasons.most_common(4))
     g = config.graph
     raise GraphGenerationError(
         f"no graph passed validation in graph.max_attempts={g.max_attempts} draws "
-        f"(n={g.n}, K={g.K}, p_in={g.p_in}, p_out={g.p_out}): {summary}. "
-        "Raise p_in/p_out, lower graph.min_out_degree, or allow more attempts."
+        f"(n={g.n}, K={g.K}, p_in={g.p_in}, p_out={g.p_out}, jumpers_per_block={g.jumpers_per_block}): {summary}. "
+        "Raise p_in/p_out, lower graph.min_out_degree or graph.jumpers_per_block, or allow more attempts."
     )

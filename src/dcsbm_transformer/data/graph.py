@@ -7,7 +7,7 @@ nothing about its block; ``block[v]`` is the truth.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 
 import numpy as np
@@ -20,6 +20,10 @@ class Graph:
 
     Jumper rule j: whenever ``jumper_vertex[j]`` is visited at step s, the walk is in block
     ``jumper_target_block[j]`` at step ``s + jumper_r[j]``.
+
+    One convention for what it offers: stored arrays and views derived from them alone are
+    attributes (``graph.dense_adjacency``, ``graph.block_members[b]``); what takes a parameter is a
+    method (``graph.block_reach(max_steps)``, ``graph.with_rules(...)``).
     """
 
     indptr: np.ndarray  # int64 [n + 1]
@@ -77,8 +81,39 @@ class Graph:
         target[self.jumper_vertex] = self.jumper_target_block
         return target
 
-    def block_members(self, b: int) -> np.ndarray:
-        return np.flatnonzero(self.block == b)
+    @cached_property
+    def block_members(self) -> tuple[np.ndarray, ...]:
+        """The vertices of each block, sorted: ``block_members[b]``."""
+        return tuple(np.flatnonzero(self.block == b) for b in range(self.K))
+
+    @property
+    def n_jumpers(self) -> int:
+        return len(self.jumper_vertex)
+
+    @cached_property
+    def rule_labels(self) -> tuple[str, ...]:
+        """A readable name for every rule, in jumper order: 'rule 2 (vertex 37, block 2→3, r=14)'."""
+        return tuple(
+            f"rule {j} (vertex {v}, block {self.block[v]}→{t}, r={r})"
+            for j, (v, t, r) in enumerate(zip(self.jumper_vertex.tolist(), self.jumper_target_block.tolist(), self.jumper_r.tolist()))
+        )
+
+    def with_rules(self, vertex: np.ndarray, target_block: np.ndarray, r: np.ndarray) -> "Graph":
+        """The same graph with these jumper rules (arrays in jumper order)."""
+        return replace(
+            self,
+            jumper_vertex=np.asarray(vertex, dtype=np.int32),
+            jumper_target_block=np.asarray(target_block, dtype=np.int32),
+            jumper_r=np.asarray(r, dtype=np.int32),
+            _cache={},
+        )
+
+    def __repr__(self) -> str:
+        rules = ", ".join(
+            f"{v}(block {self.block[v]})→block {t} in {r}"
+            for v, t, r in zip(self.jumper_vertex.tolist(), self.jumper_target_block.tolist(), self.jumper_r.tolist())
+        )
+        return f"Graph(n={self.n}, K={self.K}, edges={self.n_edges}, jumpers=[{rules}])"
 
     # ---- exact-length reachability ----------------------------------------------------
 
