@@ -20,7 +20,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, ValidationError
 
 # Bump when the graph or walk algorithms change, so old cached data is never reused.
-DATA_FORMAT_VERSION = 1
+DATA_FORMAT_VERSION = 2
 
 
 class ConfigError(ValueError):
@@ -93,6 +93,11 @@ class GateConfig(_Section):
     rule_threshold: StrictFloat = Field(0.80, ge=0, le=1)
     eval_sequences: StrictInt = Field(1000, ge=1, description="greedy continuations per evaluation")
     prompt: Literal["jumper_prefix", "first_token"] = "jumper_prefix"
+    rule_aggregate: Literal["every_rule", "mean_rule", "pooled"] = Field(
+        "every_rule",
+        description="every_rule: each jumper's rule compliance > rule_threshold; mean_rule: their mean; "
+        "pooled: the share over all scored events",
+    )
 
 
 class ExperimentConfig(_Section):
@@ -259,6 +264,8 @@ def load_config(path: str | Path) -> ExperimentConfig:
     not valid JSON or not a valid config; the message names the file and every problem.
     """
     path = Path(path)
+    if path.is_dir():
+        raise FileNotFoundError(f"{path} is a directory, not a config file (pass a JSON file such as configs/quick.json)")
     if not path.is_file():
         raise FileNotFoundError(f"config file not found: {path}")
     text = path.read_text()
