@@ -61,30 +61,63 @@ def test_jumper_prefix_gate_asks_fixed_questions_and_scores_only_generated_token
     assert np.array_equal(first.prompts, second.prompts)  # the same events every epoch
     assert first.sequence_count == config.gate.eval_sequences
     # prompts end at a jumper: the last visible token of every prompt is a jumper
-    last = first.prompts[np.arange(len(first.prompts)), first.prompt_lengths - 1]
-    assert np.isin(last, data.graph.jumper_vertex).all()
+    assert np.isin(first.last_prompt_tokens, data.graph.jumper_vertex).all()
     # the eval walks' own continuations obey every edge and rule: scored through the same path
     steps = first.event_step[:, None] + 1 + np.arange(first.steps)[None, :]
     truth = data.eval.walks[first.event_walk[:, None], np.minimum(steps, data.eval.walks.shape[1] - 1)]
-    report = score_compliance(first.scored_sequences(truth), data.graph, score_from=first.score_from)
+    report = first.score(truth)
     assert report.edge_compliance == 1.0 and report.rule_compliance == 1.0
-    assert report.rule_events >= config.gate.eval_sequences
+    # each drawn event is scored once, on its own deadline; nothing pending from the prompt is
+    assert report.rule_events == config.gate.eval_sequences
     model = TransformerLM.from_config(config)
     evaluation = first.evaluate(model)
     assert evaluation.sequences == config.gate.eval_sequences
     assert evaluation.generated_tokens == config.gate.eval_sequences * int(data.graph.jumper_r.max())
     assert evaluation.report.edge_transitions == evaluation.generated_tokens
-    assert evaluation.report.rule_events >= config.gate.eval_sequences
+    assert evaluation.report.rule_events == config.gate.eval_sequences
 
 
-def test_asking_for_more_questions_than_the_eval_corpus_holds_says_so(tiny_setup, caplog):
+def test_gate_events_are_stratified_by_jumper_and_scored_on_their_own_deadline(stress_config, stress_data):
+    """16 rules with three jump lengths and nested rules everywhere: the same number of events
+    for every rule, whatever its visit frequency, and exactly one scored rule per prompt."""
+    graph, events = stress_data.graph, stress_data.eval.events
+    visits = np.array([(events.vertex == v).sum() for v in graph.jumper_vertex])
+    assert visits.max() > 1.5 * visits.min()  # proportional drawing would weigh rules unequally
+    evaluator = GateEvaluator(stress_config, graph, stress_data.eval)
+    quota = -(-stress_config.gate.eval_sequences // graph.n_jumpers)
+    drawn = np.array([(evaluator.last_prompt_tokens == v).sum() for v in graph.jumper_vertex])
+    assert (drawn == np.minimum(quota, visits)).all()
+    # every drawn event is a distinct eval event
+    keys = evaluator.event_walk * stress_config.walks.walk_length + evaluator.event_step
+    assert len(np.unique(keys)) == len(keys)
+    # a rule-true continuation (the walk itself) scores each drawn event once: the counts per rule
+    # are the draws, although the prompts hold pending rules and the continuations nested ones
+    walks = stress_data.eval.walks
+    steps = evaluator.event_step[:, None] + 1 + np.arange(evaluator.steps)[None, :]
+    truth = walks[evaluator.event_walk[:, None], np.minimum(steps, walks.shape[1] - 1)]
+    report = evaluator.score(truth)
+    assert report.jumper_events(graph.n_jumpers) == drawn.tolist()
+    assert report.rule_compliance == 1.0 and report.rule_events == len(keys)
+    # a continuation that breaks exactly one rule's deadlines fails that rule alone
+    broken = truth.copy()
+    mine = np.flatnonzero(evaluator.last_prompt_tokens == graph.jumper_vertex[5])
+    r = graph.jumper_r[5]
+    broken[mine, r - 1] = np.flatnonzero(graph.block == graph.block[graph.jumper_vertex[5]])[0]  # not the target block
+    per_rule = evaluator.score(broken).jumper_compliances(graph.n_jumpers)
+    assert per_rule[5] == 0.0 and all(value == 1.0 for j, value in enumerate(per_rule) if j != 5)
+
+
+def test_asking_for_more_questions_than_a_rule_has_events_names_the_rule(tiny_setup, caplog):
     config, data = tiny_setup
-    events = len(data.eval.events)
-    greedy = tiny_config(gate={"eval_sequences": events + 1})
+    events = data.eval.events
+    visits = [int((events.vertex == v).sum()) for v in data.graph.jumper_vertex]
+    greedy = tiny_config(gate={"eval_sequences": 2 * min(visits) + 2})
     with caplog.at_level("WARNING"):
         evaluator = GateEvaluator(greedy, data.graph, data.eval)
-    assert evaluator.sequence_count == events
-    assert f"gate.eval_sequences is {events + 1}" in caplog.text and f"only {events} rule events" in caplog.text
+    short = int(np.argmin(visits))
+    vertex = int(data.graph.jumper_vertex[short])
+    assert f"rule {short} (jumper vertex {vertex}) has only {min(visits)} rule events" in caplog.text
+    assert (evaluator.last_prompt_tokens == vertex).sum() == min(visits)
 
 
 def test_evaluation_does_not_touch_the_training_rng(tiny_setup):

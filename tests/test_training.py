@@ -29,6 +29,8 @@ from dcsbm_transformer.training.trainer import Trainer, TrainingHooks, build_opt
 from conftest import run_cli, tiny_config
 
 NEVER = {"edge_threshold": 1.0, "rule_threshold": 1.0}  # strict ">": unreachable
+# passes at the first evaluation: pooled over all events some rule is obeyed somewhere (a single rule may be at 0)
+ALWAYS = {"edge_threshold": 0.0, "rule_threshold": 0.0, "rule_aggregate": "pooled"}
 
 
 class Interrupted(Exception):
@@ -162,7 +164,7 @@ def test_retention_keeps_the_last_three_and_the_gate_checkpoint(tmp_path):
     names = sorted(p.name for p in (run_directory(config, tmp_path) / CHECKPOINT_DIR).iterdir())
     assert names == ["checkpoint_epoch_0004.pt", "checkpoint_epoch_0005.pt", "checkpoint_epoch_0006.pt"]
 
-    passing = tiny_config(gate={"edge_threshold": 0.0, "rule_threshold": 0.0}, training={"max_epochs": 6})
+    passing = tiny_config(gate=ALWAYS, training={"max_epochs": 6})
     train(passing, tmp_path)
     names = sorted(p.name for p in (run_directory(passing, tmp_path) / CHECKPOINT_DIR).iterdir())
     assert names == ["checkpoint_epoch_0001.pt", "checkpoint_gate.pt"]
@@ -200,7 +202,7 @@ def test_finished_run_is_reported_not_retrained_and_restart_sets_it_aside(tmp_pa
 
 
 def test_a_lost_result_json_is_rebuilt_from_the_final_checkpoint_without_training(tmp_path):
-    config = tiny_config(gate={"edge_threshold": 0.0, "rule_threshold": 0.0})
+    config = tiny_config(gate=ALWAYS)
     first = train(config, tmp_path)
     (run_directory(config, tmp_path) / "result.json").unlink()
     steps = []
@@ -231,6 +233,15 @@ def test_curve_logging(tmp_path):
     assert result["evaluation"]["rule_events"] == curves["rule_events"][-1] > 0
     assert result["evaluation"]["sequences"] == config.gate.eval_sequences
     assert set(result["evaluation"]["rule_compliance_by_r"]) == {"6"}
+    # every rule every epoch; the gate's aggregate (every_rule) is the worst of them
+    assert [len(epoch) for epoch in curves["rule_compliance_per_jumper"]] == [2, 2]
+    assert curves["rule_compliance"] == [min(epoch) for epoch in curves["rule_compliance_per_jumper"]]
+    rules = result["rules"]
+    assert [rule["rule"] for rule in rules] == [0, 1]
+    assert [rule["compliance"] for rule in rules] == curves["rule_compliance_per_jumper"][-1]
+    assert sum(rule["gate_events"] for rule in rules) == config.gate.eval_sequences
+    assert all(rule["chance_bigram_argmax"] in (0.0, 1.0) and 0 < rule["chance_bigram_sampling"] < 1 for rule in rules)
+    assert result["rule_blind_baseline"]["edge_compliance"] == 1.0
     for key in ("torch", "python", "device", "git_commit"):
         assert key in result["environment"]
 
@@ -238,21 +249,48 @@ def test_curve_logging(tmp_path):
 # ---- TRNG-05: the sufficiency gate -------------------------------------------------------------
 
 def test_gate_decision_is_strict_and_never_passes_blind():
-    assert gate_decision(0.96, 0.81, 10, 0.95, 0.80).passed
-    at_edge = gate_decision(0.95, 0.81, 10, 0.95, 0.80)
+    assert gate_decision(0.96, [0.81, 0.9], 0.85, 0.95, 0.80).passed
+    at_edge = gate_decision(0.95, [0.81, 0.9], 0.85, 0.95, 0.80)
     assert not at_edge.passed and "edge compliance 0.9500 is not above 0.95" in at_edge.failure_reason
-    at_rule = gate_decision(0.99, 0.80, 10, 0.95, 0.80)
-    assert not at_rule.passed and "rule compliance" in at_rule.failure_reason
-    both = gate_decision(0.90, 0.50, 10, 0.95, 0.80)
+    at_rule = gate_decision(0.99, [0.80, 0.9], 0.85, 0.95, 0.80)
+    assert not at_rule.passed and "rule 0 0.8000 is not above 0.8" in at_rule.failure_reason
+    both = gate_decision(0.90, [0.50, 0.9], 0.7, 0.95, 0.80)
     assert "short by 0.0500" in both.failure_reason and "short by 0.3000" in both.failure_reason
-    blind = gate_decision(1.0, None, 0, 0.95, 0.80)
+    blind = gate_decision(1.0, [None, None], None, 0.95, 0.80)
     assert not blind.passed and "no rule events" in blind.failure_reason
-    assert not gate_decision(1.0, 1.0, 0, 0.0, 0.0).passed
+    assert not gate_decision(1.0, [1.0, 1.0], None, 0.0, 0.0).passed
+
+
+# one rule at 0.5, the others perfect: pooled over 100 events per rule that is 0.875
+ONE_RULE_UNLEARNED = dict(edge_compliance=1.0, per_rule=[1.0, 0.5, 1.0, 1.0], pooled=0.875, edge_threshold=0.95, rule_threshold=0.80)
+
+
+@pytest.mark.parametrize(
+    "aggregate, passed, score",
+    [("every_rule", False, 0.5), ("mean_rule", True, 0.875), ("pooled", True, 0.875)],
+)
+def test_gate_decision_per_rule_table(aggregate, passed, score):
+    decision = gate_decision(**ONE_RULE_UNLEARNED, aggregate=aggregate, rule_names=["a", "b", "c", "d"])
+    assert decision.passed is passed and decision.rule_score == pytest.approx(score) and decision.worst_rule == 1
+    if not passed:  # the reason names the rule that falls short, and only that one
+        assert decision.failure_reason == "b 0.5000 is not above 0.8 (short by 0.3000)"
+
+
+def test_gate_decision_names_every_short_rule_and_unscored_rules_fail():
+    two_short = gate_decision(1.0, [0.79, 1.0, 0.2], 0.66, 0.95, 0.80, rule_names=["a", "b", "c"])
+    assert "a 0.7900" in two_short.failure_reason and "c 0.2000" in two_short.failure_reason and "b " not in two_short.failure_reason
+    for aggregate in ("every_rule", "mean_rule"):
+        unscored = gate_decision(1.0, [1.0, None], 1.0, 0.95, 0.80, aggregate=aggregate, rule_names=["a", "b"])
+        assert not unscored.passed and "no scored events for b" in unscored.failure_reason
+    mean_short = gate_decision(1.0, [1.0, 0.2], 0.9, 0.95, 0.80, aggregate="mean_rule", rule_names=["a", "b"])
+    assert "mean rule compliance 0.6000" in mean_short.failure_reason and "weakest b at 0.2000" in mean_short.failure_reason
+    with pytest.raises(ValueError, match="rule_aggregate"):
+        gate_decision(1.0, [1.0], 1.0, 0.95, 0.80, aggregate="median")
 
 
 def test_sufficiency_gate(tmp_path):
     """A gate that passes stops training at once and writes the gate checkpoint."""
-    config = tiny_config(gate={"edge_threshold": 0.0, "rule_threshold": 0.0}, training={"max_epochs": 5})
+    config = tiny_config(gate=ALWAYS, training={"max_epochs": 5})
     result = train(config, tmp_path)
     training = result["training"]
     assert training["gate_passed"] and training["gate_epoch"] == 1 and training["epochs_trained"] == 1
@@ -270,7 +308,7 @@ def test_failed_config_metadata(tmp_path):
     assert training["gate_passed"] is False and training["excluded_from_analysis"] is True
     assert training["gate_epoch"] is None and training["epochs_trained"] == 2
     assert "gate not passed after 2 epochs" in training["failure_reason"]
-    assert "rule compliance" in training["failure_reason"] and "short by" in training["failure_reason"]
+    assert "rule 0 (vertex" in training["failure_reason"] and "short by" in training["failure_reason"]
     assert training["final_edge_compliance"] == result["curves"]["edge_compliance"][-1]
     assert training["final_rule_compliance"] == result["curves"]["rule_compliance"][-1]
 
@@ -278,7 +316,7 @@ def test_failed_config_metadata(tmp_path):
 # ---- results folder and analysis API -----------------------------------------------------------
 
 def test_load_run_gives_the_gate_model_with_extraction(tmp_path):
-    config = tiny_config(gate={"edge_threshold": 0.0, "rule_threshold": 0.0})
+    config = tiny_config(gate=ALWAYS)
     train(config, tmp_path)
     run = load_run(run_directory(config, tmp_path))
     assert run.checkpoint.name == "checkpoint_gate.pt"

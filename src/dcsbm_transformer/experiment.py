@@ -22,6 +22,7 @@ import torch
 
 from .config import ExperimentConfig
 from .data.dataset import ExperimentData, load_or_build_data
+from .data.graph import Graph
 from .devices import autocast_factory, bf16_supported, device_name, resolve_device
 from .model import TransformerLM
 from .reproducibility import seed_everything, torch_generator
@@ -31,7 +32,9 @@ from .training.evaluation import GateEvaluation, GateEvaluator
 from .training.lock import LOCK_FILE, RunLock
 from .training.plots import FIGURE_FILE, plot_training_curves
 from .training.results import read_result, write_result
-from .training.trainer import Trainer, TrainingHooks, TrainingState, mean_loss
+from .training.baselines import RuleBlindBaseline, rule_blind_baseline
+from .training.gate import worst_rule
+from .training.trainer import Trainer, TrainingHooks, TrainingState, judge, mean_loss, plural
 
 CHECKPOINT_DIR = "checkpoints"
 
@@ -98,10 +101,50 @@ def _data_summary(data: ExperimentData) -> dict[str, Any]:
     }
 
 
+def rule_records(graph: Graph, state: TrainingState, evaluation: dict[str, Any] | None, baseline: RuleBlindBaseline) -> list[dict[str, Any]]:
+    """result.json's ``rules``: each rule's identity, the model's latest compliance and its chance levels."""
+    latest = state.rule_compliance_per_jumper[-1] if state.rule_compliance_per_jumper else [None] * graph.n_jumpers
+    events = (evaluation or {}).get("rule_events_by_jumper", {})
+    argmax = baseline.argmax_report.jumper_compliances(graph.n_jumpers)
+    return [
+        {
+            "rule": j,
+            "vertex": int(v),
+            "block": int(graph.block[v]),
+            "target_block": int(t),
+            "r": int(r),
+            "gate_events": int(events.get(str(j), 0)),
+            "compliance": latest[j],
+            "chance_bigram_argmax": argmax[j],
+            "chance_bigram_sampling": baseline.sampling_chance[j],
+        }
+        for j, (v, t, r) in enumerate(zip(graph.jumper_vertex, graph.jumper_target_block, graph.jumper_r))
+    ]
+
+
+def baseline_record(config: ExperimentConfig, graph: Graph, baseline: RuleBlindBaseline) -> dict[str, Any]:
+    """result.json's ``rule_blind_baseline``: the bigram-argmax policy judged as the model is."""
+    report = baseline.argmax_report
+    decision = judge(config, graph, report)
+    return {
+        "edge_compliance": report.edge_compliance,
+        "rule_compliance_pooled": report.rule_compliance,
+        "rule_score": decision.rule_score,
+        "passed": decision.passed,
+        "failure_reason": decision.failure_reason,
+    }
+
+
 def build_result(
-    config: ExperimentConfig, trainer: Trainer, data: dict[str, Any], environment: dict[str, Any], timings: dict[str, Any]
+    config: ExperimentConfig,
+    trainer: Trainer,
+    baseline: RuleBlindBaseline,
+    data: dict[str, Any],
+    environment: dict[str, Any],
+    timings: dict[str, Any],
 ) -> dict[str, Any]:
     state: TrainingState = trainer.state
+    graph = trainer.evaluator.graph
     return {
         "experiment_id": config.experiment_id,
         "status": "finished" if state.finished else "running",
@@ -112,6 +155,7 @@ def build_result(
             "train_loss": state.train_loss,
             "edge_compliance": state.edge_compliance,
             "rule_compliance": state.rule_compliance,
+            "rule_compliance_per_jumper": state.rule_compliance_per_jumper,
             "rule_events": state.rule_events,
         },
         "training": {
@@ -127,6 +171,8 @@ def build_result(
             "excluded_from_analysis": not state.gate_passed,
         },
         "evaluation": state.last_evaluation,
+        "rules": rule_records(graph, state, state.last_evaluation, baseline),
+        "rule_blind_baseline": baseline_record(config, graph, baseline),
         "data": data,
         "environment": environment,
         "timings": {
@@ -145,11 +191,14 @@ def _epoch_line(trainer: Trainer, evaluation: GateEvaluation | None) -> str:
     losses = state.train_loss[-trainer.steps_per_epoch :]
     report = evaluation.report
     fmt = lambda x: "  n/a " if x is None else f"{x:.4f}"  # noqa: E731
+    per_rule = state.rule_compliance_per_jumper[-1]
+    worst = worst_rule(per_rule)
+    worst_text = "n/a" if worst is None else f"{per_rule[worst]:.4f} (rule {worst})"
     verdict = "  GATE PASSED" if state.gate_passed else ""
     return (
         f"epoch {state.epoch:3d}/{trainer.config.training.max_epochs}  loss {mean_loss(losses):.4f}  "
-        f"edge {fmt(report.edge_compliance)}  rule {fmt(report.rule_compliance)} ({report.rule_events} events)  "
-        f"train {state.epoch_seconds[-1]:.1f}s  eval {evaluation.seconds:.1f}s{verdict}"
+        f"edge {fmt(report.edge_compliance)}  worst rule {worst_text}  pooled {fmt(report.rule_compliance)} "
+        f"({report.rule_events} events)  train {state.epoch_seconds[-1]:.1f}s  eval {evaluation.seconds:.1f}s{verdict}"
     )
 
 
@@ -163,8 +212,8 @@ def _finish_outputs(run_dir: Path, config: ExperimentConfig, trainer: Trainer, p
             trainer.steps_per_epoch,
             state.edge_compliance,
             state.rule_compliance,
-            config.gate.edge_threshold,
-            config.gate.rule_threshold,
+            state.rule_compliance_per_jumper,
+            config.gate,
             title=config.experiment_id,
         )
 
@@ -184,24 +233,30 @@ def run_experiment(
     run_dir = run_directory(config, options.results_root)
     if options.restart and run_dir.exists():
         echo(f"--restart: previous run set aside as {_set_aside(run_dir)}")
+    if (finished := _finished_result(run_dir)) is not None:
+        echo(f"{_finished_message(run_dir, finished)}; already finished, nothing to do (--restart to train again)")
+        return finished
+
+    # The data first: a config whose graph or walks cannot be made leaves no results folder behind.
+    data_started = time.perf_counter()
+    data = load_or_build_data(config, options.cache_root)
+    data_seconds = time.perf_counter() - data_started
+
     checkpoint_dir = run_dir / CHECKPOINT_DIR
     checkpoint_dir.mkdir(parents=True, exist_ok=True)
     with RunLock(run_dir):
         for folder in (run_dir, checkpoint_dir):
             remove_stale_temporaries(folder)
-        finished = read_result(run_dir)
-        if finished is not None and finished["status"] == "finished":
+        if (finished := _finished_result(run_dir)) is not None:  # finished by another process meanwhile
             echo(f"{_finished_message(run_dir, finished)}; already finished, nothing to do (--restart to train again)")
             return finished
         atomic_write_bytes(run_dir / "config.json", config.to_json().encode())
-
-        data_started = time.perf_counter()
-        data = load_or_build_data(config, options.cache_root)
-        data_seconds = time.perf_counter() - data_started
         if not (run_dir / "graph.npz").exists():
             write_npz(run_dir / "graph.npz", data.graph.to_arrays())
 
         trainer = _build_trainer(config, data, device, autocast, options, checkpoint_dir, hooks)
+        baseline = rule_blind_baseline(trainer.evaluator, data.train.walks)
+        _warn_if_rule_blind_passes(config, data.graph, baseline, echo)
         _resume_if_possible(trainer, checkpoint_dir, echo)
         environment, data_block = _environment(device, options), _data_summary(data)
 
@@ -216,7 +271,7 @@ def run_experiment(
                 "compile_seconds_this_invocation": None if compile_seconds is None else round(compile_seconds, 3),
                 "wall_seconds_this_invocation": round(time.perf_counter() - started, 3),
             }
-            _finish_outputs(run_dir, config, trainer, build_result(config, trainer, data_block, environment, timings))
+            _finish_outputs(run_dir, config, trainer, build_result(config, trainer, baseline, data_block, environment, timings))
 
         def on_epoch_end(trainer: Trainer, evaluation: GateEvaluation | None) -> None:
             write_outputs()
@@ -230,6 +285,23 @@ def run_experiment(
         assert result is not None
         echo(_finished_message(run_dir, result))
         return result
+
+
+def _finished_result(run_dir: Path) -> dict[str, Any] | None:
+    """The run's result.json when it says the run is finished, else None."""
+    result = read_result(run_dir) if run_dir.is_dir() else None
+    return result if result is not None and result["status"] == "finished" else None
+
+
+def _warn_if_rule_blind_passes(config: ExperimentConfig, graph: Graph, baseline: RuleBlindBaseline, echo) -> None:
+    """A gate that a rule-blind policy passes cannot show that a model knows the rules: say so up front."""
+    verdict = baseline_record(config, graph, baseline)
+    if verdict["passed"]:
+        echo(
+            f"warning: a rule-blind bigram policy passes this gate (edge {verdict['edge_compliance']:.4f}, "
+            f"{config.gate.rule_aggregate} rule compliance {verdict['rule_score']:.4f}); passing it does not show that "
+            "the model knows the rules (gate.rule_aggregate=every_rule and balanced rules make this unlikely)"
+        )
 
 
 def _resume_if_possible(trainer: Trainer, checkpoint_dir: Path, echo: Callable[[str], None]) -> None:
@@ -279,10 +351,10 @@ def _build_trainer(config, data, device, autocast, options, checkpoint_dir, hook
 def _finished_message(run_dir: Path, result: dict[str, Any]) -> str:
     training = result["training"]
     if result["status"] != "finished":
-        return f"{run_dir}: in progress after {training['epochs_trained']} epochs"
+        return f"{run_dir}: in progress after {plural(training['epochs_trained'], 'epoch')}"
     if training["gate_passed"]:
         return (
             f"{run_dir}: gate passed at epoch {training['gate_epoch']} (edge {training['final_edge_compliance']:.4f}, "
-            f"rule {training['final_rule_compliance']:.4f})"
+            f"{result['config']['gate']['rule_aggregate']} rule compliance {training['final_rule_compliance']:.4f})"
         )
     return f"{run_dir}: finished without passing the gate, excluded from analysis: {training['failure_reason']}"

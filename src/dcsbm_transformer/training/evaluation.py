@@ -3,11 +3,15 @@ without breaking an edge or a rule?
 
 Two prompt modes (``gate.prompt``; DESIGN.md, "What the gate generates from"):
 
-- ``jumper_prefix`` (default): ``eval_sequences`` rule events are drawn at random from the eval
-  walks — a jumper visit at step s whose deadline s + r lies inside the walk. The model gets the
-  walk up to and including step s (it sees the last w tokens) and greedily generates r tokens.
-  Scored: generated transitions, and every rule whose deadline falls among the generated tokens —
-  the drawn one, any earlier one still pending, and any nested one triggered while generating.
+- ``jumper_prefix`` (default): ``eval_sequences`` rule events are drawn from the eval walks — a
+  jumper visit at step s whose deadline s + r lies inside the walk — *stratified by jumper*: the
+  same number for every rule (the total split evenly, rounded up), fewer only where the eval
+  corpus holds fewer, with a warning naming the rule. Drawing in proportion to visits would let
+  the most visited jumper (Zipf θ) dominate the score. The model gets the walk up to and
+  including step s (it sees the last w tokens) and greedily generates r tokens. Scored: the
+  generated transitions (from the jumper on), and each drawn event exactly once, on its own
+  deadline — one question, one answer; rules pending from before the jumper, or triggered by
+  the model's own tokens, are not scored.
 - ``first_token``: the spec's free-running walks. Seeds are the first tokens of eval walks drawn
   at random from the whole corpus (never the first N); the model generates walk_length - 1
   tokens. Identical seeds are generated once and counted for each copy.
@@ -27,7 +31,7 @@ import numpy as np
 import torch
 
 from ..config import ExperimentConfig
-from ..data.compliance import ComplianceReport, score_compliance
+from ..data.compliance import ComplianceReport, RuleEvents, score_compliance
 from ..data.graph import Graph
 from ..data.walks import Corpus
 from ..model import TransformerLM
@@ -64,22 +68,16 @@ class GateEvaluator:
         events = corpus.events
         if len(events) == 0:
             raise ValueError("the eval corpus holds no rule events: the jumper_prefix gate has nothing to ask")
-        if count > len(events):
-            log.warning(
-                "gate.eval_sequences is %d but the eval corpus holds only %d rule events: the gate asks all %d "
-                "(more eval walks, walks.eval_walks, give it more)", count, len(events), len(events)
-            )
-        chosen = np.sort(rng.choice(len(events), size=min(count, len(events)), replace=False))
-        row, step = events.row[chosen], events.step[chosen]
-        self.event_walk, self.event_step = row, step
+        chosen = stratified_by_jumper(events, self.graph, count, rng)
+        row, step, vertex = events.row[chosen], events.step[chosen], events.vertex[chosen]
         r = events.deadline[chosen] - step
+        self.event_walk, self.event_step = row, step
         self.steps = int(r.max())
-        # History reaching back max r tokens: every rule that can fall due among the generated
-        # tokens was triggered inside it. Left-padded with -1 (no token).
-        history = int(self.graph.jumper_r.max())
-        columns = step[:, None] - history + 1 + np.arange(history)[None, :]
-        self.history = np.where(columns >= 0, walks[row[:, None], np.maximum(columns, 0)], -1)
-        self.score_from = history
+        # Scored sequence i = [the jumper, its r generated tokens]: the first transition and the
+        # drawn rule are in it, and nothing from before the jumper is.
+        self.history = vertex[:, None]
+        self.score_from = 1
+        self.scored_events = RuleEvents(np.arange(len(chosen)), np.zeros_like(r), vertex, events.target_block[chosen], r)
         self.generated_limit = r  # tokens beyond an event's own r are not scored
         self.prompt_lengths = np.minimum(step + 1, self.window)
         self.prompts = self._left_aligned(walks, row, step + 1 - self.prompt_lengths, self.prompt_lengths)
@@ -88,6 +86,7 @@ class GateEvaluator:
         chosen = rng.choice(len(walks), size=count, replace=count > len(walks))
         self.steps = walks.shape[1] - 1
         self.history = walks[chosen, :1]
+        self.scored_events = None  # every rule event the free-running walks contain
         self.score_from = 1
         self.generated_limit = np.full(len(chosen), self.steps)
         self.prompt_lengths = np.ones(len(chosen), dtype=np.int64)
@@ -107,6 +106,17 @@ class GateEvaluator:
         beyond = np.arange(generated.shape[1])[None, :] >= self.generated_limit[:, None]
         return np.concatenate([self.history, np.where(beyond, -1, generated)], axis=1)
 
+    def score(self, generated: np.ndarray) -> ComplianceReport:
+        """Score continuations ``generated`` [sequences, steps] of this evaluator's prompts, from
+        the model or from any other policy (the rule-blind baselines), the same way."""
+        sequences = self.scored_sequences(generated)
+        return score_compliance(sequences, self.graph, score_from=self.score_from, events=self.scored_events)
+
+    @property
+    def last_prompt_tokens(self) -> np.ndarray:
+        """int64 [sequences]: the token every continuation follows (a jumper, in jumper_prefix mode)."""
+        return self.prompts[np.arange(len(self.prompts)), self.prompt_lengths - 1]
+
     def evaluate(self, model: TransformerLM, autocast: AbstractContextManager | None = None) -> GateEvaluation:
         """Generate greedily from every prompt and score what was generated."""
         started = time.perf_counter()
@@ -124,7 +134,7 @@ class GateEvaluator:
         finally:
             model.train(was_training)
         sequences = self.scored_sequences(generated)
-        report = score_compliance(sequences, self.graph, score_from=self.score_from)
+        report = self.score(generated)
         return GateEvaluation(
             report=report,
             sequences=len(sequences),
@@ -132,3 +142,22 @@ class GateEvaluator:
             generated_tokens=int(self.generated_limit.sum()),
             seconds=time.perf_counter() - started,
         )
+
+
+def stratified_by_jumper(events: RuleEvents, graph: Graph, count: int, rng: np.random.Generator) -> np.ndarray:
+    """Sorted indices of ``count`` events (rounded up to a multiple of the rules), the same number
+    drawn without replacement for every jumper; a jumper with fewer events gives all it has and
+    is named in a warning. Jumpers are drawn in order from one stream, so the draw is reproducible."""
+    jumpers = graph.n_jumpers
+    quota = -(-count // jumpers)
+    chosen = []
+    for j, vertex in enumerate(graph.jumper_vertex.tolist()):
+        own = np.flatnonzero(events.vertex == vertex)
+        if len(own) < quota:
+            log.warning(
+                "gate: rule %d (jumper vertex %d) has only %d rule events in the eval corpus, fewer than the %d "
+                "asked of every rule (gate.eval_sequences=%d over %d rules); it is judged on %d "
+                "(more eval walks, walks.eval_walks, give it more)", j, vertex, len(own), quota, count, jumpers, len(own),
+            )
+        chosen.append(rng.choice(own, size=min(quota, len(own)), replace=False))
+    return np.sort(np.concatenate(chosen))

@@ -1,4 +1,5 @@
-"""The training-curve figure: loss per step; edge and rule compliance per epoch with the gate thresholds."""
+"""The training-curve figure: loss per step; edge compliance, the gate's rule aggregate and every
+rule's own compliance (thin lines) per epoch, with the gate thresholds."""
 
 from __future__ import annotations
 
@@ -10,7 +11,10 @@ import matplotlib
 matplotlib.use("Agg")  # files only; never needs a display
 import matplotlib.pyplot as plt  # noqa: E402
 
+from ..config import GateConfig  # noqa: E402
 from ..storage import atomic_write_bytes  # noqa: E402
+
+AGGREGATE_LABEL = {"every_rule": "worst rule (gate)", "mean_rule": "mean of rules (gate)", "pooled": "pooled rules (gate)"}
 
 FIGURE_FILE = "training_curves.png"
 
@@ -21,8 +25,8 @@ def plot_training_curves(
     steps_per_epoch: int,
     edge_compliance: list[float | None],
     rule_compliance: list[float | None],
-    edge_threshold: float,
-    rule_threshold: float,
+    rule_compliance_per_jumper: list[list[float | None]],
+    gate: GateConfig,
     title: str,
 ) -> Path:
     figure, (loss_axis, gate_axis) = plt.subplots(1, 2, figsize=(11, 4))
@@ -35,10 +39,16 @@ def plot_training_curves(
 
     epochs = range(1, len(edge_compliance) + 1)
     as_nan = lambda values: [float("nan") if v is None else v for v in values]  # noqa: E731
+    rules = len(rule_compliance_per_jumper[0]) if rule_compliance_per_jumper else 0
+    for j in range(rules):
+        gate_axis.plot(
+            epochs, as_nan([epoch[j] for epoch in rule_compliance_per_jumper]), color="tab:red", alpha=0.35, linewidth=0.8,
+            label="each rule" if j == 0 else None,
+        )
     gate_axis.plot(epochs, as_nan(edge_compliance), marker="o", color="tab:green", label="edge compliance")
-    gate_axis.plot(epochs, as_nan(rule_compliance), marker="s", color="tab:red", label="rule compliance")
-    gate_axis.axhline(edge_threshold, color="tab:green", linestyle="--", linewidth=1, label=f"edge threshold {edge_threshold}")
-    gate_axis.axhline(rule_threshold, color="tab:red", linestyle="--", linewidth=1, label=f"rule threshold {rule_threshold}")
+    gate_axis.plot(epochs, as_nan(rule_compliance), marker="s", color="tab:red", label=AGGREGATE_LABEL[gate.rule_aggregate])
+    gate_axis.axhline(gate.edge_threshold, color="tab:green", linestyle="--", linewidth=1, label=f"edge threshold {gate.edge_threshold}")
+    gate_axis.axhline(gate.rule_threshold, color="tab:red", linestyle="--", linewidth=1, label=f"rule threshold {gate.rule_threshold}")
     gate_axis.set_ylim(-0.02, 1.02)
     gate_axis.set_xlabel("epoch")
     gate_axis.set_title("gate evaluation (every epoch)")

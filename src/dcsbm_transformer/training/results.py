@@ -1,9 +1,11 @@
 """result.json: the schema, validated before every write, and the atomic writer.
 
 The field names are a contract (DESIGN.md): ``curves.train_loss`` (every optimiser step),
-``curves.edge_compliance`` and ``curves.rule_compliance`` (every epoch), and the ``training``
-block (``gate_passed``, ``gate_epoch``, ``epochs_trained``, ``failure_reason``,
-``final_edge_compliance``, ``final_rule_compliance``, ``excluded_from_analysis``).
+``curves.edge_compliance``, ``curves.rule_compliance`` (the gate's rule aggregate: the worst
+rule under ``every_rule``) and ``curves.rule_compliance_per_jumper`` (every epoch), the
+``training`` block (``gate_passed``, ``gate_epoch``, ``epochs_trained``, ``failure_reason``,
+``final_edge_compliance``, ``final_rule_compliance``, ``excluded_from_analysis``), and ``rules``:
+every rule's identity and final compliance beside its rule-blind chance levels.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from ..storage import atomic_write_json
 
 RESULT_FILE = "result.json"
-RESULT_SCHEMA_VERSION = 1
+RESULT_SCHEMA_VERSION = 2
 
 
 class _Strict(BaseModel):
@@ -29,12 +31,16 @@ class Curves(_Strict):
     train_loss: list[float]
     edge_compliance: list[float | None]
     rule_compliance: list[float | None]
+    rule_compliance_per_jumper: list[list[float | None]]  # [epoch][rule]
     rule_events: list[int]
 
     @model_validator(mode="after")
     def _consistent(self) -> "Curves":
-        if not (len(self.edge_compliance) == len(self.rule_compliance) == len(self.rule_events)):
+        epochs = len(self.edge_compliance)
+        if not (epochs == len(self.rule_compliance) == len(self.rule_compliance_per_jumper) == len(self.rule_events)):
             raise ValueError("per-epoch curves must have one entry per evaluated epoch")
+        if len({len(rules) for rules in self.rule_compliance_per_jumper}) > 1:
+            raise ValueError("rule_compliance_per_jumper must hold every rule at every epoch")
         if any(not math.isfinite(x) for x in self.train_loss):
             raise ValueError("train_loss holds a non-finite value; store finite losses only")
         return self
@@ -66,6 +72,11 @@ class Evaluation(_Strict):
 
     epoch: int
     prompt: Literal["jumper_prefix", "first_token"]
+    rule_aggregate: Literal["every_rule", "mean_rule", "pooled"]
+    rule_score: float | None
+    worst_rule: int | None
+    passed: bool
+    failure_reason: str | None
     sequences: int
     distinct_sequences: int
     generated_tokens: int
@@ -75,7 +86,33 @@ class Evaluation(_Strict):
     rule_events: int
     rule_compliance_by_r: dict[str, float]
     rule_events_by_r: dict[str, int]
+    rule_compliance_by_jumper: dict[str, float]
+    rule_events_by_jumper: dict[str, int]
     seconds: float
+
+
+class Rule(_Strict):
+    """One jumper rule: who it is, how the model does on it, and what a rule-blind model gets."""
+
+    rule: int = Field(ge=0)
+    vertex: int
+    block: int
+    target_block: int
+    r: int
+    gate_events: int = Field(ge=0, description="events the last gate evaluation scored for this rule")
+    compliance: float | None = Field(description="the model's compliance at the last evaluated epoch")
+    chance_bigram_argmax: float | None = Field(description="the bigram-argmax policy on the gate's own prompts")
+    chance_bigram_sampling: float = Field(ge=0, le=1, description="expected compliance of sampling the training bigrams")
+
+
+class RuleBlindBaseline(_Strict):
+    """The bigram-argmax policy judged by the gate exactly as the model is."""
+
+    edge_compliance: float | None
+    rule_compliance_pooled: float | None
+    rule_score: float | None
+    passed: bool
+    failure_reason: str | None
 
 
 class Result(_Strict):
@@ -88,6 +125,8 @@ class Result(_Strict):
     curves: Curves
     training: TrainingOutcome
     evaluation: Evaluation | None
+    rules: list[Rule]
+    rule_blind_baseline: RuleBlindBaseline
     data: dict[str, Any]
     environment: dict[str, Any]
     timings: dict[str, Any]

@@ -25,13 +25,15 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from ..config import ExperimentConfig
+from ..config import ExperimentConfig, GateConfig
+from ..data.compliance import ComplianceReport
+from ..data.graph import Graph
 from ..devices import synchronize
 from ..model import TransformerLM
 from ..reproducibility import capture_rng_state, restore_rng_state
 from .checkpoint import CHECKPOINT_FORMAT, GATE_CHECKPOINT, epoch_checkpoint_name, prune_epoch_checkpoints, save_checkpoint
 from .evaluation import GateEvaluation, GateEvaluator
-from .gate import gate_decision
+from .gate import GateDecision, gate_decision
 from .schedule import warmup_cosine_scheduler
 from .windows import epoch_windows, gather_windows, steps_per_epoch, windows_per_walk
 
@@ -44,7 +46,8 @@ class TrainingState:
     global_step: int = 0
     train_loss: list[float] = field(default_factory=list)
     edge_compliance: list[float | None] = field(default_factory=list)
-    rule_compliance: list[float | None] = field(default_factory=list)
+    rule_compliance: list[float | None] = field(default_factory=list)  # the gate's rule aggregate
+    rule_compliance_per_jumper: list[list[float | None]] = field(default_factory=list)  # [epoch][rule]
     rule_events: list[int] = field(default_factory=list)
     gate_passed: bool = False
     gate_epoch: int | None = None
@@ -63,6 +66,7 @@ class TrainingState:
                 "train_loss": torch.tensor(self.train_loss, dtype=torch.float32),
                 "edge_compliance": list(self.edge_compliance),
                 "rule_compliance": list(self.rule_compliance),
+                "rule_compliance_per_jumper": [list(epoch) for epoch in self.rule_compliance_per_jumper],
                 "rule_events": list(self.rule_events),
             },
             "gate": {
@@ -84,6 +88,7 @@ class TrainingState:
             train_loss=curves["train_loss"].tolist(),
             edge_compliance=list(curves["edge_compliance"]),
             rule_compliance=list(curves["rule_compliance"]),
+            rule_compliance_per_jumper=[list(epoch) for epoch in curves["rule_compliance_per_jumper"]],
             rule_events=list(curves["rule_events"]),
             gate_passed=gate["passed"],
             gate_epoch=gate["epoch"],
@@ -261,25 +266,24 @@ class Trainer:
         self.state.finished = True
 
     def _record_epoch(self, epoch: int, losses: torch.Tensor, seconds: float, evaluation: GateEvaluation) -> None:
-        state, report, gate = self.state, evaluation.report, self.config.gate
+        state, report = self.state, evaluation.report
+        decision = judge(self.config, self.evaluator.graph, report)
         state.epoch = epoch
         state.global_step += len(losses)
         state.train_loss.extend(losses.tolist())
         state.edge_compliance.append(report.edge_compliance)
-        state.rule_compliance.append(report.rule_compliance)
+        state.rule_compliance.append(decision.rule_score)
+        state.rule_compliance_per_jumper.append(report.jumper_compliances(self.evaluator.graph.n_jumpers))
         state.rule_events.append(report.rule_events)
         state.epoch_seconds.append(seconds)
         state.eval_seconds.append(evaluation.seconds)
-        state.last_evaluation = evaluation_record(epoch, gate.prompt, evaluation)
-        decision = gate_decision(
-            report.edge_compliance, report.rule_compliance, report.rule_events, gate.edge_threshold, gate.rule_threshold
-        )
+        state.last_evaluation = evaluation_record(epoch, self.config.gate, evaluation, decision)
         if decision.passed:
             state.gate_passed, state.gate_epoch, state.finished = True, epoch, True
             state.failure_reason = None
         elif epoch >= self.config.training.max_epochs:
             state.finished = True
-            state.failure_reason = f"gate not passed after {epoch} epochs: {decision.failure_reason}"
+            state.failure_reason = f"gate not passed after {plural(epoch, 'epoch')}: {decision.failure_reason}"
 
     def _write_checkpoints(self) -> None:
         """The gate checkpoint first, then the epoch's: a kill between the two re-trains the epoch
@@ -301,17 +305,41 @@ def build_optimizer(model: TransformerLM, lr: float, weight_decay: float) -> tor
     return torch.optim.AdamW(model.parameter_groups(weight_decay), lr=lr, fused=True)
 
 
-def evaluation_record(epoch: int, prompt: str, evaluation: GateEvaluation) -> dict[str, Any]:
-    """The ``evaluation`` block of result.json."""
+def judge(config: ExperimentConfig, graph: Graph, report: ComplianceReport) -> GateDecision:
+    """The gate's verdict on one evaluation's scores, as the config reads them."""
+    gate = config.gate
+    return gate_decision(
+        report.edge_compliance,
+        report.jumper_compliances(graph.n_jumpers),
+        report.rule_compliance,
+        gate.edge_threshold,
+        gate.rule_threshold,
+        gate.rule_aggregate,
+        graph.rule_labels,
+    )
+
+
+def evaluation_record(epoch: int, gate: GateConfig, evaluation: GateEvaluation, decision: GateDecision) -> dict[str, Any]:
+    """The ``evaluation`` block of result.json: the latest gate evaluation in full."""
     return {
         "epoch": epoch,
-        "prompt": prompt,
+        "prompt": gate.prompt,
+        "rule_aggregate": gate.rule_aggregate,
+        "rule_score": decision.rule_score,
+        "worst_rule": decision.worst_rule,
+        "passed": decision.passed,
+        "failure_reason": decision.failure_reason,
         "sequences": evaluation.sequences,
         "distinct_sequences": evaluation.distinct_sequences,
         "generated_tokens": evaluation.generated_tokens,
         **evaluation.report.to_dict(),
         "seconds": round(evaluation.seconds, 4),
     }
+
+
+def plural(count: int, noun: str) -> str:
+    """'1 epoch', '2 epochs'."""
+    return f"{count} {noun}{'' if count == 1 else 's'}"
 
 
 def mean_loss(losses: list[float]) -> float:
