@@ -29,7 +29,7 @@ def plot_training_curves(
     gate: GateConfig,
     title: str,
 ) -> Path:
-    figure, (loss_axis, gate_axis) = plt.subplots(1, 2, figsize=(11, 4))
+    figure, (loss_axis, gate_axis) = plt.subplots(1, 2, figsize=(12.5, 4))
     loss_axis.plot(range(1, len(train_loss) + 1), train_loss, linewidth=0.6, color="tab:blue")
     loss_axis.set_xlabel("optimiser step")
     loss_axis.set_ylabel("cross-entropy loss")
@@ -52,7 +52,7 @@ def plot_training_curves(
     gate_axis.set_ylim(-0.02, 1.02)
     gate_axis.set_xlabel("epoch")
     gate_axis.set_title("gate evaluation (every epoch)")
-    gate_axis.legend(loc="lower right", fontsize=8)
+    gate_axis.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)  # beside the lines, never over them
     figure.suptitle(title, fontsize=9)
     figure.tight_layout()
 
