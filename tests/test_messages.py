@@ -43,3 +43,20 @@ def test_load_run_on_a_folder_that_is_no_run_says_what_is_missing(tmp_path):
         load_run(tmp_path / "elsewhere")
     with pytest.raises(FileNotFoundError, match=r"no run folder at .*absent: pass results/<experiment_id>"):
         load_run(tmp_path / "absent")
+
+
+def test_a_directory_given_as_the_config_says_it_is_a_directory(tmp_path):
+    done = run_cli("run", "--config", str(REPO / "configs"), "--results-dir", "results", cwd=tmp_path)
+    assert done.returncode == 2
+    assert "configs is a directory, not a config file" in done.stderr and "not found" not in done.stderr
+    assert not (tmp_path / "results").exists()
+
+
+def test_a_graph_that_cannot_be_built_leaves_no_results_folder(tmp_path):
+    config = tmp_path / "sparse.json"
+    config.write_text('{"graph": {"n": 40, "K": 4, "p_in": 0.05, "p_out": 0.01, "max_attempts": 2}, '
+                      '"walks": {"walk_length": 128, "train_walks": 4000}}')
+    done = run_cli("run", "--config", str(config), "--results-dir", "results", "--cache-dir", "cache", cwd=tmp_path)
+    assert done.returncode == 1 and "no graph passed validation in graph.max_attempts=2" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert not (tmp_path / "results").exists()  # no config.json, no empty checkpoints/ left behind

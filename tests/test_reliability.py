@@ -73,7 +73,8 @@ def outcome(root: Path, config=CONFIG) -> tuple[dict, dict]:
     folder = run_folder(root, config)
     result = json.loads((folder / "result.json").read_text())
     newest = folder / CHECKPOINT_DIR / f"checkpoint_epoch_{result['training']['epochs_trained']:04d}.pt"
-    comparable = {key: result[key] for key in ("status", "curves", "training", "evaluation")}
+    # everything but the clock: the timings block and the evaluation's seconds (README: what survives what)
+    comparable = {key: value for key, value in result.items() if key != "timings"}
     comparable["evaluation"] = {k: v for k, v in result["evaluation"].items() if k != "seconds"}
     return comparable, torch.load(newest, weights_only=True)["model"]
 
