@@ -1,0 +1,1 @@
+"""The analysis stage: do attention internals announce a rule violation before it happens?"""
