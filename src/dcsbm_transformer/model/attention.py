@@ -95,17 +95,19 @@ class CausalSelfAttention(nn.Module):
         """x [B, T, d_model] (already layer-normed) -> attention block output [B, T, d_model]."""
         return self._output(self._attend(*self._project_qkv(x)))
 
-    def forward_explicit(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    def forward_explicit(
+        self, x: torch.Tensor, *, last_only: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """Like forward, also returning the internals (not detached).
 
-        Returns (output [B, T, d_model], qkt [B, H, T, T] = QKᵀ/√d_head with entries above the
-        diagonal set to 0, attention [B, H, T, T] softmax weights before dropout,
-        values [B, H, T, d_head]).
+        Returns (output [B, T, d_model] — [B, 1, d_model], the last position's, with
+        ``last_only`` —, qkt [B, H, T, T] = QKᵀ/√d_head with entries above the diagonal set to 0,
+        attention [B, H, T, T] softmax weights before dropout, values [B, H, T, d_head]).
         """
         q, k, v = self._project_qkv(x)
         scores, allowed, weights = self._scores_and_weights(q, k)
         y = F.dropout(weights, self.dropout if self.training else 0.0, self.training) @ v
-        return self._output(y), scores.masked_fill(~allowed, 0.0), weights, v
+        return self._output(y[:, :, -1:] if last_only else y), scores.masked_fill(~allowed, 0.0), weights, v
 
     def forward_last(self, x: torch.Tensor) -> torch.Tensor:
         """Output for the last position only: x [B, T, d_model] -> [B, 1, d_model].

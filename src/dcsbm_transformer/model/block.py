@@ -42,6 +42,13 @@ class Block(nn.Module):
         x = x + out
         return x + self.mlp(self.ln_2(x)), qkt, attention, values
 
+    def forward_explicit_last(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Like forward_explicit, but the block output only at the last position, [B, 1, d_model]:
+        the internals cover every position, the MLP runs for the last one alone."""
+        out, qkt, attention, values = self.attn.forward_explicit(self.ln_1(x), last_only=True)
+        x_last = x[:, -1:] + out
+        return x_last + self.mlp(self.ln_2(x_last)), qkt, attention, values
+
     def forward_last(self, x: torch.Tensor) -> torch.Tensor:
         """[B, T, d_model] -> the block output at the last position only, [B, 1, d_model]."""
         x_last = x[:, -1:] + self.attn.forward_last(self.ln_1(x))

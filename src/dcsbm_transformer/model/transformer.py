@@ -188,6 +188,25 @@ class TransformerLM(nn.Module):
             ov_circuits=self.ov_circuits() if mode.wants_attention else None, residual=stack(residual),
         )
 
+    @torch.no_grad()
+    def extract_last(self, tokens: torch.Tensor, *, check_ids: bool = True) -> ModelOutput:
+        """One forward pass that both decides the next token and exposes what decided it: the
+        logits of the last position only, [B, 1, vocab] (``forward(tokens).logits[:, -1:]`` up to
+        float rounding), with ``qkt``, ``attention`` and ``values`` of every layer and position
+        exactly as ``ExtractionMode.SVD_TARGETS`` gives them. The last block's MLP, the head and
+        the final LayerNorm run for the last position alone (the analysis stage's per-pass call:
+        the MLP is most of a small model's FLOPs). No ``ov_circuits``: they do not change per pass."""
+        x = self.embed(self._check(tokens, check_ids))
+        qkt, attention, values = [], [], []
+        for layer, block in enumerate(self.blocks):
+            step = block.forward_explicit_last if layer == self.n_layers - 1 else block.forward_explicit
+            x, layer_qkt, layer_attention, layer_values = step(x)
+            qkt.append(layer_qkt)
+            attention.append(layer_attention)
+            values.append(layer_values)
+        stack = lambda tensors: torch.stack(tensors, dim=1)  # noqa: E731
+        return ModelOutput(logits=self.head(self.ln_f(x)), qkt=stack(qkt), attention=stack(attention), values=stack(values))
+
     # -- generation ----------------------------------------------------------------------
     def logits_last(self, tokens: torch.Tensor, *, check_ids: bool = True) -> torch.Tensor:
         """Logits of the last position, [B, vocab]; equal to forward(tokens).logits[:, -1] up to
