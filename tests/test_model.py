@@ -224,6 +224,16 @@ def test_logits_last_matches_forward(model, length):
     torch.testing.assert_close(model.logits_last(tokens), model(tokens).logits[:, -1], **CLOSE)
 
 
+@pytest.mark.parametrize("length", [1, 7, WINDOW])
+def test_extract_last_is_svd_targets_with_the_last_logits(model, length):
+    tokens = random_tokens(length=length)
+    full, last = model(tokens, mode=ExtractionMode.SVD_TARGETS), model.extract_last(tokens)
+    for name in ("qkt", "attention", "values"):  # the same computation, position for position
+        assert torch.equal(getattr(last, name), getattr(full, name)), name
+    assert last.logits.shape == (tokens.shape[0], 1, model.vocab_size)
+    torch.testing.assert_close(last.logits, full.logits[:, -1:], **CLOSE)
+
+
 @pytest.fixture(params=[False, True], ids=["explicit", "sdpa"])
 def model_per_kernel(model, request) -> TransformerLM:
     """The model with both attention kernels (the cached paths honour use_sdpa too)."""

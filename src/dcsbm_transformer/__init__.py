@@ -2,11 +2,12 @@
 
 The public interface (DESIGN.md, "Interfaces that others rely on")::
 
-    from dcsbm_transformer import load_config, TransformerLM, ExtractionMode, load_run
+    from dcsbm_transformer import load_config, TransformerLM, ExtractionMode, load_run, analyze_run
 """
 
+from .analysis.run import analyze_run
 from .api import Run, load_run
 from .config import ConfigError, ExperimentConfig, load_config
 from .model import ExtractionMode, ModelOutput, TransformerLM
 
-__all__ = ["ConfigError", "ExperimentConfig", "ExtractionMode", "ModelOutput", "Run", "TransformerLM", "load_config", "load_run"]
+__all__ = ["ConfigError", "ExperimentConfig", "ExtractionMode", "ModelOutput", "Run", "TransformerLM", "analyze_run", "load_config", "load_run"]

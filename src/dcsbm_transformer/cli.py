@@ -1,4 +1,5 @@
-"""The ``dcsbm`` command line: ``dcsbm run`` (train to the gate) and ``dcsbm generate`` (write data).
+"""The ``dcsbm`` command line: ``dcsbm run`` (train to the gate), ``dcsbm generate`` (write data) and
+``dcsbm analyze`` (SVD metrics of a trained run's attention at every generated token).
 
 Exit status: 0 done (a run that finished without passing the gate is a result, flagged in
 result.json); 2 a mistake in the request (missing file, invalid config, bad argument), reported
@@ -22,14 +23,16 @@ from .experiment import RunOptions, run_experiment
 from .storage import atomic_write_bytes
 from .training.checkpoint import CheckpointError, CheckpointWriteError
 from .training.faults import hooks_from_environment
+from .analysis.events import AnalysisEventsError
+from .analysis.run import AnalysisRefused, analyze_run
 from .training.lock import RunLockedError
 from .training.trainer import CompileError
 
 USAGE_ERROR = 2
 RUNTIME_FAILURE = 1
 RUNTIME_ERRORS = (
-    CheckpointError, CheckpointWriteError, CompileError, DataIntegrityError, GraphGenerationError, RunLockedError,
-    WalkGenerationError,
+    AnalysisEventsError, AnalysisRefused, CheckpointError, CheckpointWriteError, CompileError, DataIntegrityError,
+    GraphGenerationError, RunLockedError, WalkGenerationError,
 )
 
 
@@ -88,6 +91,20 @@ def command_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def command_analyze(args: argparse.Namespace) -> int:
+    folder = Path(args.results_dir)
+    if not folder.is_dir():
+        raise UsageError(f"{folder}: no such run folder (pass results/<experiment_id>)")
+    if args.events is not None and args.events < 1:
+        raise UsageError(f"--events must be a positive number of rule events, got {args.events}")
+    try:
+        resolve_device(args.device)
+    except ValueError as error:
+        raise UsageError(str(error)) from None
+    analyze_run(folder, events=args.events, device=args.device, precision=args.precision, include_failed=args.include_failed)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dcsbm", description="Train transformers on DCSBM walks with hidden jumper rules.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -107,6 +124,14 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--out", required=True, help="folder to write the data files into")
     generate.add_argument("--cache-dir", default=None, help="data cache (default: $DCSBM_CACHE_DIR or ./.cache)")
     generate.set_defaults(handler=command_generate)
+
+    analyze = commands.add_parser("analyze", help="SVD metrics of the attention internals at every generated token")
+    analyze.add_argument("results_dir", metavar="RESULTS_DIR", help="one run's folder: results/<experiment_id>")
+    analyze.add_argument("--events", type=int, default=None, help="rule events to analyse (default: the config's analysis.events)")
+    analyze.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="auto = CUDA when present")
+    analyze.add_argument("--precision", default="fp32", choices=["fp32", "bf16"], help="bf16 = autocast for the forward passes")
+    analyze.add_argument("--include-failed", action="store_true", help="analyse a run whose gate did not pass (labelled exploratory)")
+    analyze.set_defaults(handler=command_analyze)
     return parser
 
 

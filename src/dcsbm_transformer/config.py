@@ -100,6 +100,23 @@ class GateConfig(_Section):
     )
 
 
+class AnalysisConfig(_Section):
+    """The analysis stage (``dcsbm analyze``). Not part of the experiment id or the config hash:
+    changing these re-analyses a run, never retrains it."""
+
+    events: StrictInt = Field(
+        16000, ge=1, description="rule events analysed, split evenly over the jumpers (one per walk, full windows only)"
+    )
+    stream: str = Field("analysis", min_length=1, description="name of the random stream of the analysis corpus")
+    top_k: StrictInt = Field(2, ge=1, description="dimension of the singular subspaces compared between passes")
+    chunk_mb: StrictFloat = Field(
+        256.0, gt=0, description="MB of SVD targets per chunk of events processed at once (bounds memory; big batches are faster)"
+    )
+    temperature: StrictFloat = Field(
+        0.0, ge=0.0, description="0 = greedy (argmax) continuations, as the gate; > 0 samples, labelled in every output"
+    )
+
+
 class ExperimentConfig(_Section):
     """The whole experiment. Attributes mirror the JSON: ``config.graph.n``."""
 
@@ -109,6 +126,7 @@ class ExperimentConfig(_Section):
     model: ModelConfig = ModelConfig()
     training: TrainingConfig = TrainingConfig()
     gate: GateConfig = GateConfig()
+    analysis: AnalysisConfig = AnalysisConfig()
 
     # ---- derived values -------------------------------------------------------------
 
@@ -143,8 +161,10 @@ class ExperimentConfig(_Section):
 
     @property
     def config_hash(self) -> str:
-        """Hash of the whole configuration: a checkpoint belongs to exactly one."""
-        return _sha256_of({"format": DATA_FORMAT_VERSION, **self.to_dict()})
+        """Hash of everything that shapes the trained model (all but ``analysis``): a checkpoint
+        belongs to exactly one, and re-analysing never changes it."""
+        training_part = {key: value for key, value in self.to_dict().items() if key != "analysis"}
+        return _sha256_of({"format": DATA_FORMAT_VERSION, **training_part})
 
     @property
     def experiment_id(self) -> str:

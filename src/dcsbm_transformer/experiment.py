@@ -63,7 +63,7 @@ def _set_aside(run_dir: Path) -> Path:
     return target
 
 
-def _git_commit() -> str | None:
+def git_commit() -> str | None:
     try:
         done = subprocess.run(
             ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, cwd=Path(__file__).resolve().parent
@@ -84,7 +84,7 @@ def _environment(device: torch.device, options: RunOptions) -> dict[str, Any]:
         "threads": torch.get_num_threads(),
         "precision": options.precision,
         "compile": options.compile,
-        "git_commit": _git_commit(),
+        "git_commit": git_commit(),
     }
 
 

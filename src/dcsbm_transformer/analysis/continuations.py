@@ -1,0 +1,126 @@
+"""Continuations with their attention internals: r generated tokens per event, and at every pass
+the SVD targets of every layer and head, from the one forward pass that emits the token.
+
+Pass k (k = 1..r) emits token s + k from the window of the w tokens ending at s + k − 1 (the
+window slides one token per pass; the prompt is the w tokens up to and including the jumper).
+Lookback j = r − k: j = 0 is the pass that emits the deadline token. At each pass the model runs
+once on the whole batch of events (``TransformerLM.extract_last``: the SVD_TARGETS internals of every
+position, logits of the last); from that output come the
+next token (argmax of the last position's logits, as the gate's generator decides; sampled when
+``temperature`` > 0), the behavioural predictor (the probability the model gives the target
+block for that token), and the targets, per layer and head:
+
+- ``qkt``  [E, L, H, w, w]      QKᵀ/√d_head with zeros above the diagonal (``ModelOutput.qkt``);
+- ``avwo`` [E, L, H, w, d_model] A·V·W_o of the head: what it writes into the residual stream at
+  each position (the value bias, constant across positions, is left out as in ``ov_circuits``).
+
+``on_pass(k, targets)`` receives them while they are on the device, so metrics are computed
+batched with no copy to the host and nothing is kept beyond the pass.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ..data.compliance import find_rule_events
+from ..data.graph import Graph
+from ..model import TransformerLM
+
+TARGETS = ("qkt", "avwo")
+
+RULE_NONE, RULE_FOLLOWED, RULE_VIOLATED = 0, 1, 2
+
+
+@dataclass(frozen=True)
+class PassTargets:
+    """The SVD targets of one pass for a batch of events (on the model's device)."""
+
+    qkt: torch.Tensor  # [E, L, H, w, w]
+    avwo: torch.Tensor  # [E, L, H, w, d_model]
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        return getattr(self, name)
+
+
+@torch.no_grad()
+def continue_with_targets(
+    model: TransformerLM,
+    prompts: torch.Tensor,
+    target_members: torch.Tensor,
+    passes: int,
+    on_pass: Callable[[int, PassTargets], None] | None = None,
+    *,
+    temperature: float = 0.0,
+    generator: torch.Generator | None = None,
+    autocast: Callable[[], AbstractContextManager] = nullcontext,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Generate ``passes`` tokens after each full-window prompt [E, w] (int64, on the model's
+    device). ``target_members`` [E, vocab] bool marks each event's target-block vertices.
+
+    Returns (generated tokens int64 [E, passes], probability of the target block at each pass
+    float32 [E, passes]); calls ``on_pass(k, targets)`` for k = 1..passes.
+    """
+    w_o, _ = model.attention_output_weights()  # [L, H, d_head, d_model]
+    window = prompts.clone()
+    generated = torch.empty(len(prompts), passes, dtype=torch.long, device=prompts.device)
+    target_probability = torch.empty(len(prompts), passes, dtype=torch.float32, device=prompts.device)
+    for k in range(1, passes + 1):  # a loop over passes, batched across events
+        with autocast():
+            out = model.extract_last(window, check_ids=False)
+        logits = out.logits[:, -1].float()
+        probabilities = torch.softmax(logits, dim=-1)
+        target_probability[:, k - 1] = (probabilities * target_members).sum(dim=-1)
+        if temperature > 0:
+            token = torch.multinomial(torch.softmax(logits / temperature, dim=-1), 1, generator=generator)[:, 0]
+        else:
+            token = logits.argmax(dim=-1)
+        generated[:, k - 1] = token
+        if on_pass is not None:
+            avwo = out.attention.float() @ out.values.float() @ w_o  # [E, L, H, w, d_model]
+            on_pass(k, PassTargets(qkt=out.qkt.float(), avwo=avwo))
+        window = torch.cat([window[:, 1:], token[:, None]], dim=1)
+    return generated, target_probability
+
+
+@dataclass(frozen=True)
+class Labels:
+    """What happened in each continuation (numpy, on the host). Pass axis: index k − 1 for pass k."""
+
+    tokens: np.ndarray  # int32 [E, w + max r]: the prompt window, then the generated tokens, -1 past r
+    edge_valid: np.ndarray  # int8 [E, max r]: 1 the pass's token follows an edge, 0 it does not, -1 no such pass
+    rule_outcome: np.ndarray  # int8 [E, max r]: 0 no rule due at that token, 1 every due rule followed, 2 one violated
+    violated: np.ndarray  # bool [E]: the event's own rule broken at its deadline (pass r)
+    first_bad_edge_pass: np.ndarray  # int16 [E]: first pass whose token is not an edge, 0 when every edge holds
+
+
+def label_continuations(prompts: np.ndarray, generated: np.ndarray, r: np.ndarray, target_block: np.ndarray, graph: Graph) -> Labels:
+    """Label generated tokens [E, max r] of prompts [E, w] for events with jump lengths r [E].
+
+    ``rule_outcome`` counts every rule falling due at a pass — the event's own, one still
+    pending from the prompt, one the model triggered itself; ``violated`` is the event's own."""
+    events, passes = generated.shape
+    w = prompts.shape[1]
+    exists = np.arange(passes)[None, :] < r[:, None]
+    generated = np.where(exists, generated, -1)
+    tokens = np.concatenate([prompts, generated], axis=1)
+
+    previous = tokens[:, w - 1 : w - 1 + passes]
+    is_edge = graph.dense_adjacency[np.maximum(previous, 0), np.maximum(generated, 0)]
+    edge_valid = np.where(exists, is_edge, -1).astype(np.int8)
+    bad = exists & ~is_edge
+    first_bad = np.where(bad.any(axis=1), bad.argmax(axis=1) + 1, 0).astype(np.int16)
+
+    due = find_rule_events(tokens, graph)
+    due = due.select(due.deadline >= w)
+    obeyed = graph.block[tokens[due.row, due.deadline]] == due.target_block
+    rule_outcome = np.zeros((events, passes), dtype=np.int8)
+    np.maximum.at(rule_outcome, (due.row, due.deadline - w), np.where(obeyed, RULE_FOLLOWED, RULE_VIOLATED).astype(np.int8))
+
+    deadline_token = generated[np.arange(events), r - 1]
+    violated = graph.block[deadline_token] != target_block
+    return Labels(tokens.astype(np.int32), edge_valid, rule_outcome, violated, first_bad)

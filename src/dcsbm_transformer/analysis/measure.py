@@ -1,0 +1,139 @@
+"""Every metric at every pass: the events' continuations, their labels and the metric arrays.
+
+Events are processed in chunks whose SVD targets take about ``analysis.chunk_mb`` (memory is
+bounded by the chunk, not the event count, and small models get big batches, where the
+per-call overhead of the batched SVD and metrics is amortised). Within a chunk, each pass runs the model once on all its events and computes
+the spectra of every layer's and head's targets in one batched call per target, then every
+registered metric in one call; values stay on the device until the chunk ends, so there is
+no host synchronisation per pass.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from ..data.graph import Graph
+from ..model import TransformerLM
+from ..reproducibility import torch_generator
+from .continuations import TARGETS, Labels, PassTargets, continue_with_targets, label_continuations
+from .events import AnalysisEvents
+from .metrics import METRICS, Spectrum, compute_metrics, spectrum
+
+# Which singular vectors the temporal metrics compare, and whether that side slides with the
+# window: QKᵀ's rows are query positions (shared positions are compared), AVWₒ's right side is
+# the d_model space, which does not move.
+TARGET_SIDE = {"qkt": ("left", True), "avwo": ("right", False)}
+MAX_PENDING_PASSES = 2  # passes whose targets wait for the metrics worker (each holds a chunk's targets)
+
+
+def metric_key(target: str, layer: int, head: int, metric: str) -> str:
+    """The token_metrics.npz name of one metric array: ``qkt.layer_0.head_0.stable_rank``."""
+    return f"{target}.layer_{layer}.head_{head}.{metric}"
+
+
+@dataclass
+class Measurements:
+    """Everything the analysis measured: labels, behavioural predictor and metric arrays."""
+
+    labels: Labels
+    target_probability: np.ndarray  # float32 [E, max r]
+    metrics: dict[str, np.ndarray]  # metric_key -> float32 [E, max r], NaN where undefined or no pass
+    guard_hits: dict[str, int]  # metric name -> guard hits over every target, layer, head, event and pass
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+def events_per_chunk(model: TransformerLM, chunk_mb: float) -> int:
+    """How many events' targets of one pass (QKᵀ and AVWₒ of every layer and head, float32) fit in ``chunk_mb``."""
+    w = model.context_window
+    per_event = 4 * model.n_layers * model.n_heads * (w * w + w * model.d_model)
+    return max(1, int(chunk_mb * 2**20 // per_event))
+
+
+def measure(
+    model: TransformerLM,
+    graph: Graph,
+    events: AnalysisEvents,
+    *,
+    top_k: int,
+    chunk_mb: float,
+    temperature: float = 0.0,
+    seed: int = 0,
+    stream: str = "analysis",
+    autocast: Callable[[], AbstractContextManager] = nullcontext,
+    progress: Callable[[int, int], None] | None = None,
+) -> Measurements:
+    """Continue every event, label it and compute every metric at every pass."""
+    started = time.perf_counter()
+    device = next(model.parameters()).device
+    passes = int(events.r.max())
+    layers, heads = model.n_layers, model.n_heads
+    keys = [metric_key(t, l, h, m) for t in TARGETS for l in range(layers) for h in range(heads) for m in METRICS]
+    metrics = {key: np.full((len(events), passes), np.nan, dtype=np.float32) for key in keys}
+    guards = {name: torch.zeros((), dtype=torch.long, device=device) for name in METRICS}
+    generated = np.empty((len(events), passes), dtype=np.int64)
+    target_probability = np.empty((len(events), passes), dtype=np.float32)
+    members = torch.from_numpy(graph.block[None, :] == np.arange(graph.K)[:, None]).to(device)  # [K, n]
+    generator = torch_generator(seed, stream, "sampling", device=device) if temperature > 0 else None
+
+    chunk_events = events_per_chunk(model, chunk_mb)
+    for begin in range(0, len(events), chunk_events):
+        end = min(begin + chunk_events, len(events))
+        # (target, metric) -> [events, passes, layers, heads] on the device for the whole chunk
+        chunk_values = {
+            (t, m): torch.full((end - begin, passes, layers, heads), float("nan"), device=device) for t in TARGETS for m in METRICS
+        }
+        previous: dict[str, Spectrum | None] = dict.fromkeys(TARGETS)
+
+        def metrics_of_pass(k: int, targets: PassTargets) -> None:
+            for target in TARGETS:
+                side, shifted = TARGET_SIDE[target]
+                current = spectrum(targets[target], top_k=top_k, side=side)  # all events, layers, heads at once
+                for name, (values, hits) in compute_metrics(current, previous[target], shifted=shifted).items():
+                    guards[name] += hits.sum()
+                    chunk_values[target, name][:, k - 1] = values
+                previous[target] = current
+
+        prompts = torch.from_numpy(events.prompts[begin:end]).to(device)
+        target_members = members[torch.from_numpy(events.target_block[begin:end]).to(device)]
+        # One worker computes pass k's spectra and metrics while the model runs pass k + 1: the
+        # batched eigh barely uses a second core (1.1-1.25x from 2 threads), the forward does
+        # (measured 1.12x on the quick preset). A single worker keeps the passes in order (the
+        # temporal metrics chain them); at most MAX_PENDING_PASSES wait, so memory stays bounded.
+        with ThreadPoolExecutor(max_workers=1) as worker:
+            pending: deque = deque()
+
+            def submit(k: int, targets: PassTargets) -> None:
+                if len(pending) >= MAX_PENDING_PASSES:
+                    pending.popleft().result()
+                pending.append(worker.submit(metrics_of_pass, k, targets))
+
+            tokens, probability = continue_with_targets(
+                model, prompts, target_members, passes, submit, temperature=temperature, generator=generator, autocast=autocast
+            )
+            while pending:
+                pending.popleft().result()  # re-raises a failure of the worker
+        generated[begin:end] = tokens.cpu().numpy()
+        target_probability[begin:end] = probability.cpu().numpy()
+        for (target, name), values in chunk_values.items():
+            values = values.cpu().numpy()
+            for layer in range(layers):
+                for head in range(heads):
+                    metrics[metric_key(target, layer, head, name)][begin:end] = values[:, :, layer, head]
+        if progress is not None:
+            progress(end, len(events))
+
+    labels = label_continuations(events.prompts, generated, events.r, events.target_block, graph)
+    beyond = np.arange(passes)[None, :] >= events.r[:, None]  # passes an event with a shorter r never made
+    for values in metrics.values():
+        values[beyond] = np.nan
+    target_probability[beyond] = np.nan
+    seconds = {"measure_seconds": time.perf_counter() - started}
+    return Measurements(labels, target_probability, metrics, {name: int(hits) for name, hits in guards.items()}, seconds)

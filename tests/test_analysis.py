@@ -1,0 +1,178 @@
+"""The analysis stage, part 1: fresh independent events, continuations with the internals of the
+very forward pass that emits each token, labels, and the files (on real data and a trained run)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from dcsbm_transformer.analysis.continuations import (
+    RULE_VIOLATED, continue_with_targets, label_continuations,
+)
+from dcsbm_transformer.analysis.events import draw_analysis_events
+from dcsbm_transformer.analysis.files import ANALYSIS_DIR, SUMMARY_FILE, TOKEN_METRICS_FILE, Summary
+from dcsbm_transformer.analysis.measure import metric_key
+from dcsbm_transformer.analysis.metrics import METRICS
+from dcsbm_transformer.analysis.run import AnalysisRefused, analyze_run
+from dcsbm_transformer.data.compliance import score_compliance
+from dcsbm_transformer.experiment import RunOptions, run_directory, run_experiment
+from dcsbm_transformer.model import ExtractionMode, TransformerLM
+from dcsbm_transformer.storage import read_npz
+from dcsbm_transformer.training.generation import greedy_continue
+
+from conftest import tiny_config
+
+ALWAYS = {"edge_threshold": 0.0, "rule_threshold": 0.0, "rule_aggregate": "pooled"}
+
+
+@pytest.fixture(scope="module")
+def quick_events(quick_config, quick_data):
+    return draw_analysis_events(quick_config, quick_data.graph, 400)
+
+
+def test_events_are_fresh_independent_full_window_and_even_over_rules(quick_config, quick_data, quick_events):
+    events, graph, w = quick_events, quick_data.graph, quick_config.model.context_window
+    assert np.bincount(events.jumper, minlength=graph.n_jumpers).tolist() == [100] * graph.n_jumpers
+    assert len(np.unique(events.walk)) == len(events)  # one event per walk: independent samples
+    assert (events.step >= w - 1).all() and events.prompts.shape == (400, w)  # full windows only
+    assert (events.prompts[:, -1] == events.vertex).all()  # the prompt ends at the jumper
+    # the walks are not the training or eval corpora (their own stream)
+    for corpus in (quick_data.train.walks, quick_data.eval.walks):
+        rows = {row.tobytes() for row in corpus[:, :w].astype(np.int64)}
+        assert sum(p.tobytes() in rows for p in events.prompts) < 5
+    # the walks' own continuations obey edges and the rule: scored by the one compliance function
+    truth = np.concatenate([events.prompts[:, -1:], events.walk_continuation], axis=1)
+    report = score_compliance(truth, graph)
+    assert report.edge_compliance == 1.0 and report.rule_compliance == 1.0
+    again = draw_analysis_events(quick_config, graph, 400)
+    assert np.array_equal(again.prompts, events.prompts)  # reproducible
+
+
+def test_continuations_are_the_gate_generators_tokens_and_targets_come_from_the_same_pass(quick_config, quick_data, quick_events):
+    torch.manual_seed(0)
+    model = TransformerLM.from_config(quick_config).eval()
+    prompts = torch.from_numpy(quick_events.prompts[:64])
+    members = torch.from_numpy(quick_data.graph.block[None, :] == quick_events.target_block[:64, None])
+    seen = {}
+    generated, probability = continue_with_targets(model, prompts, members, 8, lambda k, t: seen.update({k: t}))
+    w = prompts.shape[1]
+    lengths = torch.full((64,), w)
+    assert torch.equal(generated, greedy_continue(model, prompts, lengths, 8))  # the gate's generator decides alike
+    history = torch.cat([prompts, generated], dim=1)
+    w_o, _ = model.attention_output_weights()
+    for k in (1, 5, 8):  # the window that emitted token k: tokens k-1 .. k-1+w-1
+        out = model(history[:, k - 1 : k - 1 + w], mode=ExtractionMode.SVD_TARGETS)
+        assert torch.allclose(seen[k].qkt, out.qkt, atol=1e-6)
+        assert torch.allclose(seen[k].avwo, out.attention @ out.values @ w_o, atol=1e-6)
+        target = torch.softmax(out.logits[:, -1], -1)[members].reshape(64, -1).sum(-1)
+        assert torch.allclose(probability[:, k - 1], target, atol=1e-6)
+
+
+def test_labels_of_a_rule_true_and_a_broken_continuation(quick_data, quick_events):
+    graph, events = quick_data.graph, quick_events
+    truth = events.walk_continuation
+    labels = label_continuations(events.prompts, truth, events.r, events.target_block, graph)
+    assert not labels.violated.any() and (labels.edge_valid == 1).all() and (labels.first_bad_edge_pass == 0).all()
+    assert (labels.rule_outcome != RULE_VIOLATED).all()
+    assert (labels.rule_outcome[np.arange(len(events)), events.r - 1] == 1).all()  # every own deadline followed
+    broken = truth.copy()
+    wrong = np.flatnonzero(graph.block != events.target_block[0])[0]  # a vertex outside the target block
+    broken[0, events.r[0] - 1] = wrong
+    labels = label_continuations(events.prompts, broken, events.r, events.target_block, graph)
+    assert labels.violated.tolist() == [True] + [False] * (len(events) - 1)
+    assert labels.rule_outcome[0, events.r[0] - 1] == RULE_VIOLATED
+    assert labels.tokens.shape == (len(events), events.prompts.shape[1] + int(events.r.max()))
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("analysis")
+    config = tiny_config(gate=ALWAYS, training={"max_epochs": 1}, analysis={"events": 40, "chunk_mb": 0.01})  # 13 events a chunk
+    run_experiment(config, RunOptions(results_root=root / "results", cache_root=root / "cache"), echo=lambda _: None)
+    return config, run_directory(config, root / "results")
+
+
+def test_analyze_writes_token_metrics_and_a_valid_summary(tiny_run):
+    config, folder = tiny_run
+    summary = analyze_run(folder, echo=lambda _: None)
+    Summary.model_validate(json.loads((folder / ANALYSIS_DIR / SUMMARY_FILE).read_text()))
+    arrays = read_npz(folder / ANALYSIS_DIR / TOKEN_METRICS_FILE)
+    events, r = 40, 6
+    assert summary["counts"]["events"] == events == summary["counts"]["violated"] + summary["counts"]["followed"]
+    assert sum(rule["events"] for rule in summary["counts_by_rule"]) == events
+    for target in ("qkt", "avwo"):
+        for name in METRICS:
+            values = arrays[metric_key(target, 0, 0, name)]
+            assert values.shape == (events, r) and values.dtype == np.float32
+    assert np.isnan(arrays[metric_key("qkt", 0, 0, "grassmannian_distance")][:, 0]).all()  # no previous pass
+    assert np.isfinite(arrays[metric_key("qkt", 0, 0, "stable_rank")]).all()
+    assert arrays["violated"].sum() == summary["counts"]["violated"]
+    assert arrays["tokens"].shape == (events, config.model.context_window + r)
+    assert not summary["exploratory"] and summary["continuations"] == "greedy (argmax)"
+    assert set(summary["guard_hits"]) == set(METRICS)
+    # any stored value can be recomputed from the model and the stored tokens alone
+    from dcsbm_transformer import load_run
+    from dcsbm_transformer.analysis.metrics import compute_metrics, spectrum
+
+    model, w, k = load_run(folder).model, config.model.context_window, 3
+    window = torch.from_numpy(arrays["tokens"][:, k - 1 : k - 1 + w].astype(np.int64))
+    out = model(window, mode=ExtractionMode.SVD_TARGETS)
+    again = compute_metrics(spectrum(out.qkt, top_k=config.analysis.top_k, side="left"), None, shifted=True)
+    assert np.allclose(again["stable_rank"][0][:, 0, 0].numpy(), arrays[metric_key("qkt", 0, 0, "stable_rank")][:, k - 1], rtol=1e-4)
+
+
+def test_same_settings_reuse_other_settings_redo(tiny_run):
+    _, folder = tiny_run
+    analyze_run(folder, echo=lambda _: None)
+    summary_file = folder / ANALYSIS_DIR / SUMMARY_FILE
+    stamp = summary_file.stat().st_mtime_ns
+    said = []
+    analyze_run(folder, echo=said.append)
+    assert summary_file.stat().st_mtime_ns == stamp and "reusing" in said[0]
+    redone = analyze_run(folder, events=20, echo=lambda _: None)
+    assert redone["counts"]["events"] == 20 and summary_file.stat().st_mtime_ns != stamp
+
+
+def test_an_interrupted_analysis_leaves_nothing_that_claims_to_be_finished(tiny_run, monkeypatch):
+    _, folder = tiny_run
+    import dcsbm_transformer.analysis.run as run_module
+
+    def crash(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(run_module, "write_summary", crash)
+    with pytest.raises(KeyboardInterrupt):
+        analyze_run(folder, events=24, echo=lambda _: None)
+    monkeypatch.undo()
+    said = []
+    summary = analyze_run(folder, events=24, echo=said.append)  # not reused: the old summary vouches for other settings
+    assert summary["counts"]["events"] == 24 and "reusing" not in said[0]
+
+
+def test_a_run_whose_gate_failed_is_refused_unless_asked(tmp_path):
+    config = tiny_config(gate={"edge_threshold": 1.0, "rule_threshold": 1.0}, training={"max_epochs": 1}, analysis={"events": 8})
+    run_experiment(config, RunOptions(results_root=tmp_path / "results", cache_root=tmp_path / "cache"), echo=lambda _: None)
+    folder = run_directory(config, tmp_path / "results")
+    with pytest.raises(AnalysisRefused, match="gate did not pass.*--include-failed"):
+        analyze_run(folder, echo=lambda _: None)
+    assert not (folder / ANALYSIS_DIR).exists()
+    summary = analyze_run(folder, include_failed=True, echo=lambda _: None)
+    assert summary["exploratory"] and "gate not passed" in summary["exploratory_reason"]
+
+
+def test_chunking_bounds_memory_without_changing_a_value(quick_config, quick_data, quick_events):
+    from dcsbm_transformer.analysis.measure import events_per_chunk, measure
+
+    torch.manual_seed(0)
+    model = TransformerLM.from_config(quick_config).eval()
+    events = draw_analysis_events(quick_config, quick_data.graph, 40)
+    assert events_per_chunk(model, 0.05) == 10  # 4 · (16·16 + 16·64) bytes an event
+    small = measure(model, quick_data.graph, events, top_k=2, chunk_mb=0.05)
+    whole = measure(model, quick_data.graph, events, top_k=2, chunk_mb=100)
+    assert np.array_equal(small.labels.tokens, whole.labels.tokens)
+    for key, values in whole.metrics.items():
+        assert np.allclose(small.metrics[key], values, rtol=1e-4, atol=1e-6, equal_nan=True), key
+    assert small.guard_hits == whole.guard_hits
