@@ -14,6 +14,8 @@ SUITE = [
     ["bench.epoch", "--steps", "1000"],
     ["bench.epoch", "--steps", "1000", "--precision", "bf16"],
     ["bench.time_to_gate"],
+    ["bench.analysis", "--part", "quick"],
+    ["bench.analysis", "--part", "anchor"],  # alone in its process: it reports the peak RSS
 ]
 
 

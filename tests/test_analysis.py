@@ -176,3 +176,67 @@ def test_chunking_bounds_memory_without_changing_a_value(quick_config, quick_dat
     for key, values in whole.metrics.items():
         assert np.allclose(small.metrics[key], values, rtol=1e-4, atol=1e-6, equal_nan=True), key
     assert small.guard_hits == whole.guard_hits
+
+
+def test_generate_continuations_reproduces_a_row_of_token_metrics(tiny_run):
+    """The README's example: one event's tokens and a stored metric, recomputed from the model."""
+    from dcsbm_transformer import load_run
+    from dcsbm_transformer.analysis import compute_metrics, generate_continuations, spectrum
+
+    config, folder = tiny_run
+    analyze_run(folder, echo=lambda _: None)
+    run = load_run(folder, cache_root=folder.parents[1] / "cache")
+    stored = read_npz(folder / ANALYSIS_DIR / TOKEN_METRICS_FILE)
+    w = run.config.model.context_window
+    again = generate_continuations(run, stored["tokens"][:3, :w])
+    assert np.array_equal(again.tokens, stored["tokens"][:3])
+    assert np.array_equal(again.labels.violated, stored["violated"][:3])
+    k = 3  # pass 3 against pass 2: a temporal metric
+    value = compute_metrics(
+        spectrum(again.targets[k - 1].qkt, top_k=2, side="left"), spectrum(again.targets[k - 2].qkt, top_k=2, side="left"),
+        shifted=True,
+    )["grassmannian_distance"][0][:, 0, 0]
+    assert np.allclose(value.numpy(), stored["qkt.layer_0.head_0.grassmannian_distance"][:3, k - 1], rtol=1e-4, atol=1e-6)
+
+
+def test_walks_of_another_config_are_refused_not_scored(tiny_run, quick_data):
+    from dcsbm_transformer import load_run
+    from dcsbm_transformer.analysis import generate_continuations
+
+    config, folder = tiny_run
+    run = load_run(folder, cache_root=folder.parents[1] / "cache")
+    w = config.model.context_window
+    foreign = quick_data.eval.walks[:4, :w] % config.graph.n  # ids in range, walks of another graph
+    with pytest.raises(ValueError, match="not edges of .*graph.npz.*run.eval_corpus"):
+        generate_continuations(run, foreign)
+    # the run's own held-out walks, from the cache keyed by its data hash, are accepted
+    assert run.eval_corpus.walks.shape == (config.walks.eval_walks, config.walks.walk_length)
+    assert score_compliance(run.eval_corpus.walks, run.graph).edge_compliance == 1.0
+
+
+def test_a_run_folder_whose_graph_is_not_its_configs_is_refused(tiny_run, tmp_path):
+    import shutil
+
+    from dcsbm_transformer import load_run
+    from dcsbm_transformer.data.dataset import DataIntegrityError
+    from dcsbm_transformer.data.dcsbm import generate_graph
+    from dcsbm_transformer.storage import write_npz
+
+    config, folder = tiny_run
+    copy = tmp_path / folder.name
+    shutil.copytree(folder, copy)
+    write_npz(copy / "graph.npz", generate_graph(config.model_copy(update={"seed": config.seed + 1})).to_arrays())
+    run = load_run(copy, cache_root=folder.parents[1] / "cache")
+    with pytest.raises(DataIntegrityError, match="do not match .*graph.npz"):
+        run.eval_corpus
+
+
+def test_loading_an_excluded_run_warns_and_says_so(tmp_path):
+    from dcsbm_transformer import load_run
+    from dcsbm_transformer.api import ExcludedRunWarning
+
+    config = tiny_config(gate={"edge_threshold": 1.0, "rule_threshold": 1.0}, training={"max_epochs": 1})
+    run_experiment(config, RunOptions(results_root=tmp_path / "results", cache_root=tmp_path / "cache"), echo=lambda _: None)
+    with pytest.warns(ExcludedRunWarning, match="excluded from analysis, its gate did not pass"):
+        run = load_run(run_directory(config, tmp_path / "results"))
+    assert run.excluded_from_analysis

@@ -95,3 +95,15 @@ def test_gemm_and_training_step_benchmarks_report_utilisation_against_the_same_r
     for row in overhead:
         assert row["anchor_steps_per_epoch"] == 9375
         assert row["epoch_floor_s"] == pytest.approx(row["ms_best"] / 1000 * 9375)
+
+
+def test_analysis_benchmark_compares_the_pipeline_with_raw_svd_and_plain(bench_env):
+    config, _, _ = bench_env
+    figures = run_bench(bench_env, "bench.analysis", "--config", str(config), "--anchor-config", str(config),
+                        "--anchor-events", "8", "--plain-events", "2")
+    for name in ("analysis_quick", "analysis_anchor"):
+        row = figures[name]
+        assert row["matrices"] == row["events"] * row["passes"] * 2  # one layer, one head, two targets
+        assert row["vs_raw"] == pytest.approx(row["ours_matrices_per_s"] / row["raw_svd_matrices_per_s"])
+        assert row["vs_plain"] == pytest.approx(row["plain_ms_per_matrix"] / row["ours_ms_per_matrix"])
+    assert figures["analysis_anchor"]["peak_rss_mb"] > 0

@@ -2,17 +2,26 @@
 
 ``run.model`` is the gate checkpoint's model when the gate passed, else the newest checkpoint's,
 in eval mode on the CPU; ``run.model(tokens, mode=ExtractionMode.SVD_TARGETS)`` exposes the
-attention internals. ``run.graph`` carries adjacency, blocks and jumper rules.
+attention internals. ``run.graph`` carries adjacency, blocks and jumper rules; ``run.data`` the
+run's own corpora (``run.eval_corpus``), from the data cache keyed by its data hash (rebuilt
+when absent) and checked against the run's graph. A run excluded from analysis (its gate did not
+pass) loads with a warning, and says so in ``run.excluded_from_analysis``.
 """
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from .config import ExperimentConfig, load_config
+from .data.dataset import DataIntegrityError, ExperimentData, load_or_build_data
 from .data.graph import Graph
+from .data.walks import Corpus
 from .experiment import CHECKPOINT_DIR
 from .model import TransformerLM
 from .storage import read_npz
@@ -28,6 +37,30 @@ class Run:
     graph: Graph
     model: TransformerLM
     checkpoint: Path  # the file the weights came from
+    cache_root: Path | None = None  # where run.data looks (default: $DCSBM_CACHE_DIR or ./.cache)
+
+    @property
+    def excluded_from_analysis(self) -> bool:
+        """True when the run's gate did not pass: its model does not provably know every rule."""
+        return bool(self.result["training"]["excluded_from_analysis"])
+
+    @cached_property
+    def data(self) -> ExperimentData:
+        """The graph and corpora this run was trained and gated on, from the data cache (keyed by
+        the config's data hash, checksummed; rebuilt identically when absent). Refused when the
+        data's graph is not the run's own ``graph.npz``: walks of another config are never scored."""
+        data = load_or_build_data(self.config, self.cache_root)
+        if not _same_graph(data.graph, self.graph):
+            raise DataIntegrityError(
+                f"the data made for {self.directory / 'config.json'} (data hash {self.config.data_hash[:10]}…) do not "
+                f"match {self.directory / 'graph.npz'}: the run folder's files come from different configs"
+            )
+        return data
+
+    @property
+    def eval_corpus(self) -> Corpus:
+        """The held-out walks the gate drew its events from (``walks`` [W, L] and ``events``)."""
+        return self.data.eval
 
 
 def _is_run_folder(folder: Path) -> bool:
@@ -57,8 +90,14 @@ def _check_run_folder(directory: Path) -> None:
     )
 
 
-def load_run(results_dir: str | Path) -> Run:
-    """Load config, result, graph and trained model of one experiment folder."""
+def _same_graph(a: Graph, b: Graph) -> bool:
+    first, second = a.to_arrays(), b.to_arrays()
+    return first.keys() == second.keys() and all(np.array_equal(first[key], second[key]) for key in first)
+
+
+def load_run(results_dir: str | Path, *, cache_root: str | Path | None = None) -> Run:
+    """Load config, result, graph and trained model of one experiment folder. A run whose gate
+    did not pass is loaded with a warning (its model is not the one analysis may use)."""
     directory = Path(results_dir)
     _check_run_folder(directory)
     config = load_config(directory / "config.json")
@@ -78,4 +117,16 @@ def load_run(results_dir: str | Path) -> Run:
     model = TransformerLM.from_config(config)
     model.load_state_dict(state["model"])
     model.eval()
-    return Run(directory, config, result, graph, model, path)
+    run = Run(directory, config, result, graph, model, path, Path(cache_root) if cache_root is not None else None)
+    if run.excluded_from_analysis:
+        warnings.warn(
+            f"{directory}: excluded from analysis, its gate did not pass ({result['training']['failure_reason']}); "
+            f"run.model is the newest checkpoint ({path.name}), not a model that knows every rule",
+            ExcludedRunWarning,
+            stacklevel=2,
+        )
+    return run
+
+
+class ExcludedRunWarning(UserWarning):
+    """A run excluded from analysis was loaded: anything measured on it is exploratory."""

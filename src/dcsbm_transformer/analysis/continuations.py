@@ -124,3 +124,52 @@ def label_continuations(prompts: np.ndarray, generated: np.ndarray, r: np.ndarra
     deadline_token = generated[np.arange(events), r - 1]
     violated = graph.block[deadline_token] != target_block
     return Labels(tokens.astype(np.int32), edge_valid, rule_outcome, violated, first_bad)
+
+
+@dataclass(frozen=True)
+class Continuation:
+    """``generate_continuations``' answer for E prompts (numpy labels, targets on the CPU)."""
+
+    tokens: np.ndarray  # int32 [E, w + max r], as token_metrics.npz's ``tokens``
+    labels: Labels
+    target_block_probability: np.ndarray  # float32 [E, max r]
+    targets: list[PassTargets]  # targets[k - 1]: pass k's QKᵀ [E, L, H, w, w] and AVWₒ [E, L, H, w, d_model]
+
+
+def generate_continuations(run, prompts: np.ndarray, *, temperature: float = 0.0, seed: int = 0) -> Continuation:
+    """Continue full-window prompts [E, w] that end at a jumper, as ``dcsbm analyze`` does, and
+    return the tokens, labels and every pass's SVD targets (kept on the CPU: meant for a few
+    events; the analysis stage itself computes its metrics without keeping targets).
+
+    Prompts are checked against ``run.graph``: every window full, every transition an edge,
+    the last token a jumper — walks of another config are refused, never silently scored."""
+    graph, model = run.graph, run.model
+    prompts = np.asarray(prompts, dtype=np.int64)
+    w = run.config.model.context_window
+    if prompts.ndim != 2 or prompts.shape[1] != w:
+        raise ValueError(f"prompts must be full windows [events, w = {w}], got shape {prompts.shape}")
+    if prompts.min() < 0 or prompts.max() >= graph.n:
+        raise ValueError(f"prompts hold tokens outside this run's vocabulary [0, {graph.n})")
+    not_edges = int((~graph.dense_adjacency[prompts[:, :-1], prompts[:, 1:]]).sum())
+    if not_edges:
+        raise ValueError(
+            f"the prompts hold {not_edges} transitions that are not edges of {run.directory / 'graph.npz'}: "
+            "they are not walks on this run's graph (another config's data?); take them from run.eval_corpus"
+        )
+    jumper = graph.jumper_index[prompts[:, -1]]
+    if (jumper < 0).any():
+        raise ValueError(f"every prompt must end at a jumper; {int((jumper < 0).sum())} do not")
+    r = graph.jumper_r[jumper].astype(np.int64)
+    target_block = graph.jumper_target_block[jumper].astype(np.int64)
+    targets: list[PassTargets] = []
+    members = torch.from_numpy(graph.block[None, :] == target_block[:, None])
+    generator = torch.Generator().manual_seed(seed) if temperature > 0 else None
+    generated, probability = continue_with_targets(
+        model, torch.from_numpy(prompts), members, int(r.max()),
+        lambda k, t: targets.append(PassTargets(qkt=t.qkt.cpu(), avwo=t.avwo.cpu())),
+        temperature=temperature, generator=generator,
+    )
+    labels = label_continuations(prompts, generated.numpy(), r, target_block, graph)
+    probability = probability.numpy()
+    probability[np.arange(probability.shape[1])[None, :] >= r[:, None]] = np.nan
+    return Continuation(labels.tokens, labels, probability, targets)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import platform
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..api import Run, load_run
+from ..api import ExcludedRunWarning, Run, load_run
 from ..devices import autocast_factory, resolve_device
 from ..experiment import git_commit
 from ..storage import remove_stale_temporaries, sha256_file, write_npz
@@ -45,7 +46,9 @@ def analyze_run(
 ) -> dict[str, Any]:
     """Analyse the run in ``path`` (results/<experiment_id>); returns the parsed summary.json."""
     started = time.perf_counter()
-    run = load_run(path)
+    with warnings.catch_warnings():  # an excluded run is refused or labelled exploratory below
+        warnings.simplefilter("ignore", ExcludedRunWarning)
+        run = load_run(path)
     training = run.result["training"]
     exploratory = not training["gate_passed"]
     if exploratory and not include_failed:
