@@ -240,3 +240,31 @@ def test_loading_an_excluded_run_warns_and_says_so(tmp_path):
     with pytest.warns(ExcludedRunWarning, match="excluded from analysis, its gate did not pass"):
         run = load_run(run_directory(config, tmp_path / "results"))
     assert run.excluded_from_analysis
+
+
+def test_a_pass_reads_nothing_back_from_the_device(quick_config, quick_events):
+    """Continuations, spectra and metrics never wait on the device pass by pass: host reads do
+    not grow with the number of passes (tokens and values come back once, at a chunk's end)."""
+    from dcsbm_transformer.analysis.measure import TARGET_SIDE
+    from dcsbm_transformer.analysis.metrics import compute_metrics, spectrum
+    from test_training import _HostReads
+
+    model = TransformerLM.from_config(quick_config).eval()
+    prompts = torch.from_numpy(quick_events.prompts[:32])
+    members = torch.ones(32, model.vocab_size, dtype=torch.bool)
+    previous = {}
+
+    def metrics_of(k, targets):
+        for name in ("qkt", "avwo"):
+            side, shifted = TARGET_SIDE[name]
+            current = spectrum(targets[name], top_k=2, side=side)
+            compute_metrics(current, previous.get(name), shifted=shifted)
+            previous[name] = current
+
+    counts = []
+    for passes in (3, 8):
+        previous.clear()
+        with _HostReads() as reads:
+            continue_with_targets(model, prompts, members, passes, metrics_of)
+        counts.append(reads.calls)
+    assert counts[0] == counts[1], f"host reads grow with the passes: {counts[0]} for 3, {counts[1]} for 8"

@@ -350,5 +350,5 @@ def compute_metrics(
         guard = torch.isnan(value)
         if extra_guard is not None:
             guard = guard | extra_guard
-        results[name] = (value.to(torch.float32), guard)
+        results[name] = (value.float(), guard)
     return results
