@@ -23,7 +23,7 @@ from dcsbm_transformer.model import ExtractionMode, TransformerLM
 from dcsbm_transformer.storage import read_npz
 from dcsbm_transformer.training.generation import greedy_continue
 
-from conftest import tiny_config
+from conftest import run_cli, tiny_config
 
 ALWAYS = {"edge_threshold": 0.0, "rule_threshold": 0.0, "rule_aggregate": "pooled"}
 
@@ -159,6 +159,9 @@ def test_a_run_whose_gate_failed_is_refused_unless_asked(tmp_path):
     with pytest.raises(AnalysisRefused, match="gate did not pass.*--include-failed"):
         analyze_run(folder, echo=lambda _: None)
     assert not (folder / ANALYSIS_DIR).exists()
+    done = run_cli("analyze", str(folder), cwd=tmp_path)
+    assert done.returncode == 1 and "gate not passed after 1 epoch:" in done.stderr and "Traceback" not in done.stderr
+    assert run_cli("analyze", str(folder), "--events", "0", cwd=tmp_path).returncode == 2
     summary = analyze_run(folder, include_failed=True, echo=lambda _: None)
     assert summary["exploratory"] and "gate not passed" in summary["exploratory_reason"]
 
