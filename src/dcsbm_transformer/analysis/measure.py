@@ -73,62 +73,42 @@ def measure(
     """Continue every event, label it and compute every metric at every pass."""
     started = time.perf_counter()
     device = next(model.parameters()).device
-    passes = int(events.r.max())
-    layers, heads = model.n_layers, model.n_heads
-    keys = [metric_key(t, l, h, m) for t in TARGETS for l in range(layers) for h in range(heads) for m in METRICS]
-    metrics = {key: np.full((len(events), passes), np.nan, dtype=np.float32) for key in keys}
+    passes, layers, heads = int(events.r.max()), model.n_layers, model.n_heads
+    metrics = {
+        metric_key(t, l, h, m): np.full((len(events), passes), np.nan, dtype=np.float32)
+        for t in TARGETS for l in range(layers) for h in range(heads) for m in METRICS
+    }
     guards = {name: torch.zeros((), dtype=torch.long, device=device) for name in METRICS}
     generated = np.empty((len(events), passes), dtype=np.int64)
     target_probability = np.empty((len(events), passes), dtype=np.float32)
     members = torch.from_numpy(graph.block[None, :] == np.arange(graph.K)[:, None]).to(device)  # [K, n]
     generator = torch_generator(seed, stream, "sampling", device=device) if temperature > 0 else None
-
     chunk_events = events_per_chunk(model, chunk_mb)
-    for begin in range(0, len(events), chunk_events):
-        end = min(begin + chunk_events, len(events))
-        # (target, metric) -> [events, passes, layers, heads] on the device for the whole chunk
-        chunk_values = {
-            (t, m): torch.full((end - begin, passes, layers, heads), float("nan"), device=device) for t in TARGETS for m in METRICS
-        }
-        previous: dict[str, Spectrum | None] = dict.fromkeys(TARGETS)
 
-        def metrics_of_pass(k: int, targets: PassTargets) -> None:
-            for target in TARGETS:
-                side, shifted = TARGET_SIDE[target]
-                current = spectrum(targets[target], top_k=top_k, side=side)  # all events, layers, heads at once
-                for name, (values, hits) in compute_metrics(current, previous[target], shifted=shifted).items():
-                    guards[name] += hits.sum()
-                    chunk_values[target, name][:, k - 1] = values
-                previous[target] = current
-
-        prompts = torch.from_numpy(events.prompts[begin:end]).to(device)
-        target_members = members[torch.from_numpy(events.target_block[begin:end]).to(device)]
-        # One worker computes pass k's spectra and metrics while the model runs pass k + 1: the
-        # batched eigh barely uses a second core (1.1-1.25x from 2 threads), the forward does
-        # (measured 1.12x on the quick preset). A single worker keeps the passes in order (the
-        # temporal metrics chain them); at most MAX_PENDING_PASSES wait, so memory stays bounded.
-        with ThreadPoolExecutor(max_workers=1) as worker:
-            pending: deque = deque()
-
-            def submit(k: int, targets: PassTargets) -> None:
-                if len(pending) >= MAX_PENDING_PASSES:
-                    pending.popleft().result()
-                pending.append(worker.submit(metrics_of_pass, k, targets))
-
-            tokens, probability = continue_with_targets(
-                model, prompts, target_members, passes, submit, temperature=temperature, generator=generator, autocast=autocast
+    threads = torch.get_num_threads()
+    if device.type == "cpu":
+        # The metrics worker runs beside the forward passes: leave it a core. On the 2-core CPU an
+        # anchor-shaped analysis ran 2.1x faster with one intra-op thread than with two (the two
+        # threads' ops otherwise fight over both cores); the numbers do not change.
+        torch.set_num_threads(max(1, threads - 1))
+    try:
+        for begin in range(0, len(events), chunk_events):
+            end = min(begin + chunk_events, len(events))
+            prompts = torch.from_numpy(events.prompts[begin:end]).to(device)
+            target_members = members[torch.from_numpy(events.target_block[begin:end]).to(device)]
+            tokens, probability, values = _measure_chunk(
+                model, prompts, target_members, passes, top_k, guards, temperature=temperature, generator=generator,
+                autocast=autocast,
             )
-            while pending:
-                pending.popleft().result()  # re-raises a failure of the worker
-        generated[begin:end] = tokens.cpu().numpy()
-        target_probability[begin:end] = probability.cpu().numpy()
-        for (target, name), values in chunk_values.items():
-            values = values.cpu().numpy()
-            for layer in range(layers):
-                for head in range(heads):
-                    metrics[metric_key(target, layer, head, name)][begin:end] = values[:, :, layer, head]
-        if progress is not None:
-            progress(end, len(events))
+            generated[begin:end], target_probability[begin:end] = tokens, probability
+            for (target, name), array in values.items():  # [events, passes, layers, heads] -> one array per layer, head
+                for layer in range(layers):
+                    for head in range(heads):
+                        metrics[metric_key(target, layer, head, name)][begin:end] = array[:, :, layer, head]
+            if progress is not None:
+                progress(end, len(events))
+    finally:
+        torch.set_num_threads(threads)
 
     labels = label_continuations(events.prompts, generated, events.r, events.target_block, graph)
     beyond = np.arange(passes)[None, :] >= events.r[:, None]  # passes an event with a shorter r never made
@@ -137,3 +117,39 @@ def measure(
     target_probability[beyond] = np.nan
     seconds = {"measure_seconds": time.perf_counter() - started}
     return Measurements(labels, target_probability, metrics, {name: int(hits) for name, hits in guards.items()}, seconds)
+
+
+def _measure_chunk(model, prompts, target_members, passes: int, top_k: int, guards: dict, **generation):
+    """One chunk of events: (tokens [E, passes], target probability [E, passes], (target, metric) ->
+    values [E, passes, layers, heads]) as numpy; guard hits are added to ``guards``.
+
+    One worker computes pass k's spectra and metrics while the model runs pass k + 1 (the batched
+    eigh barely uses a second core: 1.1-1.25x from 2 threads). A single worker keeps the passes
+    in order, as the temporal metrics chain them; at most MAX_PENDING_PASSES wait for it, so
+    memory stays bounded."""
+    device = prompts.device
+    shape = (len(prompts), passes, model.n_layers, model.n_heads)
+    values = {(t, m): torch.full(shape, float("nan"), device=device) for t in TARGETS for m in METRICS}
+    previous: dict[str, Spectrum | None] = dict.fromkeys(TARGETS)
+
+    def metrics_of_pass(k: int, targets: PassTargets) -> None:
+        for target in TARGETS:
+            side, shifted = TARGET_SIDE[target]
+            current = spectrum(targets[target], top_k=top_k, side=side)  # all events, layers, heads at once
+            for name, (metric_values, hits) in compute_metrics(current, previous[target], shifted=shifted).items():
+                guards[name] += hits.sum()
+                values[target, name][:, k - 1] = metric_values
+            previous[target] = current
+
+    with ThreadPoolExecutor(max_workers=1) as worker:
+        pending: deque = deque()
+
+        def submit(k: int, targets: PassTargets) -> None:
+            if len(pending) >= MAX_PENDING_PASSES:
+                pending.popleft().result()
+            pending.append(worker.submit(metrics_of_pass, k, targets))
+
+        tokens, probability = continue_with_targets(model, prompts, target_members, passes, submit, **generation)
+        while pending:
+            pending.popleft().result()  # re-raises a failure of the worker
+    return tokens.cpu().numpy(), probability.cpu().numpy(), {key: array.cpu().numpy() for key, array in values.items()}
