@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import IO, Any
 
 import numpy as np
+from pydantic import BaseModel, ValidationError
 
 TEMP_MARKER = ".tmp-"
 _FIXED_ZIP_TIME = (1980, 1, 1, 0, 0, 0)
@@ -76,6 +77,16 @@ def atomic_write_bytes(path: str | Path, data: bytes, before_commit: Callable[[P
 def atomic_write_json(path: str | Path, payload: Any) -> Path:
     text = json.dumps(payload, indent=2, allow_nan=False) + "\n"
     return atomic_write_bytes(path, text.encode())
+
+
+def atomic_write_validated(path: str | Path, schema: type[BaseModel], payload: Any) -> Path:
+    """Validate ``payload`` against a pydantic ``schema``, then write it as JSON atomically; an
+    invalid payload raises ValueError naming the file and writes nothing."""
+    try:
+        validated = schema.model_validate(payload)
+    except ValidationError as error:
+        raise ValueError(f"refusing to write an invalid {Path(path).name}: {error}") from None
+    return atomic_write_json(path, validated.model_dump(mode="json"))
 
 
 def remove_stale_temporaries(directory: str | Path) -> list[Path]:

@@ -20,9 +20,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
-from ..storage import atomic_write_json, sha256_file
+from ..storage import atomic_write_validated, sha256_file
 
 ANALYSIS_DIR = "analysis"
 TOKEN_METRICS_FILE = "token_metrics.npz"
@@ -88,11 +88,8 @@ class Summary(_Strict):
 
 
 def write_summary(directory: Path, payload: dict[str, Any]) -> Path:
-    try:
-        validated = Summary.model_validate(payload)
-    except ValidationError as error:
-        raise ValueError(f"refusing to write an invalid {SUMMARY_FILE}: {error}") from None
-    return atomic_write_json(directory / SUMMARY_FILE, validated.model_dump(mode="json"))
+    """Validate ``payload`` against the schema, then write summary.json atomically."""
+    return atomic_write_validated(directory / SUMMARY_FILE, Summary, payload)
 
 
 def finished_summary(directory: Path, settings: dict[str, Any]) -> dict[str, Any] | None:

@@ -15,9 +15,9 @@ import math
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from ..storage import atomic_write_json
+from ..storage import atomic_write_validated
 
 RESULT_FILE = "result.json"
 RESULT_SCHEMA_VERSION = 2
@@ -134,11 +134,7 @@ class Result(_Strict):
 
 def write_result(directory: Path, payload: dict[str, Any]) -> Path:
     """Validate ``payload`` against the schema, then write result.json atomically."""
-    try:
-        validated = Result.model_validate(payload)
-    except ValidationError as error:
-        raise ValueError(f"refusing to write an invalid {RESULT_FILE}: {error}") from None
-    return atomic_write_json(directory / RESULT_FILE, validated.model_dump(mode="json"))
+    return atomic_write_validated(directory / RESULT_FILE, Result, payload)
 
 
 def read_result(directory: Path) -> dict[str, Any] | None:
