@@ -1,0 +1,453 @@
+"""Statistics core: how well, and how far ahead, does a metric separate violations from successes?
+
+Pure numpy/scipy; no file I/O, no plotting. Inputs are the analysis stage's per-metric arrays
+``values [events, passes]`` (float, NaN where undefined) with per-event labels ``violated [E]``
+(bool), ``event_jumper [E]`` (which rule) and ``event_r [E]``. Pass ``k = 1..r``; the lookback is
+``j = r - k``: ``j = 0`` is the pass that emits the deadline token (simultaneous with the outcome,
+never counted as prediction), ``j = r - 1`` the pass whose input ends at the jumper.
+
+Choices, and why
+----------------
+* **Strata by r, never pooled across r.** Lookback ``j`` means a different position in the walk for
+  different ``r``; every statistic is computed inside one ``r`` stratum (:func:`r_strata`,
+  :func:`stratum_mask`, :func:`lookback_view`).
+* **AUROC by midranks, not folded.** ``AUROC = P(X_v > X_s) + 1/2 P(X_v = X_s)`` for a violation
+  ``X_v`` and a success ``X_s``, computed from midranks (``scipy.stats.rankdata(method="average")``)
+  as ``(R_v - n_v (n_v + 1) / 2) / (n_v n_s)`` (Mann-Whitney U / (n_v n_s)), which counts ties one
+  half exactly. It is *not* folded to ``max(A, 1 - A)``: a metric that is lower before violations
+  gives ``A < 0.5``; folding would bias every null AUROC upwards and hide the direction.
+* **Stratified by jumper.** Rules differ in violation rate and may differ in metric level; pooling
+  them lets rule identity masquerade as a signal (Simpson's paradox). The headline AUROC is the
+  within-jumper AUROCs combined with weights ``w_s = n_v,s n_s,s / sum_t n_v,t n_s,t`` — equivalently
+  ``sum_s U_s / sum_s n_v,s n_s,s``, the probability over within-jumper (violation, success) pairs.
+  The pooled AUROC is reported beside it, labelled pooled, as a diagnostic only.
+* **DeLong CI at every j.** The confidence interval is reported at every lookback, not at one ``j``
+  picked after looking at the curve (that would be a selected, over-optimistic interval).
+  Within a jumper, DeLong's variance from structural components (placements) obtained from midranks;
+  strata are independent so ``Var(A_strat) = sum_s w_s^2 Var(A_s)``. The interval is built on the
+  logit scale and mapped back (:func:`auroc_ci`), so it stays inside ``(0, 1)`` and is asymmetric
+  near the bounds, where the plain Wald interval under-covers (measured with 60 vs 60 normal
+  scores, 4000 replicates: true AUROC 0.76 Wald 93.7% / logit 95.3%; 0.92 Wald 92.3% / logit 95.1%;
+  30 vs 30 at 0.92 Wald 90.6% / logit 95.4%) — and the confident horizon is exactly a statement
+  about the lower bound at high AUROC.
+* **Permutation test with the max-over-j statistic.** ``T = max_{j >= 1} |A_strat(j) - 0.5|``;
+  labels are shuffled *within jumper* (each jumper keeps its number of violations, so the null
+  keeps the rule-identity structure). Taking the max over the lookback family controls the
+  family-wise error over ``j`` without assuming independence between lookbacks (they are strongly
+  correlated). ``p = (1 + #{T_perm >= T_obs}) / (1 + P)``: the ``+1`` counts the observed labelling
+  as one of the permutations, which makes the test exact (valid) and never reports ``p = 0``.
+  Ranks are computed once per (column, jumper) and reused for every permutation: rank sums of all
+  permutations are one matrix product ``L @ ranks``.
+* **Holm.** Per-j permutation p-values (same shuffles) are also returned, with the Holm-Bonferroni
+  step-down adjustment (:func:`holm`) as a second, less powerful but per-j family-wise control.
+* **Insufficient data.** If either class has fewer than ``min_events`` events in the stratum, no
+  AUROC and no p-value are produced (status ``"insufficient"``); likewise at a single lookback
+  where fewer than ``min_events`` finite values per class remain, the AUROC there is NaN.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+from scipy.stats import norm, rankdata
+
+__all__ = [
+    "SeparationResult", "auroc", "auroc_ci", "delong", "holm", "horizons", "lookback_view", "permuted_labels",
+    "r_strata", "separation", "stratified_auroc", "stratum_mask",
+]
+
+_TOL = 1e-12  # float tolerance when comparing permutation statistics with the observed one
+
+
+# --------------------------------------------------------------------------------------------------
+# layout helpers
+
+
+def lookback_view(values: np.ndarray, r: np.ndarray) -> np.ndarray:
+    """Re-index ``values [E, passes]`` by lookback: ``out[e, j] = values[e, r_e - 1 - j]`` (pass ``r_e - j``).
+
+    Returns ``[E, max_r]`` float64, NaN where ``j >= r_e`` (no such pass). Column ``j = 0`` is the
+    pass emitting the deadline token; column ``r_e - 1`` is pass 1.
+    """
+    values = np.asarray(values, dtype=np.float64)
+    r = np.asarray(r, dtype=np.int64)
+    if values.ndim != 2 or r.shape != (values.shape[0],):
+        raise ValueError("values must be [E, passes] and r [E]")
+    if r.size and (r.min() < 1 or r.max() > values.shape[1]):
+        raise ValueError("every r must be in 1..passes")
+    max_r = int(r.max()) if r.size else 0
+    j = np.arange(max_r)
+    col = r[:, None] - 1 - j[None, :]
+    valid = col >= 0
+    out = np.take_along_axis(values, np.where(valid, col, 0), axis=1)
+    out[~valid] = np.nan
+    return out
+
+
+def r_strata(r: np.ndarray) -> list[int]:
+    """The distinct ``r`` values, sorted: one stratum each (statistics are never pooled across r)."""
+    return [int(v) for v in np.unique(np.asarray(r))]
+
+
+def stratum_mask(r: np.ndarray, r_value: int) -> np.ndarray:
+    """Boolean ``[E]`` mask of the events in the ``r == r_value`` stratum."""
+    return np.asarray(r) == r_value
+
+
+# --------------------------------------------------------------------------------------------------
+# ranks and AUROC
+
+
+def _as_2d(scores: np.ndarray) -> tuple[np.ndarray, bool]:
+    x = np.asarray(scores, dtype=np.float64)
+    if x.ndim == 1:
+        return x[:, None], True
+    if x.ndim != 2:
+        raise ValueError("scores must be [n] or [n, columns]")
+    return x, False
+
+
+def _column_ranks(x: np.ndarray, include: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Midranks per column over the finite (and included) entries; 0 elsewhere. Returns (ranks, mask)."""
+    mask = np.isfinite(x)
+    if include is not None:
+        mask &= include
+    ranks = rankdata(np.where(mask, x, np.inf), method="average", axis=0)  # excluded rank after all kept
+    ranks[~mask] = 0.0
+    return ranks, mask
+
+
+def auroc(scores: np.ndarray, violated: np.ndarray) -> np.ndarray:
+    """Unfolded midrank AUROC per column: ``P(X_v > X_s) + 1/2 P(X_v = X_s)``.
+
+    ``A = (R_v - n_v (n_v + 1) / 2) / (n_v n_s)`` with ``R_v`` the sum of the violations' midranks
+    among the column's finite values (NaN rows excluded per column). NaN where a class is empty.
+    ``scores`` ``[n]`` or ``[n, columns]``; returns a float or ``[columns]``.
+    """
+    x, flat = _as_2d(scores)
+    y = np.asarray(violated, dtype=bool)
+    ranks, fin = _column_ranks(x)
+    yf = y.astype(np.float64)
+    nv = yf @ fin
+    ns = fin.sum(axis=0) - nv
+    with np.errstate(invalid="ignore", divide="ignore"):
+        a = (yf @ ranks - nv * (nv + 1) / 2) / (nv * ns)
+    return float(a[0]) if flat else a
+
+
+def delong(scores: np.ndarray, violated: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """AUROC and DeLong's variance per column (DeLong, DeLong & Clarke-Pearson 1988).
+
+    Structural components (placements) from midranks, with ``R`` the midrank among all finite
+    values of the column and ``R^v``/``R^s`` the midrank within violations/successes::
+
+        V10_i = (R_i - R^v_i) / n_s      (violation i: share of successes below it, ties 1/2)
+        V01_k = 1 - (R_k - R^s_k) / n_v  (success k: share of violations above it, ties 1/2)
+        A     = mean(V10) = mean(V01)
+        Var(A) = S10 / n_v + S01 / n_s,  S10, S01 the sample variances (ddof=1) of V10, V01.
+
+    A class of size 1 has no sample variance; its ``S`` is then set to ``1/4``, the largest possible
+    variance of a placement in [0, 1] (conservative). NaN where a class is empty.
+    Returns ``(auroc, variance)``, each a float or ``[columns]``.
+    """
+    x, flat = _as_2d(scores)
+    y = np.asarray(violated, dtype=bool)[:, None]
+    r_all, fin = _column_ranks(x)
+    r_v, mv = _column_ranks(x, y)
+    r_s, ms = _column_ranks(x, ~y)
+    nv = mv.sum(axis=0).astype(np.float64)
+    ns = ms.sum(axis=0).astype(np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        v10 = np.where(mv, (r_all - r_v) / ns, 0.0)
+        v01 = np.where(ms, 1.0 - (r_all - r_s) / nv, 0.0)
+        a = v10.sum(axis=0) / nv
+        s10 = (np.where(mv, (v10 - a) ** 2, 0.0).sum(axis=0)) / (nv - 1)
+        s01 = (np.where(ms, (v01 - a) ** 2, 0.0).sum(axis=0)) / (ns - 1)
+        s10 = np.where(nv == 1, 0.25, s10)
+        s01 = np.where(ns == 1, 0.25, s01)
+        empty = (nv == 0) | (ns == 0)
+        a = np.where(empty, np.nan, a)
+        var = np.where(empty, np.nan, s10 / nv + s01 / ns)
+    if flat:
+        return float(a[0]), float(var[0])
+    return a, var
+
+
+def stratified_auroc(scores: np.ndarray, violated: np.ndarray, jumper: np.ndarray) -> dict:
+    """Within-jumper AUROCs combined with weights ``n_v,s n_s,s`` (normalised), with DeLong variance.
+
+    ``A = sum_s w_s A_s``, ``w_s = n_v,s n_s,s / sum_t n_v,t n_s,t`` (per column: counts of finite
+    values); a jumper with an empty class has weight 0. ``Var(A) = sum_s w_s^2 Var_DeLong(A_s)``
+    (jumpers are independent samples). Returns a dict with ``auroc``, ``var``, ``per_jumper``
+    (jumper -> AUROC ``[columns]``), ``counts`` (jumper -> (n_v, n_s) over finite values per column).
+    """
+    x, _ = _as_2d(scores)
+    y = np.asarray(violated, dtype=bool)
+    g = np.asarray(jumper)
+    num = np.zeros(x.shape[1])
+    den = np.zeros(x.shape[1])
+    parts = []
+    per_jumper, counts = {}, {}
+    for s in np.unique(g):
+        sel = g == s
+        xs, ys = x[sel], y[sel]
+        a_s, v_s = delong(xs, ys)
+        fin = np.isfinite(xs)
+        nv = (fin & ys[:, None]).sum(axis=0)
+        ns = (fin & ~ys[:, None]).sum(axis=0)
+        w = (nv * ns).astype(np.float64)
+        num += np.where(w > 0, w * np.nan_to_num(a_s), 0.0)
+        den += w
+        parts.append((w, v_s))
+        per_jumper[int(s)] = a_s
+        counts[int(s)] = (nv, ns)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        a = np.where(den > 0, num / den, np.nan)
+        var = np.zeros(x.shape[1])
+        for w, v_s in parts:
+            var += np.where(w > 0, (w / den) ** 2 * v_s, 0.0)
+    var = np.where(den > 0, var, np.nan)
+    return {"auroc": a, "var": var, "per_jumper": per_jumper, "counts": counts}
+
+
+def auroc_ci(a: np.ndarray, var: np.ndarray, level: float = 0.95) -> tuple[np.ndarray, np.ndarray]:
+    """Confidence interval for an AUROC from its (DeLong) variance, on the logit scale.
+
+    ``logit(A) +- z sqrt(Var) / (A (1 - A))`` (delta method: ``d logit(A)/dA = 1/(A(1-A))``),
+    mapped back with the logistic function; ``z = Phi^-1((1 + level) / 2)``. Why logit: the AUROC
+    is bounded and its sampling distribution is skewed near 0 and 1, where the symmetric Wald
+    interval ``A +- z sqrt(Var)`` spills over the bound and under-covers; the logit interval
+    respects ``[0, 1]`` by construction and covers closer to nominal (see the module docstring).
+    Where ``A`` is exactly 0 or 1 (logit undefined) the Wald interval clipped to ``[0, 1]`` is
+    returned. NaN where ``A`` or ``Var`` is NaN.
+    """
+    a = np.asarray(a, dtype=np.float64)
+    var = np.asarray(var, dtype=np.float64)
+    z = float(norm.ppf((1 + level) / 2))
+    se = np.sqrt(var)
+    inner = (a > 0) & (a < 1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        lg = np.log(a / (1 - a))
+        h = z * se / (a * (1 - a))
+        lo = np.where(inner, 1 / (1 + np.exp(-(lg - h))), np.clip(a - z * se, 0.0, 1.0))
+        hi = np.where(inner, 1 / (1 + np.exp(-(lg + h))), np.clip(a + z * se, 0.0, 1.0))
+    bad = np.isnan(a) | np.isnan(var)
+    return np.where(bad, np.nan, lo), np.where(bad, np.nan, hi)
+
+
+# --------------------------------------------------------------------------------------------------
+# permutations, multiplicity, horizons
+
+
+def permuted_labels(violated: np.ndarray, jumper: np.ndarray, n_perm: int,
+                    rng: np.random.Generator) -> np.ndarray:
+    """``[n_perm, E]`` bool: labels shuffled independently within each jumper (counts preserved)."""
+    y = np.asarray(violated, dtype=bool)
+    g = np.asarray(jumper)
+    out = np.empty((n_perm, y.size), dtype=bool)
+    for s in np.unique(g):
+        idx = np.flatnonzero(g == s)
+        out[:, idx] = rng.permuted(np.broadcast_to(y[idx], (n_perm, idx.size)), axis=1)
+    return out
+
+
+def holm(p: np.ndarray) -> np.ndarray:
+    """Holm-Bonferroni step-down adjusted p-values.
+
+    With the ``m`` finite p-values sorted ``p_(1) <= ... <= p_(m)``:
+    ``p~_(i) = min(1, max_{k <= i} (m - k + 1) p_(k))`` (monotone, capped at 1). NaN entries are
+    left out of the family (they do not count in ``m``) and returned as NaN.
+    """
+    p = np.asarray(p, dtype=np.float64)
+    out = np.full(p.shape, np.nan)
+    ok = np.flatnonzero(~np.isnan(p))
+    m = ok.size
+    if m == 0:
+        return out
+    order = ok[np.argsort(p[ok], kind="stable")]
+    adj = np.minimum(1.0, np.maximum.accumulate((m - np.arange(m)) * p[order]))
+    out[order] = adj
+    return out
+
+
+def horizons(auroc_j: np.ndarray, ci_low_j: np.ndarray, threshold: float = 0.75) -> tuple[int, int]:
+    """``(horizon, confident_horizon)`` from per-lookback AUROC and CI lower bounds (index = j).
+
+    * horizon: the furthest ``j >= 1`` with ``AUROC(j) > threshold`` (0 if none) — the spec's
+      predictive horizon.
+    * confident horizon: the largest ``J`` with ``ci_low(j) > threshold`` for every ``j`` in
+      ``1..J`` (0 if none): it stops at the first lookback whose lower bound fails (NaN fails).
+    ``j = 0`` (simultaneous with the outcome) never counts.
+    """
+    a = np.asarray(auroc_j, dtype=np.float64)
+    lo = np.asarray(ci_low_j, dtype=np.float64)
+    above = np.flatnonzero(np.nan_to_num(a[1:], nan=-np.inf) > threshold)
+    horizon = int(above[-1] + 1) if above.size else 0
+    ok = np.nan_to_num(lo[1:], nan=-np.inf) > threshold
+    fails = np.flatnonzero(~ok)
+    confident = int(fails[0]) if fails.size else int(ok.size)
+    return horizon, confident
+
+
+# --------------------------------------------------------------------------------------------------
+# entry point
+
+
+@dataclass
+class SeparationResult:
+    """Separation of violations from successes by one metric in one ``r`` stratum (index = lookback j).
+
+    ``auroc`` is the jumper-stratified AUROC; ``auroc_pooled`` pools all events of the stratum
+    (diagnostic, confounded by rule identity). ``auroc_per_jumper`` is reported only for jumpers
+    with at least ``min_events`` in both classes (NaN otherwise), although every jumper contributes
+    to ``auroc`` with its weight. ``p_value`` is the family-wise permutation p over ``j >= 1``;
+    ``p_per_j`` the per-lookback permutation p (same shuffles), ``p_per_j_holm`` its Holm adjustment
+    over ``j >= 1`` (j = 0 NaN). Status ``"insufficient"``: all numbers NaN/None, counts only.
+    """
+
+    r: int
+    status: str
+    n_violations: int
+    n_successes: int
+    counts_per_jumper: dict[int, tuple[int, int]]
+    auroc: np.ndarray
+    auroc_pooled: np.ndarray
+    auroc_per_jumper: dict[int, np.ndarray]
+    ci_low: np.ndarray
+    ci_high: np.ndarray
+    p_value: float | None = None
+    p_per_j: np.ndarray | None = None
+    p_per_j_holm: np.ndarray | None = None
+    shuffled_95: float | None = None
+    horizon: int | None = None
+    confident_horizon: int | None = None
+    direction: str | None = None
+    best_j: int | None = None
+    permutations: int = 0
+    threshold: float = 0.75
+    min_events: int = 20
+    extra: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        """Plain dict (arrays as lists, NaN kept as float NaN)."""
+        def conv(v):
+            if isinstance(v, np.ndarray):
+                return v.tolist()
+            if isinstance(v, dict):
+                return {k: conv(w) for k, w in v.items()}
+            if isinstance(v, tuple):
+                return [conv(w) for w in v]
+            return v
+        return {k: conv(v) for k, v in asdict(self).items()}
+
+
+def _perm_stats(x: np.ndarray, y: np.ndarray, g: np.ndarray, valid: np.ndarray, permutations: int,
+                rng: np.random.Generator, chunk: int) -> tuple[np.ndarray, np.ndarray]:
+    """Stratified AUROC ``[P, J]`` minus 0.5 in absolute value, for within-jumper shuffles.
+
+    Per jumper, ranks are computed once; for a chunk of label matrices ``L [C, n_s]``:
+    ``U_s = L @ ranks_s - n_v (n_v + 1) / 2`` with ``n_v = L @ finite_s``, and
+    ``A = sum_s U_s / sum_s n_v,s n_s,s``. Returns ``(|A_perm - 0.5| [P, J], T_perm [P])``.
+    """
+    groups = []
+    for s in np.unique(g):
+        idx = np.flatnonzero(g == s)
+        ranks, fin = _column_ranks(x[idx])
+        groups.append((idx, ranks, fin.astype(np.float64), fin.sum(axis=0).astype(np.float64)))
+    dev = np.empty((permutations, x.shape[1]))
+    done = 0
+    while done < permutations:
+        c = min(chunk, permutations - done)
+        num = np.zeros((c, x.shape[1]))
+        den = np.zeros((c, x.shape[1]))
+        shuffled = permuted_labels(y, g, c, rng)  # the same within-jumper shuffles for every j
+        for idx, ranks, fin, nfin in groups:
+            lab = shuffled[:, idx].astype(np.float64)
+            nv = lab @ fin
+            num += lab @ ranks - nv * (nv + 1) / 2
+            den += nv * (nfin - nv)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            dev[done:done + c] = np.abs(num / den - 0.5)
+        done += c
+    dev[:, ~valid] = np.nan
+    fam = dev[:, 1:]
+    t = np.full(permutations, np.nan) if fam.shape[1] == 0 or not valid[1:].any() else np.nanmax(fam, axis=1)
+    return dev, t
+
+
+def _one_stratum(x: np.ndarray, y: np.ndarray, g: np.ndarray, r_value: int, *, permutations: int,
+                 rng: np.random.Generator, min_events: int, threshold: float, chunk: int) -> SeparationResult:
+    nv_tot, ns_tot = int(y.sum()), int((~y).sum())
+    counts = {int(s): (int((y & (g == s)).sum()), int((~y & (g == s)).sum())) for s in np.unique(g)}
+    ncol = x.shape[1]
+    nan = np.full(ncol, np.nan)
+    base = dict(r=r_value, n_violations=nv_tot, n_successes=ns_tot, counts_per_jumper=counts,
+                permutations=permutations, threshold=threshold, min_events=min_events)
+    if nv_tot < min_events or ns_tot < min_events:
+        return SeparationResult(status="insufficient", auroc=nan.copy(), auroc_pooled=nan.copy(),
+                                auroc_per_jumper={s: nan.copy() for s in counts}, ci_low=nan.copy(),
+                                ci_high=nan.copy(), **base)
+    fin = np.isfinite(x)
+    valid = ((fin & y[:, None]).sum(axis=0) >= min_events) & ((fin & ~y[:, None]).sum(axis=0) >= min_events)
+    st = stratified_auroc(x, y, g)
+    a = np.where(valid, st["auroc"], np.nan)
+    lo, hi = auroc_ci(a, st["var"])
+    ci_low = np.where(valid, lo, np.nan)
+    ci_high = np.where(valid, hi, np.nan)
+    pooled = np.where(valid, auroc(x, y), np.nan)
+    per_jumper = {}
+    for s, a_s in st["per_jumper"].items():
+        nv_s, ns_s = st["counts"][s]
+        per_jumper[s] = np.where((nv_s >= min_events) & (ns_s >= min_events), a_s, np.nan)
+    horizon, confident = horizons(a, ci_low, threshold)
+    fam_dev = np.abs(a[1:] - 0.5)
+    best_j = None if not np.isfinite(fam_dev).any() else int(np.nanargmax(fam_dev) + 1)
+    direction = None if best_j is None else ("higher before violations" if a[best_j] > 0.5
+                                             else "lower before violations")
+    p_value = p_per_j = p_holm = shuffled_95 = None
+    if permutations > 0 and best_j is not None:
+        dev, t_perm = _perm_stats(x, y, g, valid, permutations, rng, chunk)
+        obs_dev = np.abs(a - 0.5)
+        t_obs = float(np.nanmax(fam_dev))
+        p_value = float((1 + np.sum(t_perm >= t_obs - _TOL)) / (1 + permutations))
+        with np.errstate(invalid="ignore"):
+            p_per_j = (1 + np.sum(dev >= obs_dev[None, :] - _TOL, axis=0)) / (1 + permutations)
+        p_per_j = np.where(valid, p_per_j, np.nan).astype(np.float64)
+        p_holm = np.full(ncol, np.nan)
+        p_holm[1:] = holm(p_per_j[1:])
+        shuffled_95 = float(np.quantile(t_perm, 0.95))
+    return SeparationResult(status="ok", auroc=a, auroc_pooled=pooled, auroc_per_jumper=per_jumper,
+                            ci_low=ci_low, ci_high=ci_high, p_value=p_value, p_per_j=p_per_j,
+                            p_per_j_holm=p_holm, shuffled_95=shuffled_95, horizon=horizon,
+                            confident_horizon=confident, direction=direction, best_j=best_j, **base)
+
+
+def separation(values: np.ndarray, violated: np.ndarray, jumper: np.ndarray, r: np.ndarray, *,
+               permutations: int = 10_000, rng: np.random.Generator, min_events: int = 20,
+               threshold: float = 0.75, chunk: int = 1000) -> dict[int, SeparationResult]:
+    """Separation of violations from successes by one metric, per ``r`` stratum.
+
+    ``values [E, passes]`` (NaN where undefined; pass ``k`` in column ``k - 1``), ``violated [E]``
+    bool, ``jumper [E]`` int, ``r [E]`` int. For each ``r`` the events of that stratum are re-indexed
+    by lookback ``j = 0..r-1`` (:func:`lookback_view`), and the result holds the stratified AUROC at
+    every ``j`` with its DeLong 95% CI (logit scale, :func:`auroc_ci`), the pooled and per-jumper AUROCs, the family-wise
+    permutation p over ``j >= 1`` with statistic ``T = max_{j>=1} |A(j) - 0.5|`` (labels shuffled
+    within jumper, ``p = (1 + #{T_perm >= T_obs}) / (1 + P)``), the 95th percentile of ``T_perm``
+    (``shuffled_95``, the shuffled-label baseline), horizons (:func:`horizons`) and the direction at
+    the best ``j``. ``permutations=0`` skips the test (p None). ``rng`` makes it reproducible;
+    strata are processed in increasing ``r`` from the same generator.
+    """
+    values = np.asarray(values, dtype=np.float64)
+    y = np.asarray(violated, dtype=bool)
+    g = np.asarray(jumper)
+    r = np.asarray(r, dtype=np.int64)
+    if not (y.shape == g.shape == r.shape == (values.shape[0],)):
+        raise ValueError("violated, jumper and r must be [E] matching values [E, passes]")
+    out = {}
+    for rv in r_strata(r):
+        m = stratum_mask(r, rv)
+        x = lookback_view(values[m], r[m])[:, :rv]
+        out[rv] = _one_stratum(x, y[m], g[m], rv, permutations=permutations, rng=rng,
+                               min_events=min_events, threshold=threshold, chunk=chunk)
+    return out
