@@ -109,7 +109,9 @@ class GateEvaluator:
     def score(self, generated: np.ndarray) -> ComplianceReport:
         """Score continuations ``generated`` [sequences, steps] of this evaluator's prompts, from
         the model or from any other policy (the rule-blind baselines), the same way."""
-        sequences = self.scored_sequences(generated)
+        return self._score_sequences(self.scored_sequences(generated))
+
+    def _score_sequences(self, sequences: np.ndarray) -> ComplianceReport:
         return score_compliance(sequences, self.graph, score_from=self.score_from, events=self.scored_events)
 
     @property
@@ -134,7 +136,7 @@ class GateEvaluator:
         finally:
             model.train(was_training)
         sequences = self.scored_sequences(generated)
-        report = self.score(generated)
+        report = self._score_sequences(sequences)
         return GateEvaluation(
             report=report,
             sequences=len(sequences),
