@@ -37,7 +37,8 @@ def test_events_are_fresh_independent_full_window_and_even_over_rules(quick_conf
     events, graph, w = quick_events, quick_data.graph, quick_config.model.context_window
     assert np.bincount(events.jumper, minlength=graph.n_jumpers).tolist() == [100] * graph.n_jumpers
     assert len(np.unique(events.walk)) == len(events)  # one event per walk: independent samples
-    assert (events.step >= w - 1).all() and events.prompts.shape == (400, w)  # full windows only
+    assert (events.step >= w + 1).all() and events.prompts.shape == (400, w)  # full windows, two more before
+    assert (events.before[:, 2:] == events.prompts[:, :-1]).all() and events.before.shape == (400, w + 1)
     assert (events.prompts[:, -1] == events.vertex).all()  # the prompt ends at the jumper
     # the walks are not the training or eval corpora (their own stream)
     for corpus in (quick_data.train.walks, quick_data.eval.walks):
@@ -107,7 +108,11 @@ def test_analyze_writes_token_metrics_and_a_valid_summary(tiny_run):
         for name in METRICS:
             values = arrays[metric_key(target, 0, 0, name)]
             assert values.shape == (events, r) and values.dtype == np.float32
-    assert np.isnan(arrays[metric_key("qkt", 0, 0, "grassmannian_distance")][:, 0]).all()  # no previous pass
+    # pass 1's temporal metrics compare with the window ending just before the jumper
+    assert np.isfinite(arrays[metric_key("qkt", 0, 0, "grassmannian_distance")][:, 0]).all()
+    for key in (metric_key("qkt", 0, 0, "stable_rank"), metric_key("avwo", 0, 0, "grassmannian_distance")):
+        assert arrays[f"context.{key}"].shape == (events,) and np.isfinite(arrays[f"context.{key}"]).all()
+    assert (arrays["context_tokens"][:, 2:] == arrays["tokens"][:, : config.model.context_window - 1]).all()
     assert np.isfinite(arrays[metric_key("qkt", 0, 0, "stable_rank")]).all()
     assert arrays["violated"].sum() == summary["counts"]["violated"]
     assert arrays["tokens"].shape == (events, config.model.context_window + r)
@@ -122,6 +127,16 @@ def test_analyze_writes_token_metrics_and_a_valid_summary(tiny_run):
     out = model(window, mode=ExtractionMode.SVD_TARGETS)
     again = compute_metrics(spectrum(out.qkt, top_k=config.analysis.top_k, side="left"), None, shifted=True)
     assert np.allclose(again["stable_rank"][0][:, 0, 0].numpy(), arrays[metric_key("qkt", 0, 0, "stable_rank")][:, k - 1], rtol=1e-4)
+    # the context-only baseline: the window ending at s - 1, its temporal metrics against s - 2
+    context = torch.from_numpy(arrays["context_tokens"].astype(np.int64))
+    spectra = [
+        spectrum(model(context[:, c : c + w], mode=ExtractionMode.SVD_TARGETS).qkt, top_k=config.analysis.top_k, side="left")
+        for c in range(2)
+    ]
+    again = compute_metrics(spectra[1], spectra[0], shifted=True)
+    for name in ("stable_rank", "grassmannian_distance"):
+        stored = arrays[f"context.{metric_key('qkt', 0, 0, name)}"]
+        assert np.allclose(again[name][0][:, 0, 0].numpy(), stored, rtol=1e-4, atol=1e-5)
 
 
 def test_same_settings_reuse_other_settings_redo(tiny_run):

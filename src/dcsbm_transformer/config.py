@@ -17,7 +17,7 @@ import math
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, ValidationError, field_validator
 
 # Bump when the graph or walk algorithms change, so old cached data is never reused.
 DATA_FORMAT_VERSION = 2
@@ -100,6 +100,30 @@ class GateConfig(_Section):
     )
 
 
+class PrimaryHypothesis(_Section):
+    """The one pre-registered hypothesis of a run, fixed in the config before any data exist:
+    ``metric`` of ``target`` at (``layer``, ``head``) is ``direction`` before violations than
+    before successes. Everything else the analysis reports is exploratory."""
+
+    target: Literal["qkt", "avwo"] = Field("qkt", description="QKᵀ or AVWₒ")
+    layer: StrictInt = Field(-1, description="layer index; negative counts from the last (-1 = last layer)")
+    head: StrictInt = Field(0, ge=0)
+    metric: str = Field("grassmannian_distance", description="a registered metric (dcsbm_transformer.analysis.metrics.METRICS)")
+    direction: Literal["higher", "lower"] = Field("higher", description="the metric's side before violations")
+
+    @field_validator("metric")
+    @classmethod
+    def _registered(cls, metric: str) -> str:
+        from .analysis.metrics import METRICS  # the registry is the one list of metric names
+
+        if metric not in METRICS:
+            raise ValueError(f"{metric!r} is not a registered metric; choose one of {', '.join(METRICS)}")
+        return metric
+
+    def describe(self) -> str:
+        return f"{self.target} {self.metric}, layer {self.layer}, head {self.head}, {self.direction} before violations"
+
+
 class AnalysisConfig(_Section):
     """The analysis stage (``dcsbm analyze``). Not part of the experiment id or the config hash:
     changing these re-analyses a run, never retrains it."""
@@ -115,6 +139,11 @@ class AnalysisConfig(_Section):
     temperature: StrictFloat = Field(
         0.0, ge=0.0, description="0 = greedy (argmax) continuations, as the gate; > 0 samples, labelled in every output"
     )
+    primary: PrimaryHypothesis = PrimaryHypothesis()
+    permutations: StrictInt = Field(10_000, ge=0, description="label shuffles (within jumper) per permutation test; 0 = none")
+    min_events: StrictInt = Field(20, ge=2, description="fewer violations or successes than this in an r stratum: 'insufficient'")
+    horizon_threshold: StrictFloat = Field(0.75, gt=0.5, lt=1.0, description="AUROC a lookback must exceed to count in a horizon")
+    alpha: StrictFloat = Field(0.05, gt=0, lt=1, description="significance level of the primary test and the Holm-adjusted family")
 
 
 class ExperimentConfig(_Section):
@@ -257,6 +286,14 @@ def _cross_field_problems(raw: Any) -> list[str]:
                     f"graph.jump_scales.{i}: scale {scale!r} gives r = {r}, which does not fit in walk_length={length} "
                     "(the rule could never be observed)"
                 )
+    analysis = _section_values(raw, "analysis")
+    primary = analysis.get("primary") if isinstance(analysis.get("primary"), dict) else {}
+    layers = _as_int(get("model", "n_layers"))
+    layer, head = _as_int(primary.get("layer", -1)), _as_int(primary.get("head", 0))
+    if layers and layer is not None and not -layers <= layer < layers:
+        problems.append(f"analysis.primary.layer: {layer} is not a layer of a {layers}-layer model (0..{layers - 1}, or -1 = last)")
+    if heads and head is not None and head >= heads:
+        problems.append(f"analysis.primary.head: {head} is not a head of a {heads}-head model (0..{heads - 1})")
     return problems
 
 

@@ -70,9 +70,7 @@ def continue_with_targets(
     generated = torch.empty(len(prompts), passes, dtype=torch.long, device=prompts.device)
     target_probability = torch.empty(len(prompts), passes, dtype=torch.float32, device=prompts.device)
     for k in range(1, passes + 1):  # a loop over passes, batched across events
-        with autocast():
-            out = model.extract_last(window, check_ids=False)
-        logits = out.logits[:, -1].float()
+        logits, targets = forward_targets(model, window, w_o, autocast, with_targets=on_pass is not None)
         probabilities = torch.softmax(logits, dim=-1)
         target_probability[:, k - 1] = (probabilities * target_members).sum(dim=-1)
         if temperature > 0:
@@ -81,10 +79,31 @@ def continue_with_targets(
             token = logits.argmax(dim=-1)
         generated[:, k - 1] = token
         if on_pass is not None:
-            avwo = out.attention.float() @ out.values.float() @ w_o  # [E, L, H, w, d_model]
-            on_pass(k, PassTargets(qkt=out.qkt.float(), avwo=avwo))
+            on_pass(k, targets)
         window = torch.cat([window[:, 1:], token[:, None]], dim=1)
     return generated, target_probability
+
+
+@torch.no_grad()
+def forward_targets(
+    model: TransformerLM,
+    window: torch.Tensor,
+    w_o: torch.Tensor | None = None,
+    autocast: Callable[[], AbstractContextManager] = nullcontext,
+    *,
+    with_targets: bool = True,
+) -> tuple[torch.Tensor, PassTargets | None]:
+    """One pass over full windows [E, w]: the last position's logits (float32 [E, vocab]) and the
+    SVD targets of every layer and head (None when ``with_targets`` is false)."""
+    with autocast():
+        out = model.extract_last(window, check_ids=False)
+    logits = out.logits[:, -1].float()
+    if not with_targets:
+        return logits, None
+    if w_o is None:
+        w_o, _ = model.attention_output_weights()
+    avwo = out.attention.float() @ out.values.float() @ w_o  # [E, L, H, w, d_model]
+    return logits, PassTargets(qkt=out.qkt.float(), avwo=avwo)
 
 
 @dataclass(frozen=True)

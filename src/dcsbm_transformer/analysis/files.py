@@ -6,7 +6,10 @@ The labels: ``event_r``, ``event_step``, ``event_vertex``, ``event_target_block`
 ``violated``, ``first_bad_edge_pass`` [events]; ``edge_valid``, ``rule_outcome`` (0 no rule due,
 1 followed, 2 violated), ``target_block_probability`` [events, passes]; ``tokens`` int32
 [events, w + max r] (the prompt window, then the generated tokens, −1 past r), so any value can
-be recomputed from the model and these tokens alone.
+be recomputed from the model and these tokens alone. ``context.<key>`` float32 [events]: the
+context-only baseline, every metric at the window ending at s − 1 (before the jumper entered it;
+temporal metrics against the window ending at s − 2), recomputable from ``context_tokens`` int32
+[events, w + 1] (walk tokens s − w − 1 .. s − 1).
 
 ``summary.json`` (validated before it is written, and written last: a summary whose checksum
 matches its npz vouches for a finished analysis): counts per class, per r and per rule, guard
@@ -26,6 +29,7 @@ from ..storage import atomic_write_validated, sha256_file
 
 ANALYSIS_DIR = "analysis"
 TOKEN_METRICS_FILE = "token_metrics.npz"
+CONTEXT_PREFIX = "context."
 SUMMARY_FILE = "summary.json"
 SUMMARY_SCHEMA_VERSION = 1
 

@@ -6,6 +6,12 @@ per-call overhead of the batched SVD and metrics is amortised). Within a chunk, 
 the spectra of every layer's and head's targets in one batched call per target, then every
 registered metric in one call; values stay on the device until the chunk ends, so there is
 no host synchronisation per pass.
+
+Before the first pass, the two windows that end just before the jumper (at s − 2 and s − 1,
+walk tokens only) are measured too: the *context-only baseline* (every metric at the window
+ending at s − 1, its temporal metrics against s − 2: how much of a metric's "signal" is in the
+input before the rule was triggered), and the reference that pass 1's temporal metrics
+(Grassmannian distance, velocities) compare against, so they are defined at every pass.
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ import torch
 from ..data.graph import Graph
 from ..model import TransformerLM
 from ..reproducibility import torch_generator
-from .continuations import TARGETS, Labels, PassTargets, continue_with_targets, label_continuations
+from .continuations import TARGETS, Labels, PassTargets, continue_with_targets, forward_targets, label_continuations
 from .events import AnalysisEvents
 from .metrics import METRICS, Spectrum, compute_metrics, spectrum
 
@@ -46,6 +52,7 @@ class Measurements:
     labels: Labels
     target_probability: np.ndarray  # float32 [E, max r]
     metrics: dict[str, np.ndarray]  # metric_key -> float32 [E, max r], NaN where undefined or no pass
+    context: dict[str, np.ndarray]  # metric_key -> float32 [E]: the window ending at s - 1 (before the jumper)
     guard_hits: dict[str, int]  # metric name -> guard hits over every target, layer, head, event and pass
     seconds: dict[str, float] = field(default_factory=dict)
 
@@ -79,6 +86,7 @@ def measure(
         for t in TARGETS for l in range(layers) for h in range(heads) for m in METRICS
     }
     guards = {name: torch.zeros((), dtype=torch.long, device=device) for name in METRICS}
+    context = {key: np.full(len(events), np.nan, dtype=np.float32) for key in metrics}
     generated = np.empty((len(events), passes), dtype=np.int64)
     target_probability = np.empty((len(events), passes), dtype=np.float32)
     members = torch.from_numpy(graph.block[None, :] == np.arange(graph.K)[:, None]).to(device)  # [K, n]
@@ -95,16 +103,19 @@ def measure(
         for begin in range(0, len(events), chunk_events):
             end = min(begin + chunk_events, len(events))
             prompts = torch.from_numpy(events.prompts[begin:end]).to(device)
+            before = torch.from_numpy(events.before[begin:end]).to(device)
             target_members = members[torch.from_numpy(events.target_block[begin:end]).to(device)]
-            tokens, probability, values = _measure_chunk(
-                model, prompts, target_members, passes, top_k, guards, temperature=temperature, generator=generator,
-                autocast=autocast,
+            tokens, probability, values, context_values = _measure_chunk(
+                model, prompts, before, target_members, passes, top_k, guards, temperature=temperature,
+                generator=generator, autocast=autocast,
             )
             generated[begin:end], target_probability[begin:end] = tokens, probability
             for (target, name), array in values.items():  # [events, passes, layers, heads] -> one array per layer, head
                 for layer in range(layers):
                     for head in range(heads):
-                        metrics[metric_key(target, layer, head, name)][begin:end] = array[:, :, layer, head]
+                        key = metric_key(target, layer, head, name)
+                        metrics[key][begin:end] = array[:, :, layer, head]
+                        context[key][begin:end] = context_values[target, name][:, layer, head]
             if progress is not None:
                 progress(end, len(events))
     finally:
@@ -116,12 +127,15 @@ def measure(
         values[beyond] = np.nan
     target_probability[beyond] = np.nan
     seconds = {"measure_seconds": time.perf_counter() - started}
-    return Measurements(labels, target_probability, metrics, {name: int(hits) for name, hits in guards.items()}, seconds)
+    return Measurements(
+        labels, target_probability, metrics, context, {name: int(hits) for name, hits in guards.items()}, seconds
+    )
 
 
-def _measure_chunk(model, prompts, target_members, passes: int, top_k: int, guards: dict, **generation):
+def _measure_chunk(model, prompts, before, target_members, passes: int, top_k: int, guards: dict, **generation):
     """One chunk of events: (tokens [E, passes], target probability [E, passes], (target, metric) ->
-    values [E, passes, layers, heads]) as numpy; guard hits are added to ``guards``.
+    values [E, passes, layers, heads], (target, metric) -> context values [E, layers, heads]) as
+    numpy; guard hits are added to ``guards``.
 
     One worker computes pass k's spectra and metrics while the model runs pass k + 1 (the batched
     eigh barely uses a second core: 1.1-1.25x from 2 threads). A single worker keeps the passes
@@ -131,6 +145,17 @@ def _measure_chunk(model, prompts, target_members, passes: int, top_k: int, guar
     shape = (len(prompts), passes, model.n_layers, model.n_heads)
     values = {(t, m): torch.full(shape, float("nan"), device=device) for t in TARGETS for m in METRICS}
     previous: dict[str, Spectrum | None] = dict.fromkeys(TARGETS)
+    context: dict[tuple[str, str], torch.Tensor] = {}
+    for c in range(2):  # windows ending at s - 2, then s - 1: walk tokens only, the jumper not yet seen
+        _, targets = forward_targets(model, before[:, c : c + prompts.shape[1]], autocast=generation["autocast"])
+        for target in TARGETS:
+            side, shifted = TARGET_SIDE[target]
+            current = spectrum(targets[target], top_k=top_k, side=side)
+            if c == 1:
+                for name, (metric_values, hits) in compute_metrics(current, previous[target], shifted=shifted).items():
+                    guards[name] += hits.sum()
+                    context[target, name] = metric_values
+            previous[target] = current  # the window ending at s - 1 is pass 1's reference
 
     def metrics_of_pass(k: int, targets: PassTargets) -> None:
         for target in TARGETS:
@@ -152,4 +177,9 @@ def _measure_chunk(model, prompts, target_members, passes: int, top_k: int, guar
         tokens, probability = continue_with_targets(model, prompts, target_members, passes, submit, **generation)
         while pending:
             pending.popleft().result()  # re-raises a failure of the worker
-    return tokens.cpu().numpy(), probability.cpu().numpy(), {key: array.cpu().numpy() for key, array in values.items()}
+    return (
+        tokens.cpu().numpy(),
+        probability.cpu().numpy(),
+        {key: array.cpu().numpy() for key, array in values.items()},
+        {key: array.float().cpu().numpy() for key, array in context.items()},
+    )

@@ -26,7 +26,7 @@ from ..storage import remove_stale_temporaries, sha256_file, write_npz
 from ..training.lock import RunLock
 from .continuations import RULE_VIOLATED, TARGETS
 from .events import draw_analysis_events
-from .files import ANALYSIS_DIR, TOKEN_METRICS_FILE, finished_summary, write_summary
+from .files import ANALYSIS_DIR, CONTEXT_PREFIX, TOKEN_METRICS_FILE, finished_summary, write_summary
 from .measure import Measurements, measure
 from .metrics import METRICS, compute_metrics, spectrum
 
@@ -122,7 +122,9 @@ def token_metric_arrays(events, measured: Measurements) -> dict[str, np.ndarray]
         "rule_outcome": labels.rule_outcome,
         "target_block_probability": measured.target_probability,
         "tokens": labels.tokens,
+        "context_tokens": events.before.astype(np.int32),
         **measured.metrics,
+        **{f"{CONTEXT_PREFIX}{key}": values for key, values in measured.context.items()},
     }
 
 

@@ -53,10 +53,11 @@ import numpy as np
 from scipy.stats import norm, rankdata
 
 __all__ = [
-    "SeparationResult", "auroc", "auroc_ci", "delong", "holm", "horizons", "lookback_view", "permuted_labels",
+    "ALTERNATIVES", "SeparationResult", "auroc", "auroc_ci", "auroc_difference", "delong", "holm", "horizons", "lookback_view", "permuted_labels",
     "r_strata", "separation", "stratified_auroc", "stratum_mask",
 ]
 
+ALTERNATIVES = ("two-sided", "greater", "less")
 _TOL = 1e-12  # float tolerance when comparing permutation statistics with the observed one
 
 
@@ -136,6 +137,21 @@ def auroc(scores: np.ndarray, violated: np.ndarray) -> np.ndarray:
     return float(a[0]) if flat else a
 
 
+def _placements(x: np.ndarray, y: np.ndarray):
+    """DeLong's structural components of every column of ``x [n, columns]`` (see :func:`delong`):
+    ``(V10, V01, violation mask, success mask, n_v, n_s)``, components 0 outside their class."""
+    y = y[:, None]
+    r_all, _ = _column_ranks(x)
+    r_v, mv = _column_ranks(x, y)
+    r_s, ms = _column_ranks(x, ~y)
+    nv = mv.sum(axis=0).astype(np.float64)
+    ns = ms.sum(axis=0).astype(np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        v10 = np.where(mv, (r_all - r_v) / ns, 0.0)
+        v01 = np.where(ms, 1.0 - (r_all - r_s) / nv, 0.0)
+    return v10, v01, mv, ms, nv, ns
+
+
 def delong(scores: np.ndarray, violated: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """AUROC and DeLong's variance per column (DeLong, DeLong & Clarke-Pearson 1988).
 
@@ -152,15 +168,8 @@ def delong(scores: np.ndarray, violated: np.ndarray) -> tuple[np.ndarray, np.nda
     Returns ``(auroc, variance)``, each a float or ``[columns]``.
     """
     x, flat = _as_2d(scores)
-    y = np.asarray(violated, dtype=bool)[:, None]
-    r_all, fin = _column_ranks(x)
-    r_v, mv = _column_ranks(x, y)
-    r_s, ms = _column_ranks(x, ~y)
-    nv = mv.sum(axis=0).astype(np.float64)
-    ns = ms.sum(axis=0).astype(np.float64)
+    v10, v01, mv, ms, nv, ns = _placements(x, np.asarray(violated, dtype=bool))
     with np.errstate(invalid="ignore", divide="ignore"):
-        v10 = np.where(mv, (r_all - r_v) / ns, 0.0)
-        v01 = np.where(ms, 1.0 - (r_all - r_s) / nv, 0.0)
         a = v10.sum(axis=0) / nv
         s10 = (np.where(mv, (v10 - a) ** 2, 0.0).sum(axis=0)) / (nv - 1)
         s01 = (np.where(ms, (v01 - a) ** 2, 0.0).sum(axis=0)) / (ns - 1)
@@ -209,6 +218,57 @@ def stratified_auroc(scores: np.ndarray, violated: np.ndarray, jumper: np.ndarra
             var += np.where(w > 0, (w / den) ** 2 * v_s, 0.0)
     var = np.where(den > 0, var, np.nan)
     return {"auroc": a, "var": var, "per_jumper": per_jumper, "counts": counts}
+
+
+def auroc_difference(first: np.ndarray, second: np.ndarray, violated: np.ndarray, jumper: np.ndarray) -> dict:
+    """Paired comparison of two predictors on the same events: the jumper-stratified
+    ``A(first) - A(second)`` per column with its DeLong variance (DeLong et al. 1988, the covariance
+    of two correlated AUROCs from their structural components), and a 95% Wald CI and two-sided
+    normal p-value for the difference.
+
+    Both ``[n, columns]``; per column only events where both are finite count. Within a jumper
+    ``Var(A1 - A2) = (S10_11 + S10_22 - 2 S10_12) / n_v + (S01_11 + S01_22 - 2 S01_12) / n_s``;
+    strata combine with the weights of :func:`stratified_auroc` (``n_v n_s``), and independent
+    strata add variances with squared weights. To compare predictors that work in opposite
+    directions, negate one (``A(-x) = 1 - A(x)``) before calling.
+    """
+    x1, _ = _as_2d(first)
+    x2, _ = _as_2d(second)
+    if x1.shape != x2.shape:
+        raise ValueError(f"the two predictors must have the same shape, got {x1.shape} and {x2.shape}")
+    both = np.isfinite(x1) & np.isfinite(x2)
+    x1, x2 = np.where(both, x1, np.nan), np.where(both, x2, np.nan)
+    y = np.asarray(violated, dtype=bool)
+    g = np.asarray(jumper)
+    num = np.zeros(x1.shape[1])
+    den = np.zeros(x1.shape[1])
+    parts = []
+    for stratum in np.unique(g):
+        sel = g == stratum
+        a10, a01, mv, ms, nv, ns = _placements(x1[sel], y[sel])
+        b10, b01, _, _, _, _ = _placements(x2[sel], y[sel])
+        with np.errstate(invalid="ignore", divide="ignore"):
+            d10 = np.where(mv, a10 - b10, 0.0)  # V10 of the difference: the components subtract
+            d01 = np.where(ms, a01 - b01, 0.0)
+            delta = d10.sum(axis=0) / nv
+            s10 = np.where(mv, (d10 - delta) ** 2, 0.0).sum(axis=0) / (nv - 1)
+            s01 = np.where(ms, (d01 - delta) ** 2, 0.0).sum(axis=0) / (ns - 1)
+            var = np.where((nv > 1) & (ns > 1), s10 / nv + s01 / ns, np.nan)
+        weight = nv * ns
+        num += np.where(weight > 0, weight * np.nan_to_num(delta), 0.0)
+        den += weight
+        parts.append((weight, var))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        delta = np.where(den > 0, num / den, np.nan)
+        var = np.zeros(x1.shape[1])
+        for weight, v in parts:
+            var += np.where(weight > 0, (weight / den) ** 2 * v, 0.0)
+        var = np.where(den > 0, var, np.nan)
+        se = np.sqrt(var)
+        z = float(norm.ppf(0.975))
+        p = np.where(se > 0, 2 * norm.sf(np.abs(delta) / se), np.where(delta == 0, 1.0, 0.0))
+    p = np.where(np.isnan(delta) | np.isnan(var), np.nan, p)
+    return {"delta": delta, "var": var, "ci_low": delta - z * se, "ci_high": delta + z * se, "p_value": p}
 
 
 def auroc_ci(a: np.ndarray, var: np.ndarray, level: float = 0.95) -> tuple[np.ndarray, np.ndarray]:
@@ -303,8 +363,18 @@ class SeparationResult:
     with at least ``min_events`` in both classes (NaN otherwise), although every jumper contributes
     to ``auroc`` with its weight. ``p_value`` is the family-wise permutation p over ``j >= 1``;
     ``p_per_j`` the per-lookback permutation p (same shuffles), ``p_per_j_holm`` its Holm adjustment
-    over ``j >= 1`` (j = 0 NaN). Status ``"insufficient"``: all numbers NaN/None, counts only.
+    over ``j >= 1`` (j = 0 NaN). ``horizon``/``confident_horizon`` count lookbacks with AUROC (its
+    CI's lower bound) above ``threshold`` — the spec's horizon, for a metric higher before
+    violations; ``horizon_lower``/``confident_horizon_lower`` the same in the other direction
+    (AUROC, its CI's upper bound, below ``1 - threshold``). ``alternative``: the test's side (see
+    :func:`separation`). Status ``"insufficient"``: all numbers NaN/None, counts only.
     """
+
+    def horizon_in(self, direction: str) -> tuple[int | None, int | None]:
+        """(horizon, confident horizon) for a metric ``"higher"`` or ``"lower"`` before violations."""
+        if direction == "higher":
+            return self.horizon, self.confident_horizon
+        return self.horizon_lower, self.confident_horizon_lower
 
     r: int
     status: str
@@ -322,9 +392,12 @@ class SeparationResult:
     shuffled_95: float | None = None
     horizon: int | None = None
     confident_horizon: int | None = None
+    horizon_lower: int | None = None
+    confident_horizon_lower: int | None = None
     direction: str | None = None
     best_j: int | None = None
     permutations: int = 0
+    alternative: str = "two-sided"
     threshold: float = 0.75
     min_events: int = 20
     extra: dict = field(default_factory=dict)
@@ -344,11 +417,11 @@ class SeparationResult:
 
 def _perm_stats(x: np.ndarray, y: np.ndarray, g: np.ndarray, valid: np.ndarray, permutations: int,
                 rng: np.random.Generator, chunk: int) -> tuple[np.ndarray, np.ndarray]:
-    """Stratified AUROC ``[P, J]`` minus 0.5 in absolute value, for within-jumper shuffles.
+    """Stratified AUROC ``[P, J]`` minus 0.5 (signed), for within-jumper shuffles.
 
     Per jumper, ranks are computed once; for a chunk of label matrices ``L [C, n_s]``:
     ``U_s = L @ ranks_s - n_v (n_v + 1) / 2`` with ``n_v = L @ finite_s``, and
-    ``A = sum_s U_s / sum_s n_v,s n_s,s``. Returns ``(|A_perm - 0.5| [P, J], T_perm [P])``.
+    ``A = sum_s U_s / sum_s n_v,s n_s,s``. Returns ``A_perm - 0.5`` ``[P, J]``, NaN where not ``valid``.
     """
     groups = []
     for s in np.unique(g):
@@ -368,22 +441,35 @@ def _perm_stats(x: np.ndarray, y: np.ndarray, g: np.ndarray, valid: np.ndarray, 
             num += lab @ ranks - nv * (nv + 1) / 2
             den += nv * (nfin - nv)
         with np.errstate(invalid="ignore", divide="ignore"):
-            dev[done:done + c] = np.abs(num / den - 0.5)
+            dev[done:done + c] = num / den - 0.5
         done += c
     dev[:, ~valid] = np.nan
-    fam = dev[:, 1:]
-    t = np.full(permutations, np.nan) if fam.shape[1] == 0 or not valid[1:].any() else np.nanmax(fam, axis=1)
-    return dev, t
+    return dev
+
+
+def _statistic(deviation: np.ndarray, alternative: str) -> np.ndarray:
+    """The test's per-lookback statistic from ``A - 0.5``: its size for a two-sided test, else signed."""
+    if alternative == "two-sided":
+        return np.abs(deviation)
+    return deviation if alternative == "greater" else -deviation
+
+
+def _family_max(stat: np.ndarray) -> np.ndarray:
+    """``max_{j >= 1}`` over the last axis, NaN where no lookback ``j >= 1`` is defined."""
+    fam = stat[..., 1:]
+    defined = np.isfinite(fam).any(axis=-1)
+    return np.where(defined, np.nanmax(np.where(np.isfinite(fam), fam, -np.inf), axis=-1), np.nan)
 
 
 def _one_stratum(x: np.ndarray, y: np.ndarray, g: np.ndarray, r_value: int, *, permutations: int,
-                 rng: np.random.Generator, min_events: int, threshold: float, chunk: int) -> SeparationResult:
+                 rng: np.random.Generator, min_events: int, threshold: float, chunk: int,
+                 alternative: str) -> SeparationResult:
     nv_tot, ns_tot = int(y.sum()), int((~y).sum())
     counts = {int(s): (int((y & (g == s)).sum()), int((~y & (g == s)).sum())) for s in np.unique(g)}
     ncol = x.shape[1]
     nan = np.full(ncol, np.nan)
     base = dict(r=r_value, n_violations=nv_tot, n_successes=ns_tot, counts_per_jumper=counts,
-                permutations=permutations, threshold=threshold, min_events=min_events)
+                permutations=permutations, threshold=threshold, min_events=min_events, alternative=alternative)
     if nv_tot < min_events or ns_tot < min_events:
         return SeparationResult(status="insufficient", auroc=nan.copy(), auroc_pooled=nan.copy(),
                                 auroc_per_jumper={s: nan.copy() for s in counts}, ci_low=nan.copy(),
@@ -401,18 +487,19 @@ def _one_stratum(x: np.ndarray, y: np.ndarray, g: np.ndarray, r_value: int, *, p
         nv_s, ns_s = st["counts"][s]
         per_jumper[s] = np.where((nv_s >= min_events) & (ns_s >= min_events), a_s, np.nan)
     horizon, confident = horizons(a, ci_low, threshold)
-    fam_dev = np.abs(a[1:] - 0.5)
-    best_j = None if not np.isfinite(fam_dev).any() else int(np.nanargmax(fam_dev) + 1)
+    horizon_lower, confident_lower = horizons(1 - a, 1 - ci_high, threshold)
+    obs = _statistic(a - 0.5, alternative)
+    best_j = None if not np.isfinite(obs[1:]).any() else int(np.nanargmax(obs[1:]) + 1)
     direction = None if best_j is None else ("higher before violations" if a[best_j] > 0.5
                                              else "lower before violations")
     p_value = p_per_j = p_holm = shuffled_95 = None
     if permutations > 0 and best_j is not None:
-        dev, t_perm = _perm_stats(x, y, g, valid, permutations, rng, chunk)
-        obs_dev = np.abs(a - 0.5)
-        t_obs = float(np.nanmax(fam_dev))
+        stat = _statistic(_perm_stats(x, y, g, valid, permutations, rng, chunk), alternative)
+        t_perm = _family_max(stat)
+        t_obs = float(obs[best_j])
         p_value = float((1 + np.sum(t_perm >= t_obs - _TOL)) / (1 + permutations))
         with np.errstate(invalid="ignore"):
-            p_per_j = (1 + np.sum(dev >= obs_dev[None, :] - _TOL, axis=0)) / (1 + permutations)
+            p_per_j = (1 + np.sum(stat >= obs[None, :] - _TOL, axis=0)) / (1 + permutations)
         p_per_j = np.where(valid, p_per_j, np.nan).astype(np.float64)
         p_holm = np.full(ncol, np.nan)
         p_holm[1:] = holm(p_per_j[1:])
@@ -420,12 +507,14 @@ def _one_stratum(x: np.ndarray, y: np.ndarray, g: np.ndarray, r_value: int, *, p
     return SeparationResult(status="ok", auroc=a, auroc_pooled=pooled, auroc_per_jumper=per_jumper,
                             ci_low=ci_low, ci_high=ci_high, p_value=p_value, p_per_j=p_per_j,
                             p_per_j_holm=p_holm, shuffled_95=shuffled_95, horizon=horizon,
-                            confident_horizon=confident, direction=direction, best_j=best_j, **base)
+                            confident_horizon=confident, horizon_lower=horizon_lower,
+                            confident_horizon_lower=confident_lower, direction=direction, best_j=best_j,
+                            **base)
 
 
 def separation(values: np.ndarray, violated: np.ndarray, jumper: np.ndarray, r: np.ndarray, *,
                permutations: int = 10_000, rng: np.random.Generator, min_events: int = 20,
-               threshold: float = 0.75, chunk: int = 1000) -> dict[int, SeparationResult]:
+               threshold: float = 0.75, chunk: int = 1000, alternative: str = "two-sided") -> dict[int, SeparationResult]:
     """Separation of violations from successes by one metric, per ``r`` stratum.
 
     ``values [E, passes]`` (NaN where undefined; pass ``k`` in column ``k - 1``), ``violated [E]``
@@ -437,7 +526,13 @@ def separation(values: np.ndarray, violated: np.ndarray, jumper: np.ndarray, r: 
     (``shuffled_95``, the shuffled-label baseline), horizons (:func:`horizons`) and the direction at
     the best ``j``. ``permutations=0`` skips the test (p None). ``rng`` makes it reproducible;
     strata are processed in increasing ``r`` from the same generator.
+
+    ``alternative``: ``"two-sided"`` (exploratory metrics: ``T = max |A - 0.5|``), ``"greater"``
+    (a metric pre-registered as higher before violations: ``T = max (A - 0.5)``) or ``"less"``
+    (``T = max (0.5 - A)``); the per-j p-values use the same side.
     """
+    if alternative not in ALTERNATIVES:
+        raise ValueError(f"alternative must be one of {ALTERNATIVES}, got {alternative!r}")
     values = np.asarray(values, dtype=np.float64)
     y = np.asarray(violated, dtype=bool)
     g = np.asarray(jumper)
@@ -449,5 +544,5 @@ def separation(values: np.ndarray, violated: np.ndarray, jumper: np.ndarray, r: 
         m = stratum_mask(r, rv)
         x = lookback_view(values[m], r[m])[:, :rv]
         out[rv] = _one_stratum(x, y[m], g[m], rv, permutations=permutations, rng=rng,
-                               min_events=min_events, threshold=threshold, chunk=chunk)
+                               min_events=min_events, threshold=threshold, chunk=chunk, alternative=alternative)
     return out
