@@ -35,7 +35,7 @@ def launch(root: Path, config_file: Path, hooks: dict | None = None, *extra: str
     if hooks:
         env["DCSBM_TEST_HOOKS"] = json.dumps({"signal_file": str(root / "paused"), **hooks})
     command = [sys.executable, "-m", "dcsbm_transformer.cli", "run", "--config", str(config_file),
-               "--results-dir", str(root / "results"), "--cache-dir", str(root / "cache"), *extra]
+               "--results-dir", str(root / "results"), "--cache-dir", str(root / "cache"), "--no-analyze", *extra]
     return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 

@@ -342,7 +342,7 @@ def run_tiny_from_the_command_line(tmp_path, config, *options, env=None):
     config_file = tmp_path / "tiny.json"
     config_file.write_text(config.to_json())
     return run_cli("run", "--config", str(config_file), "--results-dir", "out", "--cache-dir", "cache", "--device", "cpu",
-                   *options, cwd=tmp_path, env=env)
+                   "--no-analyze", *options, cwd=tmp_path, env=env)
 
 
 def test_end_to_end_from_the_command_line(tmp_path):

@@ -1,5 +1,6 @@
-"""The ``dcsbm`` command line: ``dcsbm run`` (train to the gate), ``dcsbm generate`` (write data) and
-``dcsbm analyze`` (SVD metrics of a trained run's attention at every generated token).
+"""The ``dcsbm`` command line: ``dcsbm run`` (the main job: train to the gate, analyse, report),
+``dcsbm generate`` (write data) and ``dcsbm analyze`` (SVD metrics of a trained run's attention at
+every generated token, their predictive horizons, figures and report).
 
 Exit status: 0 done (a run that finished without passing the gate is a result, flagged in
 result.json); 2 a mistake in the request (missing file, invalid config, bad argument), reported
@@ -19,7 +20,8 @@ from .data.dataset import DataIntegrityError, load_or_build_data, write_data
 from .data.dcsbm import GraphGenerationError
 from .data.walks import WalkGenerationError
 from .devices import resolve_device
-from .experiment import RunOptions, run_experiment
+from .experiment import RunOptions
+from .pipeline import run_pipeline
 from .storage import atomic_write_bytes
 from .training.checkpoint import CheckpointError, CheckpointWriteError
 from .training.faults import hooks_from_environment
@@ -73,7 +75,7 @@ def command_run(args: argparse.Namespace) -> int:
         compile=args.compile,
         cache_root=Path(args.cache_dir) if args.cache_dir else None,
     )
-    run_experiment(config, options, hooks=hooks_from_environment())
+    run_pipeline(config, options, analyze=not args.no_analyze, hooks=hooks_from_environment())
     return 0
 
 
@@ -109,7 +111,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dcsbm", description="Train transformers on DCSBM walks with hidden jumper rules.")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    run = commands.add_parser("run", help="train to the sufficiency gate (resumes an interrupted run)")
+    run = commands.add_parser(
+        "run", help="the main job: train to the sufficiency gate, then analyse and report (each stage resumes or is skipped when done)"
+    )
     run.add_argument("--config", default="configs/quick.json", help="experiment config (JSON); default: %(default)s")
     run.add_argument("--results-dir", default="results", help="results root; the run goes to <dir>/<experiment_id>")
     run.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="auto = CUDA when present")
@@ -117,6 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--precision", default="fp32", choices=["fp32", "bf16"], help="bf16 = autocast (changes numerics)")
     run.add_argument("--compile", action="store_true", help="torch.compile the training forward pass")
     run.add_argument("--cache-dir", default=None, help="data cache (default: $DCSBM_CACHE_DIR or ./.cache)")
+    run.add_argument("--no-analyze", action="store_true", help="stop after training and the gate (no analysis, no report)")
     run.set_defaults(handler=command_run)
 
     generate = commands.add_parser("generate", help="write graph.npz, train.npz and eval.npz for a config")

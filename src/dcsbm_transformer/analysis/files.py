@@ -109,3 +109,127 @@ def finished_summary(directory: Path, settings: dict[str, Any]) -> dict[str, Any
     if not npz.is_file() or sha256_file(npz) != summary["token_metrics_sha256"]:
         return None
     return summary
+
+
+# --------------------------------------------------------------------------------------------------
+# horizon.json: the statistics of every metric (analysis.horizon builds it)
+
+HORIZON_FILE = "horizon.json"
+HORIZON_SCHEMA_VERSION = 1
+Number = float | None  # JSON has no NaN: undefined values (too few events, no such lookback) are null
+
+
+class ContextOnly(_Strict):
+    """The metric on the window ending just before the jumper (s − 1): the signal already in the input."""
+
+    auroc: Number
+    ci_low: Number
+    ci_high: Number
+
+
+class VersusBehaviour(_Strict):
+    """Paired DeLong comparison with the behavioural predictor at the metric's best lookback,
+    each oriented in its own direction (AUROC of the metric's side minus that of the model's
+    target-block probability, lower before violations)."""
+
+    j: int
+    metric_auroc: Number  # oriented: > 0.5 means the metric separates in its direction
+    behavioural_auroc: Number  # oriented the same way for the behavioural predictor
+    delta: Number
+    ci_low: Number
+    ci_high: Number
+    p_value: Number
+    verdict: str  # "better than the logits" | "no better than the logits" | "worse than the logits"
+
+
+class Separation(_Strict):
+    """One metric in one r stratum; list index = lookback j (0 = the pass emitting the deadline token)."""
+
+    status: str  # "ok" | "insufficient" (fewer than min_events violations or successes)
+    n_violations: int
+    n_successes: int
+    counts_per_jumper: dict[str, list[int]]  # rule -> [violations, successes]
+    auroc: list[Number]  # jumper-stratified (the headline)
+    ci_low: list[Number]  # 95% DeLong, logit scale
+    ci_high: list[Number]
+    auroc_pooled: list[Number]  # all events pooled: confounded by rule identity, a diagnostic
+    auroc_per_jumper: dict[str, list[Number]]
+    alternative: str  # "two-sided" (exploratory), "greater" / "less" (a pre-registered direction)
+    p_value: Number  # permutation p, statistic max over j >= 1, labels shuffled within jumper, +1 corrected
+    p_adjusted: Number  # Holm across the exploratory family of this r (the primary: its own p)
+    p_per_j: list[Number]
+    p_per_j_holm: list[Number]
+    shuffled_95: Number  # 95th percentile of the permutation statistic: the shuffled-label baseline
+    significant: bool | None  # p_adjusted < alpha
+    direction: str | None  # observed at best_j: "higher before violations" | "lower before violations"
+    best_j: int | None
+    horizon: int | None  # the spec's: furthest j >= 1 with AUROC > threshold
+    confident_horizon: int | None  # largest J with CI lower bound > threshold for every j in 1..J
+    horizon_lower: int | None  # the same for a metric lower before violations (AUROC < 1 - threshold)
+    confident_horizon_lower: int | None
+    context_only: ContextOnly | None
+    versus_behaviour: VersusBehaviour | None
+
+
+class MetricStatistics(_Strict):
+    target: str
+    layer: int
+    head: int
+    metric: str
+    by_r: dict[str, Separation]
+
+
+class PrimaryResult(_Strict):
+    key: str  # the token_metrics.npz array tested
+    target: str
+    layer: int  # resolved (analysis.primary.layer -1 = the last layer)
+    head: int
+    metric: str
+    direction: str  # pre-registered: "higher" | "lower" before violations
+    statement: str  # the hypothesis in words
+    by_r: dict[str, Separation]
+    summary: str  # the result in one sentence with its numbers
+
+
+class HorizonSettings(_Strict):
+    permutations: int
+    min_events: int
+    horizon_threshold: float
+    alpha: float
+    confidence_interval: str
+    test: str
+    stratification: str
+    family: str
+    seed: int
+    stream: str
+
+
+class Horizon(_Strict):
+    schema_version: int = HORIZON_SCHEMA_VERSION
+    experiment_id: str
+    exploratory: bool
+    exploratory_reason: str | None
+    token_metrics_sha256: str
+    settings: HorizonSettings
+    r_values: list[int]
+    counts_by_r: dict[str, dict[str, int]]  # r -> {"violations", "successes"}
+    primary: PrimaryResult
+    behavioural: MetricStatistics  # the model's own target-block probability (metric "target_block_probability")
+    metrics: dict[str, MetricStatistics]  # every non-constant metric array (the exploratory family + the primary's)
+    constant: list[str]  # arrays constant by construction: not tested
+    top: dict[str, list[str]]  # r -> keys ordered by strength (significant first, then oriented AUROC at best_j)
+    timings: dict[str, float]
+    versions: dict[str, Any]
+
+
+def write_horizon(directory: Path, payload: dict[str, Any]) -> Path:
+    """Validate ``payload`` against the schema, then write horizon.json atomically."""
+    return atomic_write_validated(directory / HORIZON_FILE, Horizon, payload)
+
+
+def read_horizon(directory: Path) -> dict[str, Any] | None:
+    """The parsed, validated horizon.json in ``directory``, or None (missing or invalid)."""
+    try:
+        return Horizon.model_validate(json.loads((directory / HORIZON_FILE).read_text())).model_dump(mode="json")
+    except (OSError, ValueError):
+        return None

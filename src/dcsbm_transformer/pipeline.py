@@ -1,0 +1,53 @@
+"""The main job, ``dcsbm run``: train → gate → analyze → report, each stage resumed or skipped
+when it is already done.
+
+Training resumes from its checkpoints and a finished run is not retrained; the analysis reuses
+whatever it already wrote with the same settings (``analyze_run``). A run whose gate did not
+pass stops after training: the spec excludes it from the SVD analysis (``dcsbm analyze
+--include-failed`` analyses one anyway, labelled exploratory).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .analysis.run import analyze_run
+from .config import ExperimentConfig
+from .experiment import RunOptions, run_directory, run_experiment
+from .training.trainer import TrainingHooks
+
+
+@dataclass(frozen=True)
+class PipelineOutcome:
+    """What the main job did: the run folder, its result.json, and the analysis summary (None
+    when the analysis did not run: ``analyze=False``, or the gate did not pass)."""
+
+    run_dir: Path
+    result: dict[str, Any]
+    analysis: dict[str, Any] | None
+    analysis_skipped: str | None  # why the analysis did not run, in words
+
+
+def run_pipeline(
+    config: ExperimentConfig,
+    options: RunOptions = RunOptions(),
+    *,
+    analyze: bool = True,
+    hooks: TrainingHooks | None = None,
+    echo: Callable[[str], None] = print,
+) -> PipelineOutcome:
+    """Train ``config`` to the gate, then (``analyze``) analyse the run and write its report."""
+    result = run_experiment(config, options, hooks=hooks, echo=echo)
+    run_dir = run_directory(config, options.results_root)
+    if not analyze:
+        return PipelineOutcome(run_dir, result, None, "not asked (--no-analyze)")
+    training = result["training"]
+    if not training["gate_passed"]:
+        reason = f"the gate did not pass ({training['failure_reason']}): excluded from analysis"
+        echo(f"{run_dir}: {reason}; `dcsbm analyze --include-failed {run_dir}` analyses it anyway, labelled exploratory")
+        return PipelineOutcome(run_dir, result, None, reason)
+    summary = analyze_run(run_dir, device=options.device, precision=options.precision, echo=echo)
+    return PipelineOutcome(run_dir, result, summary, None)
