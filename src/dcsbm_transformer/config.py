@@ -200,7 +200,7 @@ class ExperimentConfig(_Section):
         """Results folder name: what a sweep varies most (n, K, w, the jump lengths r, layers,
         d_model, seed), readable, plus the config hash: same config → same id."""
         g, m = self.graph, self.model
-        r = "_".join(str(v) for v in sorted(set(self.jumper_r_values)))
+        r = "_".join(str(v) for v in sorted(set(self.jumper_r_values())))
         return f"dcsbm-n{g.n}-K{g.K}-w{m.context_window}-r{r}-L{m.n_layers}-d{m.d_model}-s{self.seed}-{self.config_hash[:10]}"
 
     def to_dict(self) -> dict[str, Any]:

@@ -26,6 +26,7 @@ from ..storage import remove_stale_temporaries, sha256_file, write_npz
 from ..training.lock import RunLock
 from .continuations import RULE_VIOLATED, TARGETS
 from .events import draw_analysis_events
+from .horizon import horizon_for_run
 from .files import ANALYSIS_DIR, CONTEXT_PREFIX, TOKEN_METRICS_FILE, finished_summary, write_summary
 from .measure import Measurements, measure
 from .metrics import METRICS, compute_metrics, spectrum
@@ -68,10 +69,19 @@ def analyze_run(
         "include_failed": include_failed,
     }
     out_dir = run.directory / ANALYSIS_DIR
-    if (done := finished_summary(out_dir, settings)) is not None:
-        echo(f"{out_dir}: already analysed with these settings, reusing it")
-        return done
+    if (summary := finished_summary(out_dir, settings)) is not None:
+        echo(f"{out_dir}: already measured with these settings, reusing {TOKEN_METRICS_FILE}")
+    else:
+        summary = _measure_run(run, settings, exploratory, out_dir, device, precision, started, echo)
+    with RunLock(run.directory):
+        horizon_for_run(out_dir, config, summary, echo=echo)
+    return summary
 
+
+def _measure_run(run: Run, settings: dict[str, Any], exploratory: bool, out_dir: Path, device: str, precision: str,
+                 started: float, echo: Callable[[str], None]) -> dict[str, Any]:
+    """Draw the events, continue and measure them, write token_metrics.npz and summary.json."""
+    config = run.config
     with RunLock(run.directory):
         out_dir.mkdir(exist_ok=True)
         remove_stale_temporaries(out_dir)

@@ -54,7 +54,7 @@ from scipy.stats import norm, rankdata
 
 __all__ = [
     "ALTERNATIVES", "SeparationResult", "auroc", "auroc_ci", "auroc_difference", "delong", "holm", "horizons", "lookback_view", "permuted_labels",
-    "r_strata", "separation", "stratified_auroc", "stratum_mask",
+    "r_strata", "separation", "separation_family", "stratified_auroc", "stratum_mask",
 ]
 
 ALTERNATIVES = ("two-sided", "greater", "less")
@@ -415,36 +415,37 @@ class SeparationResult:
         return {k: conv(v) for k, v in asdict(self).items()}
 
 
-def _perm_stats(x: np.ndarray, y: np.ndarray, g: np.ndarray, valid: np.ndarray, permutations: int,
-                rng: np.random.Generator, chunk: int) -> tuple[np.ndarray, np.ndarray]:
-    """Stratified AUROC ``[P, J]`` minus 0.5 (signed), for within-jumper shuffles.
+def _permutation_deviations(x: np.ndarray, y: np.ndarray, g: np.ndarray, permutations: int,
+                            rng: np.random.Generator, chunk: int):
+    """Yield, chunk by chunk, the stratified ``A_perm - 0.5`` ``[C, columns]`` of within-jumper shuffles.
 
-    Per jumper, ranks are computed once; for a chunk of label matrices ``L [C, n_s]``:
-    ``U_s = L @ ranks_s - n_v (n_v + 1) / 2`` with ``n_v = L @ finite_s``, and
-    ``A = sum_s U_s / sum_s n_v,s n_s,s``. Returns ``A_perm - 0.5`` ``[P, J]``, NaN where not ``valid``.
+    Per jumper, ranks are computed once for every column; for a chunk of label matrices ``L [C, n_s]``
+    (the same shuffles for every column): ``U_s = L @ ranks_s - n_v (n_v + 1) / 2`` with
+    ``n_v = L @ finite_s`` (only for columns with NaNs; elsewhere the row sums of ``L``), and
+    ``A = sum_s U_s / sum_s n_v,s n_s,s``.
     """
     groups = []
     for s in np.unique(g):
         idx = np.flatnonzero(g == s)
         ranks, fin = _column_ranks(x[idx])
-        groups.append((idx, ranks, fin.astype(np.float64), fin.sum(axis=0).astype(np.float64)))
-    dev = np.empty((permutations, x.shape[1]))
+        partial = np.flatnonzero(~fin.all(axis=0))
+        groups.append((idx, ranks, fin[:, partial].astype(np.float64), partial, fin.sum(axis=0).astype(np.float64)))
     done = 0
     while done < permutations:
         c = min(chunk, permutations - done)
         num = np.zeros((c, x.shape[1]))
         den = np.zeros((c, x.shape[1]))
-        shuffled = permuted_labels(y, g, c, rng)  # the same within-jumper shuffles for every j
-        for idx, ranks, fin, nfin in groups:
+        shuffled = permuted_labels(y, g, c, rng)  # the same within-jumper shuffles for every column
+        for idx, ranks, fin_partial, partial, nfin in groups:
             lab = shuffled[:, idx].astype(np.float64)
-            nv = lab @ fin
+            nv = np.repeat(lab.sum(axis=1, keepdims=True), x.shape[1], axis=1)
+            if partial.size:
+                nv[:, partial] = lab @ fin_partial
             num += lab @ ranks - nv * (nv + 1) / 2
             den += nv * (nfin - nv)
         with np.errstate(invalid="ignore", divide="ignore"):
-            dev[done:done + c] = num / den - 0.5
+            yield num / den - 0.5
         done += c
-    dev[:, ~valid] = np.nan
-    return dev
 
 
 def _statistic(deviation: np.ndarray, alternative: str) -> np.ndarray:
@@ -461,9 +462,10 @@ def _family_max(stat: np.ndarray) -> np.ndarray:
     return np.where(defined, np.nanmax(np.where(np.isfinite(fam), fam, -np.inf), axis=-1), np.nan)
 
 
-def _one_stratum(x: np.ndarray, y: np.ndarray, g: np.ndarray, r_value: int, *, permutations: int,
-                 rng: np.random.Generator, min_events: int, threshold: float, chunk: int,
-                 alternative: str) -> SeparationResult:
+def _observed(x: np.ndarray, y: np.ndarray, g: np.ndarray, r_value: int, *, permutations: int, min_events: int,
+              threshold: float, alternative: str) -> tuple[SeparationResult, np.ndarray, np.ndarray]:
+    """Everything but the permutation test for one metric in one stratum: (result, valid lookbacks,
+    observed per-lookback statistic)."""
     nv_tot, ns_tot = int(y.sum()), int((~y).sum())
     counts = {int(s): (int((y & (g == s)).sum()), int((~y & (g == s)).sum())) for s in np.unique(g)}
     ncol = x.shape[1]
@@ -471,9 +473,10 @@ def _one_stratum(x: np.ndarray, y: np.ndarray, g: np.ndarray, r_value: int, *, p
     base = dict(r=r_value, n_violations=nv_tot, n_successes=ns_tot, counts_per_jumper=counts,
                 permutations=permutations, threshold=threshold, min_events=min_events, alternative=alternative)
     if nv_tot < min_events or ns_tot < min_events:
-        return SeparationResult(status="insufficient", auroc=nan.copy(), auroc_pooled=nan.copy(),
-                                auroc_per_jumper={s: nan.copy() for s in counts}, ci_low=nan.copy(),
-                                ci_high=nan.copy(), **base)
+        result = SeparationResult(status="insufficient", auroc=nan.copy(), auroc_pooled=nan.copy(),
+                                  auroc_per_jumper={s: nan.copy() for s in counts}, ci_low=nan.copy(),
+                                  ci_high=nan.copy(), **base)
+        return result, np.zeros(ncol, dtype=bool), nan.copy()
     fin = np.isfinite(x)
     valid = ((fin & y[:, None]).sum(axis=0) >= min_events) & ((fin & ~y[:, None]).sum(axis=0) >= min_events)
     st = stratified_auroc(x, y, g)
@@ -492,29 +495,84 @@ def _one_stratum(x: np.ndarray, y: np.ndarray, g: np.ndarray, r_value: int, *, p
     best_j = None if not np.isfinite(obs[1:]).any() else int(np.nanargmax(obs[1:]) + 1)
     direction = None if best_j is None else ("higher before violations" if a[best_j] > 0.5
                                              else "lower before violations")
-    p_value = p_per_j = p_holm = shuffled_95 = None
-    if permutations > 0 and best_j is not None:
-        stat = _statistic(_perm_stats(x, y, g, valid, permutations, rng, chunk), alternative)
-        t_perm = _family_max(stat)
-        t_obs = float(obs[best_j])
-        p_value = float((1 + np.sum(t_perm >= t_obs - _TOL)) / (1 + permutations))
-        with np.errstate(invalid="ignore"):
-            p_per_j = (1 + np.sum(stat >= obs[None, :] - _TOL, axis=0)) / (1 + permutations)
-        p_per_j = np.where(valid, p_per_j, np.nan).astype(np.float64)
-        p_holm = np.full(ncol, np.nan)
-        p_holm[1:] = holm(p_per_j[1:])
-        shuffled_95 = float(np.quantile(t_perm, 0.95))
-    return SeparationResult(status="ok", auroc=a, auroc_pooled=pooled, auroc_per_jumper=per_jumper,
-                            ci_low=ci_low, ci_high=ci_high, p_value=p_value, p_per_j=p_per_j,
-                            p_per_j_holm=p_holm, shuffled_95=shuffled_95, horizon=horizon,
-                            confident_horizon=confident, horizon_lower=horizon_lower,
-                            confident_horizon_lower=confident_lower, direction=direction, best_j=best_j,
-                            **base)
+    result = SeparationResult(status="ok", auroc=a, auroc_pooled=pooled, auroc_per_jumper=per_jumper,
+                              ci_low=ci_low, ci_high=ci_high, horizon=horizon, confident_horizon=confident,
+                              horizon_lower=horizon_lower, confident_horizon_lower=confident_lower,
+                              direction=direction, best_j=best_j, **base)
+    return result, valid, obs
+
+
+def _permutation_test(tested: list[tuple[SeparationResult, np.ndarray, np.ndarray, np.ndarray]], y: np.ndarray,
+                      g: np.ndarray, permutations: int, rng: np.random.Generator, chunk: int) -> None:
+    """Fill in the permutation p-values of every (result, x, valid, observed statistic) in ``tested``,
+    all from the same within-jumper shuffles (one wide rank-sum product per chunk)."""
+    if not tested:
+        return
+    wide = np.concatenate([x for _, x, _, _ in tested], axis=1)
+    bounds = np.cumsum([0] + [x.shape[1] for _, x, _, _ in tested])
+    t_perm = [np.empty(permutations) for _ in tested]
+    exceed = [np.zeros(x.shape[1]) for _, x, _, _ in tested]
+    done = 0
+    for deviation in _permutation_deviations(wide, y, g, permutations, rng, chunk):
+        c = deviation.shape[0]
+        for i, (result, _, valid, obs) in enumerate(tested):
+            part = deviation[:, bounds[i]:bounds[i + 1]]
+            part[:, ~valid] = np.nan
+            stat = _statistic(part, result.alternative)
+            t_perm[i][done:done + c] = _family_max(stat)
+            with np.errstate(invalid="ignore"):
+                exceed[i] += np.sum(stat >= obs[None, :] - _TOL, axis=0)
+        done += c
+    for i, (result, _, valid, obs) in enumerate(tested):
+        t_obs = float(obs[result.best_j])
+        result.p_value = float((1 + np.sum(t_perm[i] >= t_obs - _TOL)) / (1 + permutations))
+        result.p_per_j = np.where(valid, (1 + exceed[i]) / (1 + permutations), np.nan)
+        result.p_per_j_holm = np.full(len(obs), np.nan)
+        result.p_per_j_holm[1:] = holm(result.p_per_j[1:])
+        result.shuffled_95 = float(np.quantile(t_perm[i], 0.95))
+
+
+def separation_family(arrays: dict[str, np.ndarray], violated: np.ndarray, jumper: np.ndarray, r: np.ndarray, *,
+                      permutations: int = 10_000, rng: np.random.Generator, min_events: int = 20,
+                      threshold: float = 0.75, chunk: int = 250,
+                      alternatives: dict[str, str] | None = None) -> dict[str, dict[int, SeparationResult]]:
+    """:func:`separation` of many metrics on the same events: ``{name: {r: result}}``.
+
+    Every metric is tested on the *same* within-jumper shuffles (drawn once per chunk and ``r``
+    stratum, applied to all metrics in one wide rank-sum product), so the cost of drawing
+    permutations is paid once, and each metric's p-value is exactly what :func:`separation` would
+    give it alone with the same generator state. ``alternatives``: name -> side (default two-sided).
+    """
+    alternatives = alternatives or {}
+    for name, side in alternatives.items():
+        if side not in ALTERNATIVES:
+            raise ValueError(f"{name}: alternative must be one of {ALTERNATIVES}, got {side!r}")
+    y = np.asarray(violated, dtype=bool)
+    g = np.asarray(jumper)
+    r = np.asarray(r, dtype=np.int64)
+    for name, values in arrays.items():
+        if np.shape(values)[0] != y.shape[0] or np.ndim(values) != 2:
+            raise ValueError(f"{name}: values must be [E = {y.shape[0]}, passes], got shape {np.shape(values)}")
+    if not (y.shape == g.shape == r.shape):
+        raise ValueError("violated, jumper and r must all be [E]")
+    out: dict[str, dict[int, SeparationResult]] = {name: {} for name in arrays}
+    for rv in r_strata(r):
+        m = stratum_mask(r, rv)
+        tested = []
+        for name, values in arrays.items():
+            x = lookback_view(np.asarray(values, dtype=np.float64)[m], r[m])[:, :rv]
+            result, valid, obs = _observed(x, y[m], g[m], rv, permutations=permutations, min_events=min_events,
+                                           threshold=threshold, alternative=alternatives.get(name, "two-sided"))
+            out[name][rv] = result
+            if permutations > 0 and result.best_j is not None:
+                tested.append((result, x, valid, obs))
+        _permutation_test(tested, y[m], g[m], permutations, rng, chunk)
+    return out
 
 
 def separation(values: np.ndarray, violated: np.ndarray, jumper: np.ndarray, r: np.ndarray, *,
                permutations: int = 10_000, rng: np.random.Generator, min_events: int = 20,
-               threshold: float = 0.75, chunk: int = 1000, alternative: str = "two-sided") -> dict[int, SeparationResult]:
+               threshold: float = 0.75, chunk: int = 250, alternative: str = "two-sided") -> dict[int, SeparationResult]:
     """Separation of violations from successes by one metric, per ``r`` stratum.
 
     ``values [E, passes]`` (NaN where undefined; pass ``k`` in column ``k - 1``), ``violated [E]``
@@ -534,15 +592,8 @@ def separation(values: np.ndarray, violated: np.ndarray, jumper: np.ndarray, r: 
     if alternative not in ALTERNATIVES:
         raise ValueError(f"alternative must be one of {ALTERNATIVES}, got {alternative!r}")
     values = np.asarray(values, dtype=np.float64)
-    y = np.asarray(violated, dtype=bool)
-    g = np.asarray(jumper)
-    r = np.asarray(r, dtype=np.int64)
-    if not (y.shape == g.shape == r.shape == (values.shape[0],)):
+    if not (np.shape(violated) == np.shape(jumper) == np.shape(r) == (values.shape[0],)):
         raise ValueError("violated, jumper and r must be [E] matching values [E, passes]")
-    out = {}
-    for rv in r_strata(r):
-        m = stratum_mask(r, rv)
-        x = lookback_view(values[m], r[m])[:, :rv]
-        out[rv] = _one_stratum(x, y[m], g[m], rv, permutations=permutations, rng=rng,
-                               min_events=min_events, threshold=threshold, chunk=chunk, alternative=alternative)
-    return out
+    return separation_family({"values": values}, violated, jumper, r, permutations=permutations, rng=rng,
+                             min_events=min_events, threshold=threshold, chunk=chunk,
+                             alternatives={"values": alternative})["values"]
