@@ -13,7 +13,9 @@ from dcsbm_transformer.analysis.continuations import (
     RULE_VIOLATED, continue_with_targets, label_continuations,
 )
 from dcsbm_transformer.analysis.events import draw_analysis_events
-from dcsbm_transformer.analysis.files import ANALYSIS_DIR, SUMMARY_FILE, TOKEN_METRICS_FILE, Summary
+from dcsbm_transformer.analysis.files import ANALYSIS_DIR, SUMMARY_FILE, TOKEN_METRICS_FILE, Summary, read_horizon
+from dcsbm_transformer.analysis.statistics import holm
+from dcsbm_transformer.pipeline import run_pipeline
 from dcsbm_transformer.analysis.measure import metric_key
 from dcsbm_transformer.analysis.metrics import METRICS
 from dcsbm_transformer.analysis.run import AnalysisRefused, analyze_run
@@ -91,7 +93,7 @@ def test_labels_of_a_rule_true_and_a_broken_continuation(quick_data, quick_event
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("analysis")
-    config = tiny_config(gate=ALWAYS, training={"max_epochs": 1}, analysis={"events": 40, "chunk_mb": 0.01})  # 13 events a chunk
+    config = tiny_config(gate=ALWAYS, training={"max_epochs": 1}, analysis={"events": 40, "chunk_mb": 0.01, "permutations": 200})  # 13 events a chunk
     run_experiment(config, RunOptions(results_root=root / "results", cache_root=root / "cache"), echo=lambda _: None)
     return config, run_directory(config, root / "results")
 
@@ -137,6 +139,65 @@ def test_analyze_writes_token_metrics_and_a_valid_summary(tiny_run):
     for name in ("stable_rank", "grassmannian_distance"):
         stored = arrays[f"context.{metric_key('qkt', 0, 0, name)}"]
         assert np.allclose(again[name][0][:, 0, 0].numpy(), stored, rtol=1e-4, atol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def main_job(tmp_path_factory):
+    """``run_pipeline`` first with analyze=False, then in full. Sampled continuations (temperature 1)
+    so that a barely trained model both follows and breaks each rule: a greedy one-epoch model
+    breaks one rule always and keeps the other always, which leaves no within-jumper AUROC defined."""
+    root = tmp_path_factory.mktemp("main_job")
+    config = tiny_config(
+        gate=ALWAYS, training={"max_epochs": 1},
+        analysis={"events": 80, "permutations": 200, "min_events": 3, "temperature": 1.0},
+    )
+    options = RunOptions(results_root=root / "results", cache_root=root / "cache")
+    stopped = run_pipeline(config, options, analyze=False, echo=lambda _: None)
+    said = []
+    done = run_pipeline(config, options, echo=said.append)
+    return stopped, done, said, options
+
+
+def test_the_main_job_trains_then_analyses_unless_told_not_to(main_job):
+    stopped, done, said, options = main_job
+    assert stopped.analysis is None and stopped.analysis_skipped == "not asked (--no-analyze)"
+    assert done.analysis["counts"]["events"] == 80 and read_horizon(done.run_dir / ANALYSIS_DIR) is not None
+    assert any("already finished" in line for line in said)  # training was not redone
+    assert done.analysis["continuations"] == "sampled at temperature 1.0"
+    failed = tiny_config(gate={"edge_threshold": 1.0, "rule_threshold": 1.0}, training={"max_epochs": 1})
+    refused = run_pipeline(failed, options, echo=lambda _: None)
+    assert refused.analysis is None and "excluded from analysis" in refused.analysis_skipped
+
+
+def test_horizon_agrees_with_an_independent_recomputation_from_token_metrics(main_job):
+    """Every AUROC in horizon.json recomputed by brute force (all within-jumper violation/success
+    pairs, ties one half) from token_metrics.npz alone; Holm re-applied to the family's p."""
+    folder = main_job[1].run_dir / ANALYSIS_DIR
+    horizon = read_horizon(folder)
+    arrays = read_npz(folder / TOKEN_METRICS_FILE)
+    violated, jumper, r = arrays["violated"], arrays["event_jumper"], arrays["event_r"]
+    checked = 0
+    for key in (horizon["primary"]["key"], *horizon["top"][str(int(r[0]))][:3]):
+        for r_value, entry in horizon["metrics"][key]["by_r"].items():
+            mine = r == int(r_value)
+            for j, reported in enumerate(entry["auroc"]):
+                column = arrays[key][mine, int(r_value) - 1 - j]  # lookback j = pass r - j
+                wins = pairs = 0.0
+                for rule in np.unique(jumper[mine]):
+                    v = column[(jumper[mine] == rule) & violated[mine]]
+                    u = column[(jumper[mine] == rule) & ~violated[mine]]
+                    v, u = v[np.isfinite(v)], u[np.isfinite(u)]
+                    wins += (v[:, None] > u[None, :]).sum() + 0.5 * (v[:, None] == u[None, :]).sum()
+                    pairs += v.size * u.size
+                if reported is not None:
+                    assert reported == pytest.approx(wins / pairs, abs=1e-9)
+                    checked += 1
+    assert checked >= 4 * int(r[0]) - 4
+    r_value = str(int(r[0]))
+    family = [k for k in horizon["metrics"] if k != horizon["primary"]["key"]]
+    raw = np.array([np.nan if (p := horizon["metrics"][k]["by_r"][r_value]["p_value"]) is None else p for k in family])
+    adjusted = np.array([np.nan if (p := horizon["metrics"][k]["by_r"][r_value]["p_adjusted"]) is None else p for k in family])
+    np.testing.assert_allclose(adjusted, holm(raw))
 
 
 def test_same_settings_reuse_other_settings_redo(tiny_run):
