@@ -16,6 +16,7 @@ SUITE = [
     ["bench.time_to_gate"],
     ["bench.analysis", "--part", "quick"],
     ["bench.analysis", "--part", "anchor"],  # alone in its process: it reports the peak RSS
+    ["bench.statistics"],
 ]
 
 

@@ -107,3 +107,10 @@ def test_analysis_benchmark_compares_the_pipeline_with_raw_svd_and_plain(bench_e
         assert row["vs_raw"] == pytest.approx(row["ours_matrices_per_s"] / row["raw_svd_matrices_per_s"])
         assert row["vs_plain"] == pytest.approx(row["plain_ms_per_matrix"] / row["ours_ms_per_matrix"])
     assert figures["analysis_anchor"]["peak_rss_mb"] > 0
+
+
+def test_statistics_benchmark_agrees_with_the_plain_statistic_and_records_the_ratio(bench_env):
+    entry = run_bench(bench_env, "bench.statistics", "--events", "160", "--permutations", "20",
+                      "--plain-arrays", "1", "--plain-permutations", "2")["statistics_anchor"]
+    assert entry["arrays"] == 153 and entry["lookbacks"] == 58 and entry["permutations"] == 20
+    assert entry["speedup"] == pytest.approx(entry["plain_us_per_array_perm"] / entry["ours_us_per_array_perm"], rel=0.02)
