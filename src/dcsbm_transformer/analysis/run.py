@@ -1,4 +1,5 @@
-"""``dcsbm analyze RESULTS_DIR`` / ``analyze_run(path)``: a trained run's analysis, end to end.
+"""``dcsbm analyze RESULTS_DIR`` / ``analyze_run(path)``: a trained run's analysis, end to end:
+measure (token_metrics.npz, summary.json) → statistics (horizon.json) → figures and report.html.
 
 Only runs whose gate passed are analysed (the spec excludes failed configs from SVD analysis);
 ``include_failed`` analyses one anyway and labels every output exploratory. Settings come from
@@ -27,6 +28,7 @@ from ..training.lock import RunLock
 from .continuations import RULE_VIOLATED, TARGETS
 from .events import draw_analysis_events
 from .horizon import horizon_for_run
+from .report import write_report
 from .files import ANALYSIS_DIR, CONTEXT_PREFIX, TOKEN_METRICS_FILE, finished_summary, write_summary
 from .measure import Measurements, measure
 from .metrics import METRICS, compute_metrics, spectrum
@@ -75,6 +77,8 @@ def analyze_run(
         summary = _measure_run(run, settings, exploratory, out_dir, device, precision, started, echo)
     with RunLock(run.directory):
         horizon_for_run(out_dir, config, summary, echo=echo)
+        report = write_report(run.directory)
+    echo(f"report: {report}")
     return summary
 
 
