@@ -129,8 +129,8 @@ class ContextOnly(_Strict):
 
 class VersusBehaviour(_Strict):
     """Paired DeLong comparison with the behavioural predictor at the metric's best lookback,
-    each oriented in its own direction (AUROC of the metric's side minus that of the model's
-    target-block probability, lower before violations)."""
+    each oriented in the direction it separates there (AUROC of the metric's side minus that of
+    the model's target-block probability on its side)."""
 
     j: int
     metric_auroc: Number  # oriented: > 0.5 means the metric separates in its direction

@@ -13,9 +13,10 @@ every metric is tested on the same shuffles). Then, in the same tables:
 * **baselines**: the shuffled-label distribution (95th percentile of the permutation statistic),
   the *context-only* AUROC (the metric on the window ending just before the jumper: signal that
   was already in the input), and the *behavioural predictor* — the model's own probability of the
-  target block at each pass — as its own row, and compared with each metric at the metric's best
-  lookback by a paired DeLong test, each oriented in its own direction (``versus_behaviour``):
-  when an SVD metric does no better than the logits, the file and the report say so.
+  target block at each pass — as its own row (tested one-sided: lower before violations), and
+  compared with each metric at the metric's best lookback by a paired DeLong test, each oriented
+  in the direction it separates there (``versus_behaviour``): when an SVD metric does no better
+  than the logits, the file and the report say so.
 
 Arrays constant by construction are listed, not tested. A stratum with fewer than
 ``analysis.min_events`` violations or successes is "insufficient" (counts only).
@@ -101,14 +102,20 @@ def _context_only(context: np.ndarray | None, y, g, min_events: int) -> dict | N
     return {"auroc": _number(st["auroc"][0]), "ci_low": _number(low[0]), "ci_high": _number(high[0])}
 
 
-def _versus_behaviour(x: np.ndarray, behaviour: np.ndarray, y, g, result: SeparationResult, direction: str | None) -> dict | None:
-    """Paired DeLong comparison with the behavioural predictor at the metric's best lookback."""
+def _versus_behaviour(x: np.ndarray, behaviour: np.ndarray, behaviour_auroc: np.ndarray, y, g, result: SeparationResult,
+                      direction: str | None) -> dict | None:
+    """Paired DeLong comparison with the behavioural predictor at the metric's best lookback.
+
+    Each side is oriented in the direction it separates: the metric in ``direction``, the logits
+    in the direction their own AUROC takes at that lookback (so a metric is never called better
+    than logits that separate well, only the other way round from the usual)."""
     if result.status != "ok" or result.best_j is None:
         return None
     j = result.best_j
     sign = _oriented(direction)
     metric = sign * x[:, j : j + 1]
-    logits = -behaviour[:, j : j + 1]  # the model's own target-block probability, lower before violations
+    logits_sign = 1.0 if np.isfinite(behaviour_auroc[j]) and behaviour_auroc[j] > 0.5 else -1.0
+    logits = logits_sign * behaviour[:, j : j + 1]
     compared = auroc_difference(metric, logits, y, g)
     delta, low, high = (float(compared[name][0]) for name in ("delta", "ci_low", "ci_high"))
     if not np.isfinite(delta):
@@ -244,7 +251,8 @@ def compute_horizon(arrays: dict[str, np.ndarray], config: ExperimentConfig, sum
             if key != BEHAVIOURAL:
                 context = _context_only(None if context_values is None else context_values[m], y[m], g[m], a.min_events)
                 x = lookback_view(np.asarray(family[key], dtype=np.float64)[m], r[m])[:, :rv]
-                versus = _versus_behaviour(x, behaviour_by_r[rv], y[m], g[m], result, direction_of(result))
+                versus = _versus_behaviour(x, behaviour_by_r[rv], results[BEHAVIOURAL][rv].auroc, y[m], g[m], result,
+                                           direction_of(result))
             by_r[str(rv)] = _separation_entry(result, p_adjusted=adjusted[key].get(rv), alpha=a.alpha, context=context, versus=versus)
         return by_r
 
