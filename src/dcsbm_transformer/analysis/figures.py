@@ -225,9 +225,25 @@ def event_aligned_keys(horizon: dict[str, Any], r: int, extra: int = 3) -> list[
     return keys
 
 
+def centred_within_rule(values: np.ndarray, y: np.ndarray, jumper: np.ndarray) -> np.ndarray:
+    """``values [E, J]`` minus, per rule, the mean of that rule's successes at each column.
+
+    Rules differ in metric level and in violation rate, so pooled class means would show which
+    rule is active as if it were a warning (the confounding the stratified AUROC removes); centred
+    within rule, successes sit at 0 and violations show the within-rule difference."""
+    out = np.array(values, dtype=np.float64)
+    for rule in np.unique(jumper):
+        mine = jumper == rule
+        reference, _, n = _mean_ci(out[mine & ~y])
+        out[mine] -= np.where(n > 0, reference, np.nan)
+    return out
+
+
 def draw_event_aligned(path: Path, horizon: dict[str, Any], arrays: Mapping[str, np.ndarray], *, extra: int = 3) -> Path:
-    """Mean ± 95% CI of each metric for violations vs successes at every lookback (rows: r)."""
+    """Mean ± 95% CI of each metric for violations vs successes at every lookback (rows: r),
+    centred within rule (:func:`centred_within_rule`)."""
     y = np.asarray(arrays["violated"], dtype=bool)
+    jumper = np.asarray(arrays["event_jumper"])
     event_r = np.asarray(arrays["event_r"], dtype=np.int64)
     r_values = horizon["r_values"]
     cols = extra + 1
@@ -243,14 +259,18 @@ def draw_event_aligned(path: Path, horizon: dict[str, Any], arrays: Mapping[str,
                 continue
             key = keys[col]
             values = lookback_view(np.asarray(arrays[key], dtype=np.float64)[mask], event_r[mask])[:, :r]
+            values = centred_within_rule(values, y[mask], jumper[mask])
             context = arrays[CONTEXT_PREFIX + key] if CONTEXT_PREFIX + key in arrays else None
-            _event_panel(axis, values, y[mask], None if context is None else np.asarray(context, dtype=np.float64)[mask], r)
+            if context is not None:
+                context = centred_within_rule(np.asarray(context, dtype=np.float64)[mask][:, None], y[mask], jumper[mask])[:, 0]
+            _event_panel(axis, values, y[mask], context, r)
             role = "primary: " if col == 0 else ""
             status = "" if _ok(horizon["primary"]["by_r"][str(r)]) else " (too few events for statistics)"
             axis.set_title(f"r = {r}, {role}{metric_label(key)}{status}", fontsize=8.5)
             axis.legend(fontsize=6.5, loc="best", framealpha=0.85)
-    _title(figure, "Event-aligned mean metric ± 95% CI (mean ± 1.96·sd/√n), violations vs successes; "
-                   "left: the window before the jumper entered (context only)", horizon)
+    _title(figure, "Event-aligned mean metric ± 95% CI (mean ± 1.96·sd/√n), violations vs successes, centred within rule "
+                   "(each rule's success mean subtracted: rule identity removed); left: the window before the jumper entered "
+                   "(context only)", horizon)
     figure.tight_layout()
     return _save(figure, path)
 
@@ -265,7 +285,7 @@ def _event_panel(axis, values: np.ndarray, y: np.ndarray, context: np.ndarray | 
             c_mean, c_half, _ = _mean_ci(context[chosen][:, None])
             axis.errorbar([r], c_mean, yerr=c_half, color=colour, marker="D", markersize=5, capsize=3, linestyle="none")
     _lookback_axis(axis, r, context=context is not None)
-    axis.set_ylabel("metric value (mean)", fontsize=8)
+    axis.set_ylabel("metric − its rule's success mean", fontsize=8)
     axis.tick_params(labelsize=8)
 
 
