@@ -1,0 +1,271 @@
+"""The comparison figures, drawn from comparison.json's run entries alone (PNG bytes).
+
+* ``compliance`` — rule compliance against r/w: per run and r, the mean and the worst of the
+  rules with that r (each run a point), mean ± 95% t-interval over the runs of a series at each r/w;
+  the mean rule-blind (bigram sampling) chance as grey crosses, the gate threshold dotted;
+* ``gate`` — the share of finished runs whose gate passed against r/w, with Wilson 95% intervals;
+* ``horizons`` — predictive and confident horizons against r/w, QKᵀ beside AVWₒ and their paired
+  difference per run (the headline: QKᵀ's horizon exceeds AVWₒ's, more so as r passes w);
+* ``auroc`` — AUROC(j) of the primary metric, one panel per (w, r), one line per run with its 95% CI band.
+
+A *series* is the set of runs sharing every differing config key except the seed and the jump
+scales; seeds are its replicates and r/w its x axis. A vertical line marks r/w = 1 (the rule's
+deadline falls outside the context window beyond it). Drawn with matplotlib's object API (no
+pyplot, no global backend).
+"""
+
+from __future__ import annotations
+
+import io
+from collections import defaultdict
+from typing import Any
+
+import numpy as np
+from matplotlib.figure import Figure
+from scipy import stats
+
+from .tables import TARGET_NAMES, TARGETS
+
+DPI = 110
+COLOURS = ("tab:blue", "tab:orange", "tab:green", "tab:purple", "tab:brown", "tab:pink", "tab:olive", "tab:cyan")
+COMPLIANCE_INTERVAL = (
+    "mean ± 95% t-interval over the runs of a series at each r/w (mean ± t(0.975, n−1)·s/√n, clipped to "
+    "the values the mean can take: [0, 1] for compliance, ≥ 0 for a horizon; no interval from a single run)"
+)
+GATE_INTERVAL = "Wilson 95% score interval of a proportion"
+
+
+def t_interval(values: list[float]) -> tuple[float, float | None, float | None]:
+    """(mean, low, high): the 95% t-interval of the mean; (mean, None, None) for one value."""
+    x = np.asarray(values, dtype=np.float64)
+    mean = float(x.mean())
+    if x.size < 2:
+        return mean, None, None
+    half = float(stats.t.ppf(0.975, x.size - 1) * x.std(ddof=1) / np.sqrt(x.size))
+    return mean, mean - half, mean + half
+
+
+def wilson(k: int, n: int) -> tuple[float, float]:
+    """Wilson 95% score interval for k successes in n trials (n ≥ 1)."""
+    z = 1.959963984540054
+    p = k / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def _png(figure: Figure) -> bytes:
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=DPI, bbox_inches="tight")
+    return buffer.getvalue()
+
+
+def _colours(entries: list[dict[str, Any]]) -> dict[str, str]:
+    labels = list(dict.fromkeys(entry["series"] for entry in entries))
+    return {label: COLOURS[i % len(COLOURS)] for i, label in enumerate(labels)}
+
+
+def _offsets(colours: dict[str, str], span: float) -> dict[str, float]:
+    """Small x shifts so that series at the same r/w do not hide each other."""
+    labels = list(colours)
+    step = 0.012 * max(span, 0.5)
+    return {label: (i - (len(labels) - 1) / 2) * step for i, label in enumerate(labels)}
+
+
+def _rw_axis(axis, xs: list[float]) -> None:
+    axis.axvline(1.0, color="0.3", linewidth=0.9, linestyle="--", zorder=1)
+    low, high = min([*xs, 1.0]), max([*xs, 1.0])
+    pad = 0.08 * max(high - low, 0.5)
+    axis.set_xlim(low - pad, high + pad)
+    axis.set_xlabel("r / w (jump length / context window)", fontsize=8)
+    axis.tick_params(labelsize=8)
+
+
+def _summaries(axis, groups: dict[tuple[str, float], list[float]], colours, offsets, *, bounds=(None, None)) -> None:
+    """Mean ± t-interval per (series, r/w), drawn beside the points; the interval is clipped to
+    ``bounds``, the values the mean can take (compliance in [0, 1], a horizon ≥ 0)."""
+    for (label, x), values in groups.items():
+        mean, low, high = t_interval(values)
+        if low is not None:
+            floor, ceiling = bounds
+            low = low if floor is None else max(low, floor)
+            high = high if ceiling is None else min(high, ceiling)
+        xe = x + offsets[label] + 0.006
+        if low is not None:
+            axis.errorbar([xe], [mean], yerr=[[mean - low], [high - mean]], color=colours[label], capsize=4, linewidth=1.5, zorder=4)
+        axis.plot([xe], [mean], marker="_", markersize=14, markeredgewidth=2.5, color=colours[label], zorder=5)
+
+
+def _legend(axis, colours: dict[str, str]) -> None:
+    if len(colours) > 1:
+        for label, colour in colours.items():
+            axis.plot([], [], marker="o", linestyle="", color=colour, label=label)
+        axis.legend(fontsize=7, loc="best")
+
+
+# ---- compliance and gate -------------------------------------------------------------------------
+
+
+def draw_compliance(entries: list[dict[str, Any]], threshold: float | None) -> bytes | None:
+    """Mean and worst rule compliance per r against r/w (runs in the compliance figures only)."""
+    shown = [e for e in entries if e["in_compliance_figures"] and e["compliance"]]
+    if not shown:
+        return None
+    colours = _colours(shown)
+    xs = [float(v["r_over_w"]) for e in shown for v in e["compliance"]["by_r"].values()]
+    offsets = _offsets(colours, max(xs) - min(xs))
+    figure = Figure(figsize=(11, 4.2))
+    axes = figure.subplots(1, 2, sharey=True)
+    for axis, which, title in zip(axes, ("mean", "worst"), ("mean over the rules with that r", "worst rule with that r")):
+        groups: dict[tuple[str, float], list[float]] = defaultdict(list)
+        for e in shown:
+            for v in e["compliance"]["by_r"].values():
+                if v[which] is None:
+                    continue
+                x = float(v["r_over_w"])
+                failed = not e["gate"]["passed"]
+                axis.plot([x + offsets[e["series"]]], [v[which]], marker="o", linestyle="",
+                          markerfacecolor="white" if failed else colours[e["series"]], color=colours[e["series"]], alpha=0.8, zorder=3)
+                axis.plot([x + offsets[e["series"]]], [v["chance_bigram_sampling_mean"]], marker="x", color="0.6", linestyle="", zorder=2)
+                groups[(e["series"], x)].append(v[which])
+        _summaries(axis, groups, colours, offsets, bounds=(0.0, 1.0))
+        if threshold is not None:
+            axis.axhline(threshold, color="0.4", linestyle=":", linewidth=0.9)
+        _rw_axis(axis, xs)
+        axis.set_ylim(-0.02, 1.02)
+        axis.set_title(f"rule compliance: {title}", fontsize=9)
+    axes[0].set_ylabel("rule compliance at the last evaluated epoch", fontsize=8)
+    axes[0].plot([], [], marker="o", linestyle="", color="0.3", label="run, gate passed")
+    axes[0].plot([], [], marker="o", linestyle="", color="0.3", markerfacecolor="white", label="run, gate not passed")
+    axes[0].plot([], [], marker="x", linestyle="", color="0.6", label="rule-blind chance (bigram sampling)")
+    axes[0].legend(fontsize=7, loc="lower left")
+    _legend(axes[1], colours)
+    return _png(figure)
+
+
+def draw_gate(entries: list[dict[str, Any]]) -> bytes | None:
+    """Share of finished runs that passed the gate per (series, r/w); a run with several r is
+    counted at each of its r/w values."""
+    shown = [e for e in entries if e["in_compliance_figures"] and e["gate"] and e["gate"]["finished"]]
+    if not shown:
+        return None
+    colours = _colours(shown)
+    counts: dict[tuple[str, float], list[int]] = defaultdict(lambda: [0, 0])
+    for e in shown:
+        for x in e["parameters"]["r_over_w"]:
+            counts[(e["series"], float(x))][0] += int(e["gate"]["passed"])
+            counts[(e["series"], float(x))][1] += 1
+    xs = [x for _, x in counts]
+    offsets = _offsets(colours, max(xs) - min(xs))
+    figure = Figure(figsize=(6, 4.2))
+    axis = figure.subplots()
+    for (label, x), (k, n) in sorted(counts.items(), key=lambda item: item[0][1]):
+        low, high = wilson(k, n)
+        xe = x + offsets[label]
+        axis.errorbar([xe], [k / n], yerr=[[k / n - low], [high - k / n]], marker="o", color=colours[label], capsize=4)
+        axis.annotate(f"{k}/{n}", (xe, k / n), textcoords="offset points", xytext=(6, 4), fontsize=7)
+    _rw_axis(axis, xs)
+    axis.set_ylim(-0.02, 1.08)
+    axis.set_ylabel("gate pass rate (finished runs)", fontsize=8)
+    axis.set_title("sufficiency gate passed, with Wilson 95% intervals", fontsize=9)
+    _legend(axis, colours)
+    return _png(figure)
+
+
+# ---- horizons ------------------------------------------------------------------------------------
+
+
+def _horizon_points(entries: list[dict[str, Any]]):
+    """(series, r/w, {qkt: (horizon, confident), avwo: ...}) for every analysed run and r."""
+    for e in entries:
+        if not e["in_horizon_figures"] or not e["horizons"]:
+            continue
+        for v in e["horizons"].values():
+            yield e["series"], float(v["r_over_w"]), {t: (v[t]["horizon"], v[t]["confident_horizon"]) for t in TARGETS}
+
+
+def draw_horizons(entries: list[dict[str, Any]]) -> bytes | None:
+    """Rows: predictive, confident horizon; columns: QKᵀ, AVWₒ, QKᵀ − AVWₒ (paired within a run)."""
+    points = list(_horizon_points(entries))
+    if not points:
+        return None
+    colours = _colours([e for e in entries if e["in_horizon_figures"] and e["horizons"]])
+    xs = [x for _, x, _ in points]
+    offsets = _offsets(colours, max(xs) - min(xs))
+    figure = Figure(figsize=(14, 7.6))
+    axes = figure.subplots(2, 3, sharex=True)
+    for row, (which, name) in enumerate(((0, "predictive horizon"), (1, "confident horizon"))):
+        for col, target in enumerate((*TARGETS, "difference")):
+            axis = axes[row, col]
+            groups: dict[tuple[str, float], list[float]] = defaultdict(list)
+            for label, x, values in points:
+                if target == "difference":
+                    a, b = values["qkt"][which], values["avwo"][which]
+                    y = None if a is None or b is None else a - b
+                else:
+                    y = values[target][which]
+                if y is None:
+                    continue
+                axis.plot([x + offsets[label]], [y], marker="o", linestyle="", color=colours[label], alpha=0.8, zorder=3)
+                groups[(label, x)].append(float(y))
+            _summaries(axis, groups, colours, offsets, bounds=(None, None) if target == "difference" else (0.0, None))
+            _rw_axis(axis, xs)
+            if target == "difference":
+                axis.axhline(0.0, color="0.4", linewidth=0.8)
+                axis.set_title(f"{name}: QKᵀ − AVWₒ (same run, same r)", fontsize=9)
+            else:
+                axis.set_title(f"{name}: {TARGET_NAMES[target]}", fontsize=9)
+            axis.set_ylabel("lookback j (tokens before the deadline)", fontsize=8)
+    same_scale = [axes[row, col] for row in range(2) for col in range(2)]  # QKᵀ and AVWₒ on one scale
+    low = min(axis.get_ylim()[0] for axis in same_scale)
+    high = max(axis.get_ylim()[1] for axis in same_scale)
+    for axis in same_scale:
+        axis.set_ylim(min(low, -0.5), high + 0.5)
+    _legend(axes[0, 2], colours)
+    return _png(figure)
+
+
+def draw_auroc(entries: list[dict[str, Any]], threshold: float | None) -> bytes | None:
+    """AUROC(j) of the primary metric: one panel per (w, r), one line per run with its CI band;
+    lookbacks in time order (j = r − 1 at the left, the deadline j = 0 at the right, shaded)."""
+    panels: dict[tuple[float, int, int], list[tuple[dict[str, Any], dict[str, Any]]]] = defaultdict(list)
+    for e in entries:
+        if not e["in_horizon_figures"] or not e["horizons"]:
+            continue
+        target = e["primary"]["target"]
+        for r, v in e["horizons"].items():
+            if v[target]["status"] == "ok":
+                panels[(float(v["r_over_w"]), int(e["parameters"]["w"]), int(r))].append((e, v[target]))
+    if not panels:
+        return None
+    keys = sorted(panels)
+    cols = min(3, len(keys))
+    rows = -(-len(keys) // cols)
+    figure = Figure(figsize=(5.4 * cols, 4.0 * rows))
+    axes = np.atleast_1d(figure.subplots(rows, cols, squeeze=False)).ravel()
+    for axis, (rw, w, r) in zip(axes, keys):
+        for i, (e, curve) in enumerate(panels[(rw, w, r)]):
+            colour = COLOURS[i % len(COLOURS)]
+            j = np.arange(len(curve["auroc"]))
+            as_float = lambda values: np.array([np.nan if v is None else v for v in values], dtype=np.float64)  # noqa: E731
+            axis.fill_between(j, as_float(curve["ci_low"]), as_float(curve["ci_high"]), color=colour, alpha=0.15, linewidth=0)
+            label = f"seed {e['parameters']['seed']}" + ("" if e["series"] == "all runs" else f" ({e['series']})")
+            axis.plot(j, as_float(curve["auroc"]), color=colour, marker="o", markersize=3, label=label)
+        axis.set_xlim(r - 0.5, -0.5)
+        axis.set_xticks(range(r - 1, -1, -1) if r <= 16 else range(r - 1 - (r - 1) % 4, -1, -4))
+        axis.axvspan(0.5, -0.5, color="0.9", zorder=0)
+        axis.axhline(0.5, color="0.4", linewidth=0.8)
+        if threshold is not None:
+            axis.axhline(threshold, color="0.4", linewidth=0.8, linestyle=":")
+            axis.axhline(1 - threshold, color="0.4", linewidth=0.8, linestyle=":")
+        axis.set_ylim(0.0, 1.0)
+        axis.set_title(f"r = {r}, w = {w} (r/w = {rw:g})", fontsize=9)
+        axis.set_xlabel("lookback j (passes before the deadline)", fontsize=8)
+        axis.set_ylabel("AUROC (violation vs success)", fontsize=8)
+        axis.tick_params(labelsize=8)
+        axis.legend(fontsize=7, loc="best")
+    for axis in axes[len(keys):]:
+        axis.set_visible(False)
+    metrics = sorted({e["primary"]["key"] for group in panels.values() for e, _ in group})
+    figure.suptitle(f"primary metric: {', '.join(metrics)} (95% DeLong CI bands)", fontsize=9)
+    return _png(figure)
