@@ -1,0 +1,291 @@
+"""dcsbm report: finding and listing runs, --where filters, the differing-keys table, horizons read
+back exactly, exclusions with reasons, and a self-contained page — on synthetic run folders
+(config.json, result.json, and for analysed runs a horizon.json computed from planted signals)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import shutil
+
+import numpy as np
+import pytest
+
+from dcsbm_transformer.analysis.files import ANALYSIS_DIR, read_horizon, write_horizon
+from dcsbm_transformer.analysis.horizon import compute_horizon
+from dcsbm_transformer.comparison import (
+    ComparisonError, add_report_parser, command_report, filter_runs, find_runs, parse_where, report,
+)
+from dcsbm_transformer.config import config_from_dict
+from dcsbm_transformer.storage import atomic_write_bytes
+from dcsbm_transformer.training.results import write_result
+
+METRIC = "grassmannian_distance"
+QKT, AVWO = f"qkt.layer_0.head_0.{METRIC}", f"avwo.layer_0.head_0.{METRIC}"
+EVENTS = 400
+FAILURE = "rule 1 (vertex 17, block 1→0, r=12) 0.41 < 0.8"
+
+
+def make_config(scale: float, seed: int, direction: str = "higher"):
+    return config_from_dict({
+        "seed": seed,
+        "graph": {"n": 32, "K": 2, "p_in": 0.9, "p_out": 0.2, "jumpers_per_block": 1, "jump_scales": [scale]},
+        "walks": {"walk_length": 32, "train_walks": 3200, "eval_walks": 200},
+        "model": {"context_window": 8, "d_model": 16, "n_layers": 1, "n_heads": 1},
+        "training": {"max_epochs": 3},
+        "analysis": {"permutations": 100, "min_events": 20, "primary": {"direction": direction}},
+    })
+
+
+def result_payload(config, *, passed: bool, finished: bool = True, compliance=(0.95, 0.9)):
+    """A result.json that passes the schema, shaped like a real one."""
+    epochs = 3 if finished else 1
+    rules = [
+        {"rule": k, "vertex": 3 + 16 * k, "block": k, "target_block": 1 - k, "r": r, "gate_events": 32,
+         "compliance": compliance[k], "chance_bigram_argmax": 0.0, "chance_bigram_sampling": 0.3}
+        for k, r in enumerate(config.jumper_r_values())
+    ]
+    per_epoch = [list(compliance)] * epochs
+    return {
+        "experiment_id": config.experiment_id, "status": "finished" if finished else "running", "config": config.to_dict(),
+        "config_hash": config.config_hash, "data_hash": config.data_hash,
+        "curves": {"train_loss": [3.0] * (10 * epochs), "edge_compliance": [1.0] * epochs, "rule_compliance": [min(compliance)] * epochs,
+                   "rule_compliance_per_jumper": per_epoch, "rule_events": [64] * epochs},
+        "training": {"gate_passed": passed, "gate_epoch": 3 if passed else None, "epochs_trained": epochs, "steps_trained": 10 * epochs,
+                     "steps_per_epoch": 10, "total_steps": 30, "failure_reason": None if passed or not finished else FAILURE,
+                     "final_edge_compliance": 1.0, "final_rule_compliance": min(compliance), "excluded_from_analysis": not passed},
+        "evaluation": None, "rules": rules,
+        "rule_blind_baseline": {"edge_compliance": 1.0, "rule_compliance_pooled": 0.5, "rule_score": 0.0, "passed": False, "failure_reason": "rule-blind"},
+        "data": {}, "environment": {}, "timings": {},
+    }
+
+
+def token_metrics(config, seed: int, qkt_reach: int, avwo_reach: int):
+    """Events of the config's r over its two jumpers; violations shift the QKᵀ metric at lookbacks
+    1..qkt_reach and the AVWₒ metric at 1..avwo_reach (strongly: those become the horizons), up
+    when the primary's direction is "higher", down when it is "lower"."""
+    sign = 1.0 if config.analysis.primary.direction == "higher" else -1.0
+    rng = np.random.default_rng(seed)
+    r = config.jumper_r_values()[0]
+    jumper = np.repeat(np.arange(2), EVENTS // 2)
+    violated = rng.random(EVENTS) < 0.3
+    lookback = r - 1 - np.arange(r)[None, :].repeat(EVENTS, axis=0)
+
+    def metric(reach):
+        shift = sign * 4.0 * ((lookback >= 1) & (lookback <= reach))
+        return (rng.normal(size=(EVENTS, r)) + violated[:, None] * shift).astype(np.float32)
+
+    return {
+        QKT: metric(qkt_reach), AVWO: metric(avwo_reach), "target_block_probability": metric(0),
+        "violated": violated, "event_jumper": jumper, "event_r": np.full(EVENTS, r),
+    }
+
+
+def write_run(root, config, *, result=None, reaches=None):
+    folder = root / config.experiment_id
+    atomic_write_bytes(folder / "config.json", config.to_json().encode())
+    (folder / "checkpoints").mkdir(parents=True, exist_ok=True)
+    if result is not None:
+        write_result(folder, result)
+    if reaches is not None:
+        arrays = token_metrics(config, config.seed, *reaches)
+        summary = {"experiment_id": config.experiment_id, "exploratory": False, "exploratory_reason": None,
+                   "token_metrics_sha256": "0" * 64, "constant_metrics": []}
+        write_horizon(folder / ANALYSIS_DIR, compute_horizon(arrays, config, summary))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """Six runs: r/w 0.5 (two seeds, analysed), 1.0 (analysed; one unfinished), 1.5 (gate failed; passed, not analysed)."""
+    root = tmp_path_factory.mktemp("results")
+    spec = {
+        "analysed_a": (make_config(0.5, 1), dict(passed=True), (3, 1)),
+        "analysed_b": (make_config(0.5, 2), dict(passed=True), (2, 2)),
+        "analysed_c": (make_config(1.0, 1), dict(passed=True), (5, 2)),
+        "failed": (make_config(1.5, 1), dict(passed=False, compliance=(0.9, 0.41)), None),
+        "unfinished": (make_config(1.0, 2), None, None),
+        "not_analysed": (make_config(1.5, 2), dict(passed=True), None),
+    }
+    folders = {}
+    for name, (config, result, reaches) in spec.items():
+        payload = None if result is None else result_payload(config, **result)
+        folders[name] = write_run(root, config, result=payload, reaches=reaches)
+    return root, folders
+
+
+@pytest.fixture(scope="module")
+def written(runs, tmp_path_factory):
+    root, _ = runs
+    out = tmp_path_factory.mktemp("out") / "cmp"
+    lines = []
+    page = report([root], [], out, echo=lines.append)
+    return page, json.loads((out / "comparison.json").read_text()), page.read_text(), "\n".join(lines)
+
+
+def _entry(comparison, folder):
+    return next(e for e in comparison["runs"] if e["folder"] == str(folder))
+
+
+def test_listing_shows_every_run_with_its_status(runs, written):
+    _, folders = runs
+    _, comparison, _, printed = written
+    assert len(comparison["runs"]) == 6
+    line = {name: next(l for l in printed.splitlines() if folder.name in l) for name, folder in folders.items()}
+    assert "gate passed at epoch 3; analysed" in line["analysed_a"]
+    assert f"gate failed after 3 epochs: {FAILURE}" in line["failed"]
+    assert "unfinished: no epoch finished yet" in line["unfinished"]
+    assert "gate passed at epoch 3; not analysed" in line["not_analysed"]
+    assert re.search(r"\b32\s+2\s+8\s+12\s+1\.5\s+1\s+16\s+2\s+3200\b", line["not_analysed"])  # n K w r r/w L d seed walks
+    states = {name: _entry(comparison, folder)["state"] for name, folder in folders.items()}
+    assert states == {"analysed_a": "passed", "analysed_b": "passed", "analysed_c": "passed", "failed": "failed",
+                      "unfinished": "unfinished", "not_analysed": "passed"}
+
+
+def test_where_filters_by_config_keys_and_by_r(runs):
+    root, folders = runs
+    found = find_runs([root])
+
+    def names(*where):
+        return {run.folder for run in filter_runs(found, parse_where(list(where)))}
+
+    assert names("seed=2") == {folders[n] for n in ("analysed_b", "unfinished", "not_analysed")}
+    assert names("r=4") == {folders["analysed_a"], folders["analysed_b"]}
+    assert names("graph.jump_scales=[1.5]") == {folders["failed"], folders["not_analysed"]}
+    assert names("r=8", "seed=1") == {folders["analysed_c"]}
+    assert names("seed=1", "seed=2") == set(folders.values())  # the same key: any of its values
+    assert names("model.context_window=16") == set()
+
+
+@pytest.mark.parametrize("where, message", [
+    ("graph.nn=3", "'graph.nn' is not a config key (did you mean graph.n"),
+    ("graph=3", "graph is a section"),
+    ("seed", "expected key=value"),
+    ("graph.jump_scales=0.9", "write it as JSON, e.g. graph.jump_scales=[0.9]"),
+    ("r=eight", "r is a jump length in tokens"),
+])
+def test_a_bad_filter_is_an_error_naming_it(where, message):
+    with pytest.raises(ComparisonError, match=re.escape(message)):
+        parse_where([where])
+
+
+def test_paths_that_are_not_runs_are_errors_naming_them(runs, tmp_path):
+    root, _ = runs
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(ComparisonError, match=f"{re.escape(str(empty))} is neither a run folder nor a results root"):
+        report([root, empty], [], tmp_path / "out")
+    with pytest.raises(ComparisonError, match="no such folder"):
+        report([tmp_path / "missing"], [], tmp_path / "out")
+    with pytest.raises(ComparisonError, match=r"no run matches seed=9 .*seed: 1, 2"):
+        report([root], ["seed=9"], tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_differing_keys_are_exactly_the_keys_that_vary(written):
+    _, comparison, page, _ = written
+    assert comparison["differing_keys"] == ["graph.jump_scales", "seed"]
+    table = page.split('id="differing-keys"')[1].split("</table>")[0]
+    assert "<th>graph.jump_scales</th><th>seed</th></tr>" in table and "graph.n<" not in table
+
+
+def test_horizons_are_those_of_each_runs_horizon_json(runs, written):
+    _, folders = runs
+    _, comparison, _, _ = written
+    checked = 0
+    for name in ("analysed_a", "analysed_b", "analysed_c"):
+        horizon = read_horizon(folders[name] / ANALYSIS_DIR)
+        entry = _entry(comparison, folders[name])
+        assert entry["in_horizon_figures"] and set(entry["horizons"]) == set(horizon["primary"]["by_r"])
+        for r, values in entry["horizons"].items():
+            for target, key in (("qkt", QKT), ("avwo", AVWO)):
+                stored = horizon["metrics"][key]["by_r"][r]
+                assert values[target]["key"] == key
+                assert values[target]["horizon"] == stored["horizon"]  # the primary's direction is "higher"
+                assert values[target]["confident_horizon"] == stored["confident_horizon"]
+                checked += 1
+            p = horizon["primary"]["by_r"][r]
+            assert entry["primary"]["by_r"][r]["auroc"] == p["auroc"][p["best_j"]]
+            assert entry["primary"]["by_r"][r]["p_value"] == p["p_value"]
+    assert checked == 6
+    # the planted reaches come back: QKᵀ 3, 2, 5 lookbacks; AVWₒ 1, 2, 2
+    assert [_entry(comparison, folders[n])["horizons"][r]["qkt"]["horizon"] for n, r in
+            (("analysed_a", "4"), ("analysed_b", "4"), ("analysed_c", "8"))] == [3, 2, 5]
+
+
+def test_excluded_runs_stay_in_compliance_but_not_horizons_and_the_page_says_why(runs, written):
+    _, folders = runs
+    _, comparison, page, _ = written
+    failed, not_analysed, unfinished = (_entry(comparison, folders[n]) for n in ("failed", "not_analysed", "unfinished"))
+    assert failed["in_compliance_figures"] and not failed["in_horizon_figures"] and failed["horizons"] is None
+    assert failed["compliance"]["worst"] == 0.41 and failed["compliance"]["by_r"]["12"]["mean"] == pytest.approx(0.655)
+    assert not_analysed["in_compliance_figures"] and not not_analysed["in_horizon_figures"]
+    assert not unfinished["in_compliance_figures"] and not unfinished["in_horizon_figures"]
+    reasons = {item["folder"]: item for item in comparison["excluded"]}
+    assert set(reasons) == {str(folders[n]) for n in ("failed", "not_analysed", "unfinished")}
+    assert reasons[str(folders["failed"])]["figures"] == ["horizons"]
+    assert reasons[str(folders["unfinished"])]["figures"] == ["compliance", "horizons"]
+    excluded = page.split('id="excluded-table"')[1].split("</table>")[0]
+    assert folders["failed"].name in excluded and "gate failed after 3 epochs" in excluded
+    assert "0.41 &lt; 0.8" in excluded  # the reason, escaped
+    assert folders["not_analysed"].name in excluded and "not analysed" in excluded
+    horizon_table = page.split('id="horizon-table"')[1].split("</table>")[0]
+    assert folders["failed"].name not in horizon_table and folders["analysed_c"].name in horizon_table
+
+
+def test_the_page_is_self_contained(written):
+    page_path, _, page, _ = written
+    sources = re.findall(r'<img src="([^"]*)"', page)
+    assert len(sources) == 4 and all(s.startswith("data:image/png;base64,") for s in sources)
+    assert not re.search(r'<(script|link)\b|src="http|href="http', page)
+    assert sorted(p.name for p in (page_path.parent / "figures").iterdir()) == ["auroc.png", "compliance.png", "gate.png", "horizons.png"]
+    assert not any(p.name.startswith(".") for p in page_path.parent.iterdir())  # no stray temporaries
+
+
+def test_command_line_default_out_and_rerun(runs, capsys):
+    root, folders = runs
+    parser = argparse.ArgumentParser(prog="dcsbm")
+    add_report_parser(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(["report", str(root), "--where", "r=4"])
+    assert args.handler is command_report and args.handler(args) == 0
+    printed = capsys.readouterr().out
+    assert "2 of 6 run(s) match r=4" in printed and folders["analysed_b"].name in printed
+    comparison = json.loads((root / "comparison" / "comparison.json").read_text())
+    assert comparison["filter"]["where"] == ["r=4"] and comparison["filter"]["conditions"] == {"r": [4]}
+    assert len(find_runs([root])) == 6  # the comparison/ folder is not taken for a run
+
+
+def test_a_copied_run_folder_counts_once(runs, tmp_path):
+    _, folders = runs
+    shutil.copytree(folders["analysed_a"], tmp_path / "renamed")
+    found = find_runs([folders["analysed_a"], tmp_path / "renamed"])
+    assert found[0].duplicate_of is None and found[1].duplicate_of == str(folders["analysed_a"])
+    assert "same experiment as" in found[1].note and "not the config's experiment id" in found[1].note
+
+
+def test_a_lower_primary_reads_the_lower_horizons(tmp_path):
+    config = make_config(1.0, 5, direction="lower")
+    folder = write_run(tmp_path, config, result=result_payload(config, passed=True), reaches=(4, 2))
+    horizon = read_horizon(folder / ANALYSIS_DIR)
+    page = report([tmp_path], [], tmp_path / "out", echo=lambda _: None)
+    entry = json.loads((page.parent / "comparison.json").read_text())["runs"][0]
+    for target, key, planted in (("qkt", QKT, 4), ("avwo", AVWO, 2)):
+        stored = horizon["metrics"][key]["by_r"]["8"]
+        assert entry["horizons"]["8"][target]["horizon"] == stored["horizon_lower"] == planted
+        assert entry["horizons"]["8"][target]["confident_horizon"] == stored["confident_horizon_lower"]
+        assert stored["horizon"] == 0  # the "higher" horizon, which a lower primary must not read
+
+
+def test_unreadable_files_are_listed_not_fatal(runs, tmp_path):
+    _, folders = runs
+    broken_result = tmp_path / "broken_result"
+    shutil.copytree(folders["not_analysed"], broken_result)
+    (broken_result / "result.json").write_text("{not json")
+    broken_config = tmp_path / "broken_config"
+    broken_config.mkdir()
+    (broken_config / "config.json").write_text(json.dumps({"graph": {"n": "many"}}))
+    found = {run.name: run for run in find_runs([tmp_path])}
+    assert found["broken_result"].state == "unreadable" and found["broken_result"].status.startswith("result.json unreadable")
+    assert found["broken_config"].state == "unreadable" and "graph.n" in found["broken_config"].status
+    assert filter_runs(list(found.values()), parse_where(["seed=2"])) == [found["broken_result"]]
