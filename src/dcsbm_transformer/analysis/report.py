@@ -52,7 +52,9 @@ FIGURE_TEXT = {
     ),
     "event_aligned": (
         "Event-aligned metric values",
-        "Mean metric ± 95% CI (mean ± 1.96·sd/√n) for violations (red) and successes (blue) at every lookback; the "
+        "Mean metric ± 95% CI (mean ± 1.96·sd/√n) for violations (red) and successes (blue) at every lookback, "
+        "centred within rule (each rule's success mean subtracted, so successes sit at 0: the rules differ in level "
+        "and in violation rate, and pooled means would show which rule is active as if it were a warning); the "
         "diamond at the left is the window that ended just before the jumper entered the context (context-only "
         "baseline): a gap already there is signal in the input, not a warning produced by the rule.",
     ),
