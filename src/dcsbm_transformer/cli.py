@@ -107,6 +107,85 @@ def command_analyze(args: argparse.Namespace) -> int:
     return 0
 
 
+SLURM_OPTIONS = ("slurm_partition", "slurm_gpus", "slurm_time", "slurm_array_parallelism", "slurm_cpus_per_task", "slurm_mem_gb", "slurm_account")
+
+
+def _sweep_settings(args: argparse.Namespace):
+    """SweepSettings from the command line; a combination that makes no sense is a usage error."""
+    from .sweep import SlurmSettings, SweepSettings
+
+    given = [f"--{name.replace('_', '-')}" for name in SLURM_OPTIONS if getattr(args, name) is not None]
+    if args.executor != "slurm" and given:
+        raise UsageError(f"{', '.join(given)} only apply to --executor slurm (this sweep runs with --executor {args.executor})")
+    if args.jobs is not None:
+        if args.executor == "slurm":
+            raise UsageError("--jobs sets the local executor's parallel processes; on SLURM use --slurm-array-parallelism")
+        if args.jobs < 1:
+            raise UsageError(f"--jobs must be at least 1, got {args.jobs}")
+        if args.executor == "debug" and args.jobs != 1:
+            raise UsageError("--executor debug runs the points one after the other in this process: --jobs must be 1")
+    if args.slurm_gpus is not None and args.slurm_gpus < 0:
+        raise UsageError(f"--slurm-gpus must be 0 or more, got {args.slurm_gpus}")
+    for name in ("slurm_time", "slurm_array_parallelism", "slurm_cpus_per_task", "slurm_mem_gb"):
+        if getattr(args, name) is not None and getattr(args, name) <= 0:
+            raise UsageError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
+    slurm = {
+        key: value for key, value in {
+            "partition": args.slurm_partition, "gpus": args.slurm_gpus, "time_minutes": args.slurm_time,
+            "array_parallelism": args.slurm_array_parallelism, "cpus_per_task": args.slurm_cpus_per_task,
+            "mem_gb": args.slurm_mem_gb, "account": args.slurm_account,
+        }.items() if value is not None
+    }
+    return SweepSettings(
+        executor=args.executor,
+        jobs=args.jobs or 1,
+        results_root=Path(args.results_dir),
+        sweeps_root=Path(args.sweeps_dir),
+        cache_root=Path(args.cache_dir) if args.cache_dir else None,
+        device=args.device,
+        precision=args.precision,
+        slurm=SlurmSettings(**slurm),
+    )
+
+
+def command_sweep(args: argparse.Namespace) -> int:
+    from .sweep import ExecutorUnavailable, SweepError, assess_all, executor_problem, load_sweep, print_plan, run_sweep
+
+    try:
+        plan = load_sweep(args.sweep_file)
+    except (FileNotFoundError, SweepError) as error:
+        raise UsageError(str(error)) from None
+    settings = _sweep_settings(args)
+    try:
+        resolve_device(args.device)
+    except ValueError as error:
+        raise UsageError(str(error)) from None
+    _require_directory_path("--results-dir", Path(args.results_dir))
+    _require_directory_path("--sweeps-dir", Path(args.sweeps_dir))
+    if not args.dry_run and (problem := executor_problem(settings)) is not None:
+        raise UsageError(problem)
+    if args.dry_run:
+        assessments = assess_all(plan, settings)
+        print_plan(plan, assessments, print)
+        todo = sum(a.state in ("new", "partial") for a in assessments.values())
+        print(f"dry run: nothing was run or written; {todo} point(s) would run, into {settings.results_root}/<experiment_id>/")
+        return 0
+    try:
+        outcome = run_sweep(plan, settings)
+    except ExecutorUnavailable as error:
+        raise UsageError(str(error)) from None
+    except KeyboardInterrupt:
+        print("dcsbm sweep: interrupted; rerun the same command to resume (finished points are kept)", file=sys.stderr)
+        return 130
+    counts = {state: sum(row["state"] == state for row in outcome.rows) for state in ("done", "failed", "pending", "running")}
+    print(f"sweep {plan.name}: " + ", ".join(f"{n} {s}" for s, n in counts.items() if n) + f"; status table: {outcome.sweep_dir / 'status.tsv'}")
+    if outcome.failed:
+        lines = "\n".join(f"  - point {row['point']} {row['experiment_id']}: {row['failure_reason']}" for row in outcome.failed)
+        print(f"dcsbm sweep: {len(outcome.failed)} point(s) failed:\n{lines}", file=sys.stderr)
+        return RUNTIME_FAILURE
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dcsbm", description="Train transformers on DCSBM walks with hidden jumper rules.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -137,6 +216,28 @@ def build_parser() -> argparse.ArgumentParser:
     analyze.add_argument("--precision", default="fp32", choices=["fp32", "bf16"], help="bf16 = autocast for the forward passes")
     analyze.add_argument("--include-failed", action="store_true", help="analyse a run whose gate did not pass (labelled exploratory)")
     analyze.set_defaults(handler=command_analyze)
+
+    sweep = commands.add_parser(
+        "sweep", help="run every point of a sweep file (train, gate, analyze) through submitit; reruns skip done points and resume the rest"
+    )
+    sweep.add_argument("sweep_file", metavar="SWEEP_FILE", help="sweep file (JSON): base config, axes, order")
+    sweep.add_argument("--executor", default="local", choices=["local", "slurm", "debug"],
+                       help="local: processes on this machine; slurm: a job array; debug: one after the other in this process")
+    sweep.add_argument("--jobs", type=int, default=None, help="local: points run at once (default 1), each with cores // jobs threads")
+    sweep.add_argument("--dry-run", action="store_true", help="validate and print the plan (point, what varies, id, state); write nothing")
+    sweep.add_argument("--results-dir", default="results", help="results root; each point goes to <dir>/<experiment_id>")
+    sweep.add_argument("--sweeps-dir", default="sweeps", help="the sweep's configs, job logs and status table go to <dir>/<sweep name>")
+    sweep.add_argument("--cache-dir", default=None, help="data cache (default: $DCSBM_CACHE_DIR or ./.cache)")
+    sweep.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="auto = CUDA when present (on the machine that runs the job)")
+    sweep.add_argument("--precision", default="fp32", choices=["fp32", "bf16"], help="bf16 = autocast (changes numerics)")
+    sweep.add_argument("--slurm-partition", default=None, help="SLURM partition")
+    sweep.add_argument("--slurm-gpus", type=int, default=None, help="GPUs per job (default 1)")
+    sweep.add_argument("--slurm-time", type=int, default=None, help="time limit per job in minutes (default 240); a job that hits it is requeued and resumes")
+    sweep.add_argument("--slurm-array-parallelism", type=int, default=None, help="array tasks running at once (default 32)")
+    sweep.add_argument("--slurm-cpus-per-task", type=int, default=None, help="CPUs per job, and its torch threads (default 4)")
+    sweep.add_argument("--slurm-mem-gb", type=float, default=None, help="memory per job in GB (default: the partition's)")
+    sweep.add_argument("--slurm-account", default=None, help="SLURM account to charge")
+    sweep.set_defaults(handler=command_sweep)
     return parser
 
 

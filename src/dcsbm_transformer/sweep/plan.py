@@ -1,0 +1,310 @@
+"""Sweep files: a base config plus axes, expanded into one validated config per point.
+
+A sweep file is JSON::
+
+    {"name": "sweep-quick",                      # optional; default: the file's stem
+     "description": "free text (cost, purpose)", # optional
+     "base": "quick.json",                       # a config object, or a path relative to this file
+     "set": {"training.max_epochs": 20},         # optional: dotted keys fixed for every point
+     "axes": {"graph.jump_scales": [[0.5], [0.9], [1.3]], "seed": [1, 2, 3]},
+     "order": {"seed": [1], "graph.jump_scales": [[0.9]]}}   # optional: what runs first
+
+The grid is the product of the axes (file order, the last axis varying fastest). ``order`` maps
+axes to some of their values: points are sorted by the rank of their value in each listed axis
+(the first key most significant; values not listed come after the listed ones, in grid order),
+so the core points of a sweep run first. Every point is validated before anything runs; every
+problem is reported at once, each naming its point.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel
+
+from ..config import ConfigError, ExperimentConfig, config_from_dict
+
+SWEEP_KEYS = ("name", "description", "base", "set", "axes", "order")
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+class SweepError(ValueError):
+    """A sweep file that cannot be run. ``problems`` lists every issue."""
+
+    def __init__(self, problems: list[str], source: str | None = None):
+        self.problems = list(problems)
+        self.source = source
+        where = f" {source}" if source else ""
+        lines = "\n".join(f"  - {p}" for p in self.problems)
+        super().__init__(f"invalid sweep file{where} ({len(self.problems)} problem(s)); nothing was run or written:\n{lines}")
+
+
+def render(value: Any) -> str:
+    """A value as compact JSON (``[1.3]``, ``2``, ``"pooled"``): how points are named."""
+    return json.dumps(value, separators=(",", ":"))
+
+
+@dataclass(frozen=True)
+class Point:
+    """One configuration of the grid. ``index`` is its 1-based place in the queue."""
+
+    index: int
+    varied: dict[str, Any]
+    config: ExperimentConfig
+
+    @property
+    def label(self) -> str:
+        return ", ".join(f"{key}={render(value)}" for key, value in self.varied.items()) or "(base)"
+
+    @property
+    def experiment_id(self) -> str:
+        return self.config.experiment_id
+
+    def describe(self) -> str:
+        return describe_point(self.index, self.varied)
+
+
+def describe_point(index: int, varied: dict[str, Any]) -> str:
+    """``point 7 (graph.jump_scales=[1.3], seed=2)``: how every message names a point."""
+    label = ", ".join(f"{key}={render(value)}" for key, value in varied.items()) or "(base)"
+    return f"point {index} ({label})"
+
+
+@dataclass(frozen=True)
+class SweepPlan:
+    name: str
+    description: str | None
+    source: Path | None  # the sweep file, when read from one
+    text: str | None  # the sweep file's text, copied into the sweep folder
+    base: dict[str, Any]  # the base config with ``set`` applied (raw JSON values)
+    axes: dict[str, list[Any]]
+    order: dict[str, list[Any]]
+    points: list[Point] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "description": self.description,
+            "source": str(self.source) if self.source else None,
+            "base": self.base,
+            "axes": self.axes,
+            "order": self.order,
+            "points": [
+                {"point": p.index, "varied": p.varied, "experiment_id": p.experiment_id} for p in self.points
+            ],
+        }
+
+
+# ---- config keys ------------------------------------------------------------------------------
+
+
+def _section_model(annotation: Any) -> type[BaseModel] | None:
+    return annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
+
+
+def config_key_problem(key: Any) -> str | None:
+    """Why ``key`` is not a dotted path to one value of the config, or None when it is."""
+    if not isinstance(key, str) or not key:
+        return f"{key!r} is not a dotted config key (such as graph.jump_scales or seed)"
+    model: type[BaseModel] = ExperimentConfig
+    parts = key.split(".")
+    for depth, part in enumerate(parts):
+        fields = model.model_fields
+        where = ".".join(parts[:depth]) or "the config"
+        if part not in fields:
+            return f"{key!r} is not a config key: {where} has no {part!r} (it has {', '.join(fields)})"
+        section = _section_model(fields[part].annotation)
+        last = depth == len(parts) - 1
+        if section is not None and last:
+            return f"{key!r} is a whole section; vary one of its keys ({', '.join(f'{key}.{k}' for k in section.model_fields)})"
+        if section is None and not last:
+            return f"{key!r} is not a config key: {'.'.join(parts[: depth + 1])} is a value, not a section"
+        if section is not None:
+            model = section
+    return None
+
+
+def set_dotted(raw: dict[str, Any], key: str, value: Any) -> None:
+    """Set ``key`` (dotted) in the nested dict ``raw``, creating sections as needed; the value is copied."""
+    *sections, leaf = key.split(".")
+    target = raw
+    for section in sections:
+        if not isinstance(target.get(section), dict):
+            target[section] = {}
+        target = target[section]
+    target[leaf] = copy.deepcopy(value)
+
+
+# ---- reading ----------------------------------------------------------------------------------
+
+
+def load_sweep(path: str | Path) -> SweepPlan:
+    """Read, expand and validate a sweep file; raises FileNotFoundError or SweepError (every problem)."""
+    path = Path(path)
+    if path.is_dir():
+        raise FileNotFoundError(f"{path} is a directory, not a sweep file (pass a JSON file such as configs/sweep-quick.json)")
+    if not path.is_file():
+        raise FileNotFoundError(f"sweep file not found: {path}")
+    text = path.read_text()
+    try:
+        raw = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise SweepError([f"(file): not valid JSON: {error.msg} at line {error.lineno}, column {error.colno}"], str(path)) from None
+    return sweep_from_dict(raw, source=path, text=text)
+
+
+def _read_base(base: Any, base_dir: Path, problems: list[str]) -> dict[str, Any] | None:
+    if isinstance(base, dict):
+        return copy.deepcopy(base)
+    if isinstance(base, str) and base:
+        path = Path(base) if Path(base).is_absolute() else base_dir / base
+        if not path.is_file():
+            problems.append(f"base: config file not found: {path} (a path is read relative to the sweep file)")
+            return None
+        try:
+            loaded = json.loads(path.read_text())
+        except json.JSONDecodeError as error:
+            problems.append(f"base: {path} is not valid JSON: {error.msg} at line {error.lineno}, column {error.colno}")
+            return None
+        if not isinstance(loaded, dict):
+            problems.append(f"base: {path} holds a JSON {type(loaded).__name__}, not a config object")
+            return None
+        return loaded
+    problems.append(f"base: expected a config object or the path of a config file, got {render(base) if base is not None else 'nothing'}")
+    return None
+
+
+def _check_values(where: str, values: Any, problems: list[str]) -> bool:
+    if not isinstance(values, list) or not values:
+        problems.append(f"{where}: expected a non-empty list of values, got {render(values)}")
+        return False
+    seen: set[str] = set()
+    for value in values:
+        text = json.dumps(value, sort_keys=True)
+        if text in seen:
+            problems.append(f"{where}: {render(value)} is listed twice")
+            return False
+        seen.add(text)
+    return True
+
+
+def sweep_from_dict(raw: Any, source: Path | None = None, text: str | None = None, base_dir: Path | None = None) -> SweepPlan:
+    """Expand and validate a parsed sweep file. ``base_dir`` (default: the source's folder) resolves
+    a base given as a path. Raises SweepError listing every problem."""
+    where = str(source) if source else None
+    if not isinstance(raw, dict):
+        raise SweepError([f"(top level): expected a JSON object, got {type(raw).__name__}"], where)
+    base_dir = base_dir if base_dir is not None else (source.parent if source else Path.cwd())
+    problems = [f"{key}: unknown key (a sweep file has {', '.join(SWEEP_KEYS)})" for key in raw if key not in SWEEP_KEYS]
+
+    name = raw.get("name", source.stem if source else None)
+    if not isinstance(name, str) or not NAME_PATTERN.match(name):
+        problems.append(f"name: {render(name)} cannot name a folder (letters, digits, '.', '_', '-'; give one when the sweep has no file)")
+    description = raw.get("description")
+    if description is not None and not isinstance(description, str):
+        problems.append(f"description: expected text, got {render(description)}")
+
+    base = _read_base(raw.get("base"), base_dir, problems) if "base" in raw else None
+    if "base" not in raw:
+        problems.append("base: required (a config object, or the path of a config file relative to the sweep file)")
+
+    fixed = raw.get("set", {})
+    if not isinstance(fixed, dict):
+        problems.append(f"set: expected an object of dotted config keys and values, got {render(fixed)}")
+        fixed = {}
+    for key, value in fixed.items():
+        if (problem := config_key_problem(key)) is not None:
+            problems.append(f"set: {problem}")
+        elif base is not None:
+            set_dotted(base, key, value)
+
+    axes_raw = raw.get("axes")
+    axes: dict[str, list[Any]] = {}
+    if not isinstance(axes_raw, dict) or not axes_raw:
+        problems.append(f"axes: expected an object of dotted config keys and lists of values, got {render(axes_raw)}")
+        axes_raw = {}
+    for key, values in axes_raw.items():
+        if (problem := config_key_problem(key)) is not None:
+            problems.append(f"axes: {problem}")
+        elif key in fixed:
+            problems.append(f"axes: {key!r} is also fixed in set; a key is either fixed or varied")
+        elif _check_values(f"axes.{key}", values, problems):
+            axes[key] = values
+
+    order_raw = raw.get("order", {})
+    order: dict[str, list[Any]] = {}
+    if not isinstance(order_raw, dict):
+        problems.append(f"order: expected an object of axes and the values to run first, got {render(order_raw)}")
+        order_raw = {}
+    for key, values in order_raw.items():
+        if key not in axes_raw:
+            problems.append(f"order: {key!r} is not an axis of this sweep (axes: {', '.join(axes_raw) or 'none'})")
+            continue
+        if key not in axes or not _check_values(f"order.{key}", values, problems):
+            continue
+        known = {json.dumps(v, sort_keys=True) for v in axes[key]}
+        missing = [render(v) for v in values if json.dumps(v, sort_keys=True) not in known]
+        if missing:
+            problems.append(f"order.{key}: {', '.join(missing)} not among the axis values {render(axes[key])}")
+            continue
+        order[key] = values
+
+    points: list[Point] = []
+    if base is not None and axes:
+        points = _expand(base, axes, order, problems)
+    if problems:
+        raise SweepError(problems, where)
+    return SweepPlan(
+        name=name, description=description, source=source, text=text, base=base or {}, axes=axes, order=order, points=points
+    )
+
+
+def _expand(base: dict[str, Any], axes: dict[str, list[Any]], order: dict[str, list[Any]], problems: list[str]) -> list[Point]:
+    """The grid in queue order, each point validated; problems are appended, naming the point."""
+    keys = list(axes)
+    grid = [dict(zip(keys, values)) for values in itertools.product(*(axes[k] for k in keys))]
+
+    def rank(item: tuple[int, dict[str, Any]]) -> tuple[int, ...]:
+        position, varied = item
+        ranks = []
+        for key, first in order.items():
+            listed = [json.dumps(v, sort_keys=True) for v in first]
+            text = json.dumps(varied[key], sort_keys=True)
+            ranks.append(listed.index(text) if text in listed else len(listed))
+        return (*ranks, position)
+
+    queue = [varied for _, varied in sorted(enumerate(grid), key=rank)]
+    points: list[Point] = []
+    failures: list[tuple[str, list[str]]] = []
+    for index, varied in enumerate(queue, start=1):
+        raw = copy.deepcopy(base)
+        for key, value in varied.items():
+            set_dotted(raw, key, value)
+        label = describe_point(index, varied)
+        try:
+            points.append(Point(index, varied, config_from_dict(raw)))
+        except ConfigError as error:
+            failures.append((label, error.problems))
+
+    # A problem every point shares comes from the base: say it once, not once per point.
+    shared = set.intersection(*(set(p) for _, p in failures)) if len(failures) == len(queue) > 1 else set()
+    for problem in sorted(shared, key=lambda p: failures[0][1].index(p)):
+        problems.append(f"every point ({len(queue)}): {problem}")
+    for label, point_problems in failures:
+        problems.extend(f"{label}: {problem}" for problem in point_problems if problem not in shared)
+
+    by_id: dict[str, Point] = {}
+    for point in points:
+        if (other := by_id.get(point.experiment_id)) is not None:
+            problems.append(
+                f"{point.describe()}: same experiment id {point.experiment_id} as {other.describe()} (one results folder "
+                "for both; analysis.* settings are not part of the id, so a sweep cannot vary them alone)"
+            )
+        by_id.setdefault(point.experiment_id, point)
+    return points
