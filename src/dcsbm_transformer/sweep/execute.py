@@ -374,14 +374,22 @@ def _write_sweep_files(plan: SweepPlan, sweep_dir: Path) -> None:
 
 
 class _Table:
-    """The sweep's in-memory states and the status files they are written to."""
+    """The sweep's states and assessments, and the status files they are written to. A point is
+    assessed again only when its job ends: assessing reads and hashes its files (an anchor run's
+    analysis is hundreds of MB), and the table is written at every start and end of a job."""
 
-    def __init__(self, plan: SweepPlan, sweep_dir: Path, settings: SweepSettings, states: dict[int, str]):
-        self.plan, self.sweep_dir, self.settings, self.states = plan, sweep_dir, settings, states
+    def __init__(self, plan: SweepPlan, sweep_dir: Path, settings: SweepSettings, assessments: dict[int, Assessment]):
+        self.plan, self.sweep_dir, self.settings = plan, sweep_dir, settings
+        self.assessments = dict(assessments)
+        self.states = {i: a.state if a.state in ("done", "failed") else "pending" for i, a in assessments.items()}
+
+    def ended(self, point: Point, state: str) -> None:
+        self.states[point.index] = state
+        self.assessments[point.index] = assess(point.config, Path(self.settings.results_root), self.settings.precision)
 
     def write(self) -> list[dict[str, Any]]:
         rows = [
-            table_row(p, self.states[p.index], self.sweep_dir, Path(self.settings.results_root), self.settings.precision)
+            table_row(p, self.states[p.index], self.assessments[p.index], read_record(record_path(self.sweep_dir, p.experiment_id)))
             for p in self.plan.points
         ]
         write_status(self.sweep_dir, self.plan, rows, {"executor": self.settings.executor, "results_dir": str(self.settings.results_root)})
@@ -421,10 +429,9 @@ def run_sweep(plan: SweepPlan, settings: SweepSettings, echo: Callable[[str], No
         _write_sweep_files(plan, sweep_dir)
         assessments = assess_all(plan, settings)
         print_plan(plan, assessments, echo)
-        states = {i: a.state if a.state in ("done", "failed") else "pending" for i, a in assessments.items()}
-        table = _Table(plan, sweep_dir, settings, states)
+        table = _Table(plan, sweep_dir, settings, assessments)
         table.write()
-        todo = [p for p in plan.points if states[p.index] == "pending"]
+        todo = [p for p in plan.points if table.states[p.index] == "pending"]
         if not todo:
             echo(f"sweep {plan.name}: nothing to run")
         else:
@@ -490,7 +497,7 @@ class _Runner:
             record = {**(read_record(path) or {}), "experiment_id": point.experiment_id, "point": point.index, "varied": point.varied}
             record.update(state="failed", reason=_death_reason(job, error), finished=now(), job_id=str(job.job_id))
             write_record(path, record)
-        self.table.states[point.index] = record["state"]
+        self.table.ended(point, record["state"])
         rows = self.table.write()
         self.echo(_finish_line(point, record, rows[point.index - 1]))
 

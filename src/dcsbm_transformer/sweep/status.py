@@ -133,10 +133,10 @@ def write_record(path: Path, record: dict[str, Any]) -> None:
 # ---- the table --------------------------------------------------------------------------------
 
 
-def table_row(point: Point, state: str, sweep_dir: Path, results_root: Path, precision: str) -> dict[str, Any]:
-    """One row of the status table: ``state`` is the sweep's (pending/running/done/failed)."""
-    assessment = assess(point.config, results_root, precision)
-    result, record = assessment.result, read_record(record_path(sweep_dir, point.experiment_id)) or {}
+def table_row(point: Point, state: str, assessment: Assessment, record: dict[str, Any] | None) -> dict[str, Any]:
+    """One row of the status table: ``state`` is the sweep's (pending/running/done/failed),
+    ``assessment`` the point's results folder, ``record`` what its last job wrote."""
+    result, record = assessment.result, record or {}
     training = (result or {}).get("training", {})
     finished = result is not None and result["status"] == "finished"
     if state == "failed":  # a finished run that broke says why itself; otherwise the job's record does
