@@ -29,6 +29,7 @@ from dcsbm_transformer.sweep import (
     PointJob, SlurmSettings, SweepError, SweepSettings, load_sweep, make_executor, point_job, run_sweep, sweep_from_dict,
 )
 from dcsbm_transformer.sweep.execute import owner_alive
+from dcsbm_transformer.training.lock import RunLock
 from dcsbm_transformer.training.trainer import TrainingHooks
 
 from conftest import REPO, run_cli
@@ -172,6 +173,15 @@ def test_a_dry_run_prints_the_plan_and_writes_nothing(tmp_path, capsys):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny.json"]
 
 
+def test_a_second_sweep_process_on_the_same_sweep_is_refused(tmp_path, capsys):
+    sweep_dir = tmp_path / "sweeps" / "tiny"
+    sweep_dir.mkdir(parents=True)
+    with RunLock(sweep_dir):  # as a live `dcsbm sweep` holds it
+        assert main(sweep_args(tmp_path, write_sweep(tmp_path, TWO_POINTS))) == 1
+    assert f"in use by process {os.getpid()}" in capsys.readouterr().err
+    assert sorted(p.name for p in sweep_dir.iterdir()) == [".lock"] and not (tmp_path / "results").exists()
+
+
 # ---- the local executor: runs, skips, resumes -------------------------------------------------
 
 
@@ -275,7 +285,7 @@ def test_a_failing_point_is_recorded_and_the_others_finish(tmp_path, monkeypatch
     assert "training loss became nan" in rows[1]["failure_reason"] and rows[1]["epochs_trained"] == 1
     assert all(r["failure_reason"].startswith("GraphGenerationError: ") for r in rows[2:])
     assert rows[0]["epochs_trained"] == 1 and rows[0]["gate_passed"] is False
-    assert "3 point(s) failed" in err and all(f"point {i} " in err for i in (2, 3, 4))
+    assert "3 point(s) failed" in err and all(f"point {i} " in err for i in (2, 3, 4)) and "dcsbm run --restart --config" in err
     record = json.loads((tmp_path / "sweeps" / "tiny" / "points" / f"{rows[2]['experiment_id']}.json").read_text())
     assert "GraphGenerationError" in record["traceback"]
 

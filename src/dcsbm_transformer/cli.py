@@ -181,7 +181,12 @@ def command_sweep(args: argparse.Namespace) -> int:
     print(f"sweep {plan.name}: " + ", ".join(f"{n} {s}" for s, n in counts.items() if n) + f"; status table: {outcome.sweep_dir / 'status.tsv'}")
     if outcome.failed:
         lines = "\n".join(f"  - point {row['point']} {row['experiment_id']}: {row['failure_reason']}" for row in outcome.failed)
-        print(f"dcsbm sweep: {len(outcome.failed)} point(s) failed:\n{lines}", file=sys.stderr)
+        print(
+            f"dcsbm sweep: {len(outcome.failed)} point(s) failed:\n{lines}\n"
+            "Rerunning the same command retries every point that did not finish. A run that finished broken (a NaN loss) "
+            f"is kept as it is; `dcsbm run --restart --config {outcome.sweep_dir / 'configs'}/<experiment_id>.json` trains it again.",
+            file=sys.stderr,
+        )
         return RUNTIME_FAILURE
     return 0
 
