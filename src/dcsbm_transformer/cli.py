@@ -1,6 +1,7 @@
 """The ``dcsbm`` command line: ``dcsbm run`` (the main job: train to the gate, analyse, report),
-``dcsbm generate`` (write data) and ``dcsbm analyze`` (SVD metrics of a trained run's attention at
-every generated token, their predictive horizons, figures and report).
+``dcsbm generate`` (write data), ``dcsbm analyze`` (SVD metrics of a trained run's attention at
+every generated token, their predictive horizons, figures and report), ``dcsbm sweep`` (every
+point of a sweep file, through submitit) and ``dcsbm report`` (runs compared, or listed).
 
 Exit status: 0 done (a run that finished without passing the gate is a result, flagged in
 result.json); 2 a mistake in the request (missing file, invalid config, bad argument), reported
@@ -27,6 +28,7 @@ from .training.checkpoint import CheckpointError, CheckpointWriteError
 from .training.faults import hooks_from_environment
 from .analysis.events import AnalysisEventsError
 from .analysis.run import AnalysisRefused, analyze_run
+from .comparison import ComparisonError, add_report_parser
 from .training.lock import RunLockedError
 from .training.trainer import CompileError
 
@@ -191,6 +193,15 @@ def command_sweep(args: argparse.Namespace) -> int:
     return 0
 
 
+def command_report(args: argparse.Namespace) -> int:
+    from .comparison import command_report as compare
+
+    try:
+        return compare(args)
+    except ComparisonError as error:  # a path that is not a run or results root, a bad --where, no match
+        raise UsageError(str(error)) from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dcsbm", description="Train transformers on DCSBM walks with hidden jumper rules.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -243,6 +254,8 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--slurm-mem-gb", type=float, default=None, help="memory per job in GB (default: the partition's)")
     sweep.add_argument("--slurm-account", default=None, help="SLURM account to charge")
     sweep.set_defaults(handler=command_sweep)
+
+    add_report_parser(commands).set_defaults(handler=command_report)
     return parser
 
 

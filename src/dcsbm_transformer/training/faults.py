@@ -59,9 +59,9 @@ def hooks_from_environment() -> TrainingHooks | None:
     def before_checkpoint_commit(path: Path) -> None:
         match = _EPOCH_IN_NAME.search(path.name)
         epoch = int(match.group(1)) if match else None
-        if spec.get("pause_at_checkpoint_commit") == epoch:
+        if epoch is not None and spec.get("pause_at_checkpoint_commit") == epoch:
             _pause_forever(spec, f"commit of {path.name}")
-        if spec.get("fail_checkpoint_commit") == epoch:
+        if epoch is not None and spec.get("fail_checkpoint_commit") == epoch:
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
 
     return TrainingHooks(after_step=after_step, before_evaluation=before_evaluation, before_checkpoint_commit=before_checkpoint_commit)
