@@ -19,19 +19,31 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, ValidationError, field_validator
 
+from .storage import JsonSyntaxError, read_json_document
+
 # Bump when the graph or walk algorithms change, so old cached data is never reused.
 DATA_FORMAT_VERSION = 2
 
 
-class ConfigError(ValueError):
-    """A configuration that cannot be run. ``problems`` lists every issue, one per field."""
+class ProblemsError(ValueError):
+    """An input that cannot be used, with every problem found in it (``problems``, one per line)."""
+
+    title = "invalid input"
+    after = ""  # said after the count, e.g. what was (not) done
+    preposition = "in"
 
     def __init__(self, problems: list[str], source: str | None = None):
         self.problems = list(problems)
         self.source = source
-        where = f" in {source}" if source else ""
+        where = " ".join(["", *filter(None, [self.preposition, str(source)])]) if source else ""
         lines = "\n".join(f"  - {p}" for p in self.problems)
-        super().__init__(f"invalid configuration{where} ({len(self.problems)} problem(s)):\n{lines}")
+        super().__init__(f"{self.title}{where} ({len(self.problems)} problem(s)){self.after}:\n{lines}")
+
+
+class ConfigError(ProblemsError):
+    """A configuration that cannot be run. ``problems`` lists every issue, one per field."""
+
+    title = "invalid configuration"
 
 
 class _Section(BaseModel):
@@ -322,14 +334,8 @@ def load_config(path: str | Path) -> ExperimentConfig:
     Raises FileNotFoundError when the file is missing, ConfigError (a ValueError) when it is
     not valid JSON or not a valid config; the message names the file and every problem.
     """
-    path = Path(path)
-    if path.is_dir():
-        raise FileNotFoundError(f"{path} is a directory, not a config file (pass a JSON file such as configs/quick.json)")
-    if not path.is_file():
-        raise FileNotFoundError(f"config file not found: {path}")
-    text = path.read_text()
     try:
-        raw = json.loads(text)
-    except json.JSONDecodeError as error:
-        raise ConfigError([f"(file): not valid JSON: {error.msg} at line {error.lineno}, column {error.colno}"], str(path)) from None
+        raw, _ = read_json_document(path, "config file", "configs/quick.json")
+    except JsonSyntaxError as error:
+        raise ConfigError([error.problem], str(path)) from None
     return config_from_dict(raw, source=str(path))

@@ -127,3 +127,26 @@ def sha256_file(path: str | Path, chunk_bytes: int = 1 << 22) -> str:
         while chunk := handle.read(chunk_bytes):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+class JsonSyntaxError(ValueError):
+    """A file that is not valid JSON; ``problem`` says where, in the ``(file): ...`` form of config errors."""
+
+    def __init__(self, problem: str):
+        self.problem = problem
+        super().__init__(problem)
+
+
+def read_json_document(path: str | Path, what: str, example: str) -> tuple[Any, str]:
+    """(parsed JSON, text) of a user's input file. FileNotFoundError for a missing file or a
+    folder (naming ``what`` and an ``example`` of the right thing); JsonSyntaxError for bad JSON."""
+    path = Path(path)
+    if path.is_dir():
+        raise FileNotFoundError(f"{path} is a directory, not a {what} (pass a JSON file such as {example})")
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} not found: {path}")
+    text = path.read_text()
+    try:
+        return json.loads(text), text
+    except json.JSONDecodeError as error:
+        raise JsonSyntaxError(f"(file): not valid JSON: {error.msg} at line {error.lineno}, column {error.colno}") from None

@@ -294,17 +294,23 @@ def compute_horizon(arrays: dict[str, np.ndarray], config: ExperimentConfig, sum
     }
 
 
+def horizon_is_current(horizon: dict[str, Any] | None, config: ExperimentConfig, summary: dict[str, Any]) -> bool:
+    """Whether a horizon.json (parsed, or None) was made from this summary's token_metrics.npz
+    with this config's statistics settings and primary hypothesis."""
+    return (
+        horizon is not None
+        and horizon["token_metrics_sha256"] == summary["token_metrics_sha256"]
+        and horizon["settings"] == horizon_settings(config)
+        and horizon["primary"]["key"] == primary_key(config)
+        and horizon["primary"]["direction"] == config.analysis.primary.direction
+    )
+
+
 def horizon_for_run(analysis_dir: Path, config: ExperimentConfig, summary: dict[str, Any], echo=print) -> dict[str, Any]:
     """horizon.json of a finished analysis: reused when it was made from the same token_metrics.npz
     with the same settings, computed and written (validated, atomically) otherwise."""
     done = read_horizon(analysis_dir)
-    if (
-        done is not None
-        and done["token_metrics_sha256"] == summary["token_metrics_sha256"]
-        and done["settings"] == horizon_settings(config)
-        and done["primary"]["key"] == primary_key(config)
-        and done["primary"]["direction"] == config.analysis.primary.direction
-    ):
+    if horizon_is_current(done, config, summary):
         echo(f"{analysis_dir / HORIZON_FILE}: already computed from this token_metrics.npz, reusing it")
         return done
     arrays = read_npz(analysis_dir / TOKEN_METRICS_FILE)

@@ -211,13 +211,19 @@ def stratified_auroc(scores: np.ndarray, violated: np.ndarray, jumper: np.ndarra
         parts.append((w, v_s))
         per_jumper[int(s)] = a_s
         counts[int(s)] = (nv, ns)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        a = np.where(den > 0, num / den, np.nan)
-        var = np.zeros(x.shape[1])
-        for w, v_s in parts:
-            var += np.where(w > 0, (w / den) ** 2 * v_s, 0.0)
-    var = np.where(den > 0, var, np.nan)
+    a, var = _combine_strata(num, den, parts)
     return {"auroc": a, "var": var, "per_jumper": per_jumper, "counts": counts}
+
+
+def _combine_strata(num: np.ndarray, den: np.ndarray, parts: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+    """Weighted mean ``num / den`` of per-stratum estimates and its variance ``sum_s (w_s / den)^2 Var_s``
+    (independent strata), from ``parts = [(w_s, Var_s)]``; NaN where no stratum has weight."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        estimate = np.where(den > 0, num / den, np.nan)
+        var = np.zeros(num.shape)
+        for weight, v in parts:
+            var += np.where(weight > 0, (weight / den) ** 2 * v, 0.0)
+    return estimate, np.where(den > 0, var, np.nan)
 
 
 def auroc_difference(first: np.ndarray, second: np.ndarray, violated: np.ndarray, jumper: np.ndarray) -> dict:
@@ -258,12 +264,8 @@ def auroc_difference(first: np.ndarray, second: np.ndarray, violated: np.ndarray
         num += np.where(weight > 0, weight * np.nan_to_num(delta), 0.0)
         den += weight
         parts.append((weight, var))
+    delta, var = _combine_strata(num, den, parts)
     with np.errstate(invalid="ignore", divide="ignore"):
-        delta = np.where(den > 0, num / den, np.nan)
-        var = np.zeros(x1.shape[1])
-        for weight, v in parts:
-            var += np.where(weight > 0, (weight / den) ** 2 * v, 0.0)
-        var = np.where(den > 0, var, np.nan)
         se = np.sqrt(var)
         z = float(norm.ppf(0.975))
         p = np.where(se > 0, 2 * norm.sf(np.abs(delta) / se), np.where(delta == 0, 1.0, 0.0))

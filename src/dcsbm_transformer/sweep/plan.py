@@ -28,21 +28,19 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from ..config import ConfigError, ExperimentConfig, config_from_dict
+from ..config import ConfigError, ExperimentConfig, ProblemsError, config_from_dict
+from ..storage import JsonSyntaxError, read_json_document
 
 SWEEP_KEYS = ("name", "description", "base", "set", "axes", "order")
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
-class SweepError(ValueError):
+class SweepError(ProblemsError):
     """A sweep file that cannot be run. ``problems`` lists every issue."""
 
-    def __init__(self, problems: list[str], source: str | None = None):
-        self.problems = list(problems)
-        self.source = source
-        where = f" {source}" if source else ""
-        lines = "\n".join(f"  - {p}" for p in self.problems)
-        super().__init__(f"invalid sweep file{where} ({len(self.problems)} problem(s)); nothing was run or written:\n{lines}")
+    title = "invalid sweep file"
+    after = "; nothing was run or written"
+    preposition = ""
 
 
 def render(value: Any) -> str:
@@ -147,15 +145,10 @@ def set_dotted(raw: dict[str, Any], key: str, value: Any) -> None:
 def load_sweep(path: str | Path) -> SweepPlan:
     """Read, expand and validate a sweep file; raises FileNotFoundError or SweepError (every problem)."""
     path = Path(path)
-    if path.is_dir():
-        raise FileNotFoundError(f"{path} is a directory, not a sweep file (pass a JSON file such as configs/sweep-quick.json)")
-    if not path.is_file():
-        raise FileNotFoundError(f"sweep file not found: {path}")
-    text = path.read_text()
     try:
-        raw = json.loads(text)
-    except json.JSONDecodeError as error:
-        raise SweepError([f"(file): not valid JSON: {error.msg} at line {error.lineno}, column {error.colno}"], str(path)) from None
+        raw, text = read_json_document(path, "sweep file", "configs/sweep-quick.json")
+    except JsonSyntaxError as error:
+        raise SweepError([error.problem], str(path)) from None
     return sweep_from_dict(raw, source=path, text=text)
 
 

@@ -59,7 +59,7 @@ def analysis_finished(run_dir: Path, config: ExperimentConfig, precision: str) -
     config's analysis settings (summary.json vouching for its token_metrics.npz, and a horizon.json
     computed from that npz with the config's statistics settings). When in doubt, False: the job
     then runs, and ``analyze_run`` reuses whatever is already finished."""
-    from ..analysis.horizon import horizon_settings, primary_key  # the analysis' own definitions
+    from ..analysis.horizon import horizon_is_current  # the analysis' own definition of "current"
 
     directory = run_dir / ANALYSIS_DIR
     try:
@@ -75,14 +75,7 @@ def analysis_finished(run_dir: Path, config: ExperimentConfig, precision: str) -
     gate = run_dir / CHECKPOINT_DIR / GATE_CHECKPOINT
     if settings.get("checkpoint") != GATE_CHECKPOINT or not gate.is_file() or sha256_file(gate) != settings.get("checkpoint_sha256"):
         return False
-    horizon = read_horizon(directory)
-    return (
-        horizon is not None
-        and horizon["token_metrics_sha256"] == summary["token_metrics_sha256"]
-        and horizon["settings"] == horizon_settings(config)
-        and horizon["primary"]["key"] == primary_key(config)
-        and horizon["primary"]["direction"] == config.analysis.primary.direction
-    )
+    return horizon_is_current(read_horizon(directory), config, summary)
 
 
 def assess(config: ExperimentConfig, results_root: Path, precision: str = "fp32") -> Assessment:
