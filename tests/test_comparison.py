@@ -134,7 +134,7 @@ def test_listing_shows_every_run_with_its_status(runs, written):
     assert len(comparison["runs"]) == 6
     line = {name: next(l for l in printed.splitlines() if folder.name in l) for name, folder in folders.items()}
     assert "gate passed at epoch 3; analysed" in line["analysed_a"]
-    assert f"gate failed after 3 epochs: {FAILURE}" in line["failed"]
+    assert "gate failed after 3 epochs (worst rule 0.410)" in line["failed"]  # the full reason is in comparison.json
     assert "unfinished: no epoch finished yet" in line["unfinished"]
     assert "gate passed at epoch 3; not analysed" in line["not_analysed"]
     assert re.search(r"\b32\s+2\s+8\s+12\s+1\.5\s+1\s+16\s+2\s+3200\b", line["not_analysed"])  # n K w r r/w L d seed walks
@@ -289,3 +289,12 @@ def test_unreadable_files_are_listed_not_fatal(runs, tmp_path):
     assert found["broken_result"].state == "unreadable" and found["broken_result"].status.startswith("result.json unreadable")
     assert found["broken_config"].state == "unreadable" and "graph.n" in found["broken_config"].status
     assert filter_runs(list(found.values()), parse_where(["seed=2"])) == [found["broken_result"]]
+
+
+def test_gate_pass_rates_of_all_or_none_draw_their_wilson_interval():
+    """k = n (and k = 0) put a Wilson bound within a rounding error of the rate: never a negative error bar."""
+    from dcsbm_transformer.comparison.figures import wilson
+
+    for k, n in ((3, 3), (0, 3), (1, 1), (24, 24)):
+        low, high = wilson(k, n)
+        assert low <= k / n + 1e-12 and high >= k / n - 1e-12 and 0 <= low and high <= 1

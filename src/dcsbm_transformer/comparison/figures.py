@@ -162,7 +162,9 @@ def draw_gate(entries: list[dict[str, Any]]) -> bytes | None:
     for (label, x), (k, n) in sorted(counts.items(), key=lambda item: item[0][1]):
         low, high = wilson(k, n)
         xe = x + offsets[label]
-        axis.errorbar([xe], [k / n], yerr=[[k / n - low], [high - k / n]], marker="o", color=colours[label], capsize=4)
+        rate = k / n  # the Wilson bounds may miss 0 or 1 by a rounding error when k = 0 or k = n
+        errors = [[max(0.0, rate - low)], [max(0.0, high - rate)]]
+        axis.errorbar([xe], [rate], yerr=errors, marker="o", color=colours[label], capsize=4)
         axis.annotate(f"{k}/{n}", (xe, k / n), textcoords="offset points", xytext=(6, 4), fontsize=7)
     _rw_axis(axis, xs)
     axis.set_ylim(-0.02, 1.08)

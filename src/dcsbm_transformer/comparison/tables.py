@@ -264,12 +264,22 @@ def _cell(value: Any) -> str:
     return str(value)
 
 
+def _listing_status(entry: dict[str, Any]) -> str:
+    """The status in a few words: a failed gate by its worst rule (its full reason is in
+    comparison.json and on the page)."""
+    gate, compliance = entry["gate"], entry["compliance"]
+    if gate and gate.get("finished") and not gate.get("passed") and compliance and compliance.get("worst") is not None:
+        exploratory = "; analysed anyway (exploratory)" if entry["analysed"] else ""
+        return f"gate failed after {gate['epochs_trained']} epochs (worst rule {compliance['worst']:.3f}){exploratory}"
+    return entry["status"]
+
+
 def listing_rows(entries: list[dict[str, Any]]) -> list[list[str]]:
     """One row of strings per run, in LISTING_COLUMNS order."""
     rows = []
     for entry in entries:
         p = entry["parameters"]
-        status = entry["status"] + (f" [{entry['note']}]" if entry["note"] else "")
+        status = _listing_status(entry) + (f" [{entry['note']}]" if entry["note"] else "")
         rows.append([
             Path(entry["folder"]).name, *(_cell(p[key]) for key in ("n", "K", "w", "r", "r_over_w", "layers", "d_model", "seed", "train_walks")),
             status,
