@@ -37,6 +37,7 @@ from .metrics import METRICS, Spectrum, compute_metrics, spectrum
 # window: QKᵀ's rows are query positions (shared positions are compared), AVWₒ's right side is
 # the d_model space, which does not move.
 TARGET_SIDE = {"qkt": ("left", True), "avwo": ("right", False)}
+CONTEXT_WINDOWS = 2  # windows measured before the jumper entered (ending at s - 2 and s - 1)
 MAX_PENDING_PASSES = 2  # passes whose targets wait for the metrics worker (each holds a chunk's targets)
 
 
@@ -146,12 +147,12 @@ def _measure_chunk(model, prompts, before, target_members, passes: int, top_k: i
     values = {(t, m): torch.full(shape, float("nan"), device=device) for t in TARGETS for m in METRICS}
     previous: dict[str, Spectrum | None] = dict.fromkeys(TARGETS)
     context: dict[tuple[str, str], torch.Tensor] = {}
-    for c in range(2):  # windows ending at s - 2, then s - 1: walk tokens only, the jumper not yet seen
+    for c in range(CONTEXT_WINDOWS):  # windows ending at s - 2, then s - 1: walk tokens only, the jumper not yet seen
         _, targets = forward_targets(model, before[:, c : c + prompts.shape[1]], autocast=generation["autocast"])
         for target in TARGETS:
             side, shifted = TARGET_SIDE[target]
             current = spectrum(targets[target], top_k=top_k, side=side)
-            if c == 1:
+            if c == CONTEXT_WINDOWS - 1:
                 for name, (metric_values, hits) in compute_metrics(current, previous[target], shifted=shifted).items():
                     guards[name] += hits.sum()
                     context[target, name] = metric_values
