@@ -22,7 +22,7 @@ from conftest import REPO, tiny_config
 def bench_env(tmp_path_factory):
     root = tmp_path_factory.mktemp("bench")
     config = root / "tiny.json"
-    config.write_text(tiny_config(training={"max_epochs": 2}).to_json())
+    config.write_text(tiny_config(training={"max_epochs": 2}, analysis={"events": 400, "permutations": 200}).to_json())
     env = {**os.environ, "DCSBM_CACHE_DIR": str(root / "cache"), "DCSBM_BENCH_RESULTS": str(root / "results")}
     return config, root / "results", env
 
@@ -103,7 +103,8 @@ def test_analysis_benchmark_compares_the_pipeline_with_raw_svd_and_plain(bench_e
                         "--anchor-events", "8", "--plain-events", "2")
     for name in ("analysis_quick", "analysis_anchor"):
         row = figures[name]
-        assert row["matrices"] == row["events"] * row["passes"] * 2  # one layer, one head, two targets
+        # one layer, one head, two targets, at every generated pass and the 2 context windows
+        assert row["matrices"] == row["events"] * (row["passes"] + 2) * 2
         assert row["vs_raw"] == pytest.approx(row["ours_matrices_per_s"] / row["raw_svd_matrices_per_s"])
         assert row["vs_plain"] == pytest.approx(row["plain_ms_per_matrix"] / row["ours_ms_per_matrix"])
     assert figures["analysis_anchor"]["peak_rss_mb"] > 0
