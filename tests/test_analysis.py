@@ -210,6 +210,13 @@ def test_same_settings_reuse_other_settings_redo(tiny_run):
     assert summary_file.stat().st_mtime_ns == stamp and "reusing" in said[0]
     redone = analyze_run(folder, events=20, echo=lambda _: None)
     assert redone["counts"]["events"] == 20 and summary_file.stat().st_mtime_ns != stamp
+    # an analysis written by an earlier version of the stage is redone, not reused
+    old = json.loads(summary_file.read_text())
+    summary_file.write_text(json.dumps({**old, "schema_version": 1}))
+    said.clear()
+    analyze_run(folder, events=20, echo=said.append)
+    assert not any("reusing token_metrics" in line for line in said)
+    assert json.loads(summary_file.read_text())["schema_version"] == 2
 
 
 def test_an_interrupted_analysis_leaves_nothing_that_claims_to_be_finished(tiny_run, monkeypatch):

@@ -31,7 +31,9 @@ ANALYSIS_DIR = "analysis"
 TOKEN_METRICS_FILE = "token_metrics.npz"
 CONTEXT_PREFIX = "context."
 SUMMARY_FILE = "summary.json"
-SUMMARY_SCHEMA_VERSION = 1
+# 2: events need s >= w + 1, the context windows are measured (context.<key>, context_tokens) and
+# pass 1's temporal metrics compare with the window before the jumper; a version-1 analysis is redone.
+SUMMARY_SCHEMA_VERSION = 2
 
 
 class _Strict(BaseModel):
@@ -103,6 +105,8 @@ def finished_summary(directory: Path, settings: dict[str, Any]) -> dict[str, Any
         summary = Summary.model_validate(json.loads((directory / SUMMARY_FILE).read_text())).model_dump(mode="json")
     except (OSError, ValueError):
         return None
+    if summary["schema_version"] != SUMMARY_SCHEMA_VERSION:
+        return None  # measured by an earlier version of the analysis: not what this one would write
     if summary["settings"] != Settings.model_validate(settings).model_dump(mode="json"):
         return None
     npz = directory / TOKEN_METRICS_FILE
