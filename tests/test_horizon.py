@@ -175,7 +175,6 @@ def test_paired_difference_of_a_predictor_with_itself_is_zero_and_matches_brute_
 def test_shared_shuffles_give_each_metric_the_p_it_would_get_alone():
     arrays = synthetic_arrays(2)
     h = compute_horizon(arrays, CONFIG, summary_for(arrays))
-    from dcsbm_transformer.analysis.horizon import BEHAVIOURAL  # noqa: F401 (same module under test)
     from dcsbm_transformer.reproducibility import numpy_rng
 
     alone = separation(arrays[NOISE], arrays["violated"], arrays["event_jumper"], arrays["event_r"], permutations=999,

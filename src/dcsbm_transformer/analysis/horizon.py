@@ -260,7 +260,9 @@ def compute_horizon(arrays: dict[str, np.ndarray], config: ExperimentConfig, sum
         parts = KEY.match(key)
         return {"target": parts["target"], "layer": int(parts["layer"]), "head": int(parts["head"]), "metric": parts["metric"], "by_r": by_r}
 
-    observed = lambda result: result.direction  # noqa: E731 - exploratory: the side it was found on
+    def observed(result: SeparationResult) -> str | None:  # exploratory: the side it was found on
+        return result.direction
+
     metric_stats = {key: described(key, statistics_of(key, observed)) for key in tested if key != primary}
     primary_by_r = statistics_of(primary, lambda _: "higher before violations" if declared == "higher" else "lower before violations")
     metric_stats[primary] = described(primary, primary_by_r)
