@@ -42,7 +42,11 @@ Choices, and why
   step-down adjustment (:func:`holm`) as a second, less powerful but per-j family-wise control.
 * **Insufficient data.** If either class has fewer than ``min_events`` events in the stratum, no
   AUROC and no p-value are produced (status ``"insufficient"``); likewise at a single lookback
-  where fewer than ``min_events`` finite values per class remain, the AUROC there is NaN.
+  where fewer than ``min_events`` finite values per class remain, the AUROC there is NaN. A lookback
+  whose stratified AUROC is NaN (no single jumper has both classes finite there, although the
+  stratum as a whole has enough of each) is not testable either: its per-j p is NaN, it is left out
+  of the max-over-j statistic and out of Holm's family; a stratum with no testable ``j >= 1`` is
+  ``"insufficient"``.
 """
 
 from __future__ import annotations
@@ -369,7 +373,10 @@ class SeparationResult:
     CI's lower bound) above ``threshold`` — the spec's horizon, for a metric higher before
     violations; ``horizon_lower``/``confident_horizon_lower`` the same in the other direction
     (AUROC, its CI's upper bound, below ``1 - threshold``). ``alternative``: the test's side (see
-    :func:`separation`). Status ``"insufficient"``: all numbers NaN/None, counts only.
+    :func:`separation`). Status ``"insufficient"``: fewer than ``min_events`` of a class in the
+    stratum (all numbers NaN/None, counts only), or no lookback ``j >= 1`` is testable — none has
+    ``min_events`` finite values of each class *and* a finite stratified AUROC (some jumper with both
+    classes finite) — so no p-value and no horizon; the simultaneous ``j = 0`` AUROC, if defined, is kept.
     """
 
     def horizon_in(self, direction: str) -> tuple[int | None, int | None]:
@@ -482,6 +489,17 @@ def _observed(x: np.ndarray, y: np.ndarray, g: np.ndarray, r_value: int, *, perm
     fin = np.isfinite(x)
     valid = ((fin & y[:, None]).sum(axis=0) >= min_events) & ((fin & ~y[:, None]).sum(axis=0) >= min_events)
     st = stratified_auroc(x, y, g)
+    # Enough of each class in the stratum is not enough: the stratified AUROC is NaN where no single
+    # jumper has both classes finite. Such a lookback is not testable: it gets no p (a NaN statistic
+    # would be exceeded by no shuffle, p = 1/(P+1)) and stays out of the max-over-j family.
+    valid &= np.isfinite(st["auroc"])
+    if not valid[1:].any():  # nothing testable (no lookback j >= 1): counts and the j = 0 AUROC only
+        a = np.where(valid, st["auroc"], np.nan)
+        lo, hi = auroc_ci(a, st["var"])
+        result = SeparationResult(status="insufficient", auroc=a, auroc_pooled=np.where(valid, auroc(x, y), np.nan),
+                                  auroc_per_jumper={s: nan.copy() for s in counts}, ci_low=np.where(valid, lo, np.nan),
+                                  ci_high=np.where(valid, hi, np.nan), **base)
+        return result, np.zeros(ncol, dtype=bool), nan.copy()
     a = np.where(valid, st["auroc"], np.nan)
     lo, hi = auroc_ci(a, st["var"])
     ci_low = np.where(valid, lo, np.nan)

@@ -1,0 +1,48 @@
+"""The review's corrections (issue 23, item 1): each test failed before its fix."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from dcsbm_transformer.analysis.statistics import separation
+
+
+# --------------------------------------------------------------------------------------------------
+# a. a lookback with no jumper holding both classes finite has a NaN stratified AUROC: NaN p, not 1/(P+1)
+
+
+def _no_jumper_has_both_classes(rng, *, all_lookbacks: bool = False):
+    """r = 3, two jumpers, 40 violations and 40 successes each. At j = 2 (all j >= 1 if
+    ``all_lookbacks``) jumper 0's violations and jumper 1's successes are NaN: the stratum still has
+    40 finite values of each class there, but no single jumper has both."""
+    n = 160
+    g = np.repeat([0, 1], 80)
+    y = np.tile(np.repeat([True, False], 40), 2)
+    values = rng.normal(size=(n, 3))  # pass k in column k - 1; j = r - k
+    values[y, :] += 0.3
+    columns = [0, 1] if all_lookbacks else [0]  # pass 1 is j = 2, pass 2 is j = 1
+    for c in columns:
+        values[(g == 0) & y, c] = np.nan
+        values[(g == 1) & ~y, c] = np.nan
+    return values, y, g, np.full(n, 3)
+
+
+def test_a_nan_stratified_auroc_gets_a_nan_p_not_the_smallest_one():
+    values, y, g, r = _no_jumper_has_both_classes(np.random.default_rng(0))
+    res = separation(values, y, g, r, permutations=999, rng=np.random.default_rng(1))[3]
+    assert np.isnan(res.auroc[2]) and np.isfinite(res.auroc[:2]).all()
+    assert np.isnan(res.p_per_j[2])  # was 1/(P+1) = 0.001: nothing exceeds a NaN statistic
+    assert np.isnan(res.p_per_j_holm[2])
+    assert res.p_per_j_holm[1] == res.p_per_j[1]  # a family of one lookback: Holm changes nothing
+    assert res.status == "ok" and res.best_j == 1 and res.p_value > 0.01
+    # the family-wise p is that of the one testable lookback (the same shuffles)
+    assert res.p_value == pytest.approx(res.p_per_j[1])
+
+
+def test_a_stratum_with_no_testable_lookback_is_insufficient():
+    values, y, g, r = _no_jumper_has_both_classes(np.random.default_rng(0), all_lookbacks=True)
+    res = separation(values, y, g, r, permutations=999, rng=np.random.default_rng(1))[3]
+    assert np.isnan(res.auroc[1:]).all()
+    assert res.status == "insufficient" and res.p_value is None and res.best_j is None
+    assert res.horizon is None and res.confident_horizon is None
