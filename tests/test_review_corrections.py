@@ -46,3 +46,33 @@ def test_a_stratum_with_no_testable_lookback_is_insufficient():
     assert np.isnan(res.auroc[1:]).all()
     assert res.status == "insufficient" and res.p_value is None and res.best_j is None
     assert res.horizon is None and res.confident_horizon is None
+
+
+# --------------------------------------------------------------------------------------------------
+# b. rule_outcome is labelled only at passes that exist (pass k <= the event's r)
+
+
+def _four_vertex_graph():
+    """Complete directed graph on 4 vertices, blocks [0, 0, 1, 1]; jumper 0 -> block 1 in 1 step,
+    jumper 2 -> block 0 in 3 steps."""
+    from dcsbm_transformer.data.graph import Graph
+
+    n = 4
+    return Graph(indptr=np.arange(0, n * n + 1, n, dtype=np.int64), indices=np.tile(np.arange(n, dtype=np.int32), n),
+                 block=np.array([0, 0, 1, 1], np.int32), theta=np.ones(n), jumper_vertex=np.array([0, 2], np.int32),
+                 jumper_target_block=np.array([1, 0], np.int32), jumper_r=np.array([1, 3], np.int32), K=2)
+
+
+def test_b_no_rule_outcome_for_a_pass_that_does_not_exist():
+    from dcsbm_transformer.analysis.continuations import RULE_FOLLOWED, label_continuations
+
+    graph = _four_vertex_graph()
+    # event 0 (r = 1): the prompt's vertex 2 is a jumper whose deadline falls at pass 2, past the event's r
+    # (its token there is the -1 padding, which indexed graph.block[-1]); event 1 (r = 3) has all its passes
+    prompts = np.array([[2, 0], [1, 2]])
+    generated = np.array([[3, 1, 1], [3, 3, 1]])
+    labels = label_continuations(prompts, generated, np.array([1, 3]), np.array([1, 0]), graph)
+    assert labels.edge_valid.tolist() == [[1, -1, -1], [1, 1, 1]]
+    assert labels.rule_outcome.tolist() == [[RULE_FOLLOWED, 0, 0], [0, 0, RULE_FOLLOWED]]  # was [[1, 2, 0], ...]
+    assert ((labels.rule_outcome == 0) | (labels.edge_valid >= 0)).all()  # never a label where no pass exists
+    assert labels.violated.tolist() == [False, False]

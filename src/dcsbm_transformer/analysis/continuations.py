@@ -112,7 +112,7 @@ class Labels:
 
     tokens: np.ndarray  # int32 [E, w + max r]: the prompt window, then the generated tokens, -1 past r
     edge_valid: np.ndarray  # int8 [E, max r]: 1 the pass's token follows an edge, 0 it does not, -1 no such pass
-    rule_outcome: np.ndarray  # int8 [E, max r]: 0 no rule due at that token, 1 every due rule followed, 2 one violated
+    rule_outcome: np.ndarray  # int8 [E, max r]: 0 no rule due at that token (or no such pass), 1 every due rule followed, 2 one violated
     violated: np.ndarray  # bool [E]: the event's own rule broken at its deadline (pass r)
     first_bad_edge_pass: np.ndarray  # int16 [E]: first pass whose token is not an edge, 0 when every edge holds
 
@@ -121,7 +121,8 @@ def label_continuations(prompts: np.ndarray, generated: np.ndarray, r: np.ndarra
     """Label generated tokens [E, max r] of prompts [E, w] for events with jump lengths r [E].
 
     ``rule_outcome`` counts every rule falling due at a pass — the event's own, one still
-    pending from the prompt, one the model triggered itself; ``violated`` is the event's own."""
+    pending from the prompt, one the model triggered itself — at passes that exist (k <= r of the
+    event; later passes are 0, like ``edge_valid`` -1 there); ``violated`` is the event's own."""
     events, passes = generated.shape
     w = prompts.shape[1]
     exists = np.arange(passes)[None, :] < r[:, None]
@@ -136,6 +137,7 @@ def label_continuations(prompts: np.ndarray, generated: np.ndarray, r: np.ndarra
 
     due = find_rule_events(tokens, graph)
     due = due.select(due.deadline >= w)
+    due = due.select(exists[due.row, due.deadline - w])  # a pass beyond the event's r does not exist: no label
     obeyed = graph.block[tokens[due.row, due.deadline]] == due.target_block
     rule_outcome = np.zeros((events, passes), dtype=np.int8)
     np.maximum.at(rule_outcome, (due.row, due.deadline - w), np.where(obeyed, RULE_FOLLOWED, RULE_VIOLATED).astype(np.int8))
