@@ -76,3 +76,41 @@ def test_b_no_rule_outcome_for_a_pass_that_does_not_exist():
     assert labels.rule_outcome.tolist() == [[RULE_FOLLOWED, 0, 0], [0, 0, RULE_FOLLOWED]]  # was [[1, 2, 0], ...]
     assert ((labels.rule_outcome == 0) | (labels.edge_valid >= 0)).all()  # never a label where no pass exists
     assert labels.violated.tolist() == [False, False]
+
+
+# --------------------------------------------------------------------------------------------------
+# c. condition_velocity keeps the order of the true change through the cap: the change of log10
+
+
+def _velocity(before: float, after: float) -> float:
+    """condition_velocity between two 2 × 2 spectra of condition numbers ``before`` -> ``after``."""
+    import torch
+
+    from dcsbm_transformer.analysis.metrics import METRICS, Spectrum
+
+    spec = lambda c: Spectrum(values=torch.tensor([[1.0, 1.0 / c]], dtype=torch.float64), vectors=None)  # noqa: E731
+    value, _ = METRICS["condition_velocity"].function(spec(before), spec(after), False)
+    return value.item()
+
+
+def test_c_condition_velocity_order_survives_the_cap():
+    from dcsbm_transformer.analysis.metrics import CONDITION_CAP
+
+    four_decades, one_decade = _velocity(10.0, 1e5), _velocity(1e5, 1e6)
+    assert four_decades > one_decade  # was 99990 < 900000: the raw difference ranks by level, not by change
+    assert four_decades == pytest.approx(4.0, rel=1e-5) and one_decade == pytest.approx(1.0, rel=1e-5)
+    seven_decades_capped = _velocity(1e5, 1e12)  # the true change: 7 decades, the cap takes the end
+    assert seven_decades_capped > one_decade  # (raw: 8.29e6)
+    assert seven_decades_capped == pytest.approx(np.log10(CONDITION_CAP) - 5, rel=1e-5)  # the cap counted as the cap
+    assert _velocity(1e3, 1e2) == pytest.approx(-1.0, rel=1e-5) and _velocity(10.0, 10.0) == 0.0
+    assert _velocity(1e9, 1e17) == 0.0  # both beyond the cap: no change can be seen (and it is a guard hit)
+    # scale-free: the same ratio scores the same at any level below the cap
+    assert _velocity(1e2, 1e3) == pytest.approx(_velocity(1e4, 1e5), rel=1e-5)
+
+
+def test_c_metric_versions_mark_the_changed_definition():
+    from dcsbm_transformer.analysis.metrics import METRICS
+
+    assert METRICS["condition_velocity"].version == 2
+    assert all(metric.version == 1 for name, metric in METRICS.items() if name != "condition_velocity")
+    assert "log10" in METRICS["condition_velocity"].formula and "log10" in METRICS["condition_velocity"].function.__doc__

@@ -14,7 +14,8 @@ guard hit. Every NaN value is a guard hit, except the temporal metrics of the fi
 (``previous is None``), which are NaN by construction and not counted.
 
 Adding a metric is one function (its docstring states the formula) and one ``Metric`` line in
-``METRICS``. A spectral function takes the singular values ``[..., m]`` (descending, float64 here)
+``METRICS``; changing a metric's definition raises its ``version`` (an analysis records every
+metric's name and version, so a changed metric is measured again). A spectral function takes the singular values ``[..., m]`` (descending, float64 here)
 and returns the values ``[...]`` (NaN where undefined), or ``(values, extra_guard)``; a temporal
 function takes ``(previous, current, shifted)`` Spectra.
 
@@ -79,6 +80,9 @@ class Metric:
     kind: str  # "spectral" (a function of one Spectrum's values) or "temporal" (prev, cur)
     formula: str
     function: Callable
+    # Raised whenever the metric's definition changes: an analysis records name + version of every
+    # metric in its settings, so a changed metric is measured again, never read from an old analysis.
+    version: int = 1
 
 
 # --------------------------------------------------------------------------- decomposition
@@ -277,13 +281,20 @@ def sigma1_velocity(previous: Spectrum, current: Spectrum, shifted: bool) -> tor
 
 
 def condition_velocity(previous: Spectrum, current: Spectrum, shifted: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """condition_velocity = condition_number(current) − condition_number(previous).
+    """condition_velocity = log10 condition_number(current) − log10 condition_number(previous)  (version 2).
 
-    Computed from the capped condition numbers; a cap on either side is a guard hit.
+    The change in decades of the condition number, each side from :func:`condition_number`: a
+    capped side (σ_m ≤ eps·σ₁) counts as the cap 1/eps (log10 ≈ 6.92), and a cap on either side is a
+    guard hit. Why the log: condition numbers span many decades, and a raw difference ranks by level,
+    not by change (version 1, ``cond(cur) − cond(prev)``, scored 10 → 1e5 at 1e5 but 1e5 → 1e6 at
+    9e5, and 1e5 → 1e12 at 8.29e6 only because the cap stopped it); in decades the score is
+    scale-free (any ×10 scores 1) and stays monotone in the true change up to the cap, since the
+    capped end is counted at the cap. Beyond the cap nothing is seen: 1e9 → 1e17 scores 0 (both
+    capped; a guard hit). NaN when σ₁ = 0 on either side.
     """
     c_prev, capped_prev = condition_number(previous.values.double())
     c_cur, capped_cur = condition_number(current.values.double())
-    return c_cur - c_prev, capped_prev | capped_cur
+    return torch.log10(c_cur) - torch.log10(c_prev), capped_prev | capped_cur
 
 
 # --------------------------------------------------------------------------- registry
@@ -316,7 +327,9 @@ METRICS: dict[str, Metric] = {
         Metric("top_vector_angle", "temporal", "arccos |u₁,prev · u₁,cur| (renormalised, shared positions if shifted)",
                top_vector_angle),
         Metric("sigma1_velocity", "temporal", "σ₁(cur) − σ₁(prev)", sigma1_velocity),
-        Metric("condition_velocity", "temporal", "condition_number(cur) − condition_number(prev)", condition_velocity),
+        Metric("condition_velocity", "temporal",
+               "log10 condition_number(cur) − log10 condition_number(prev), a capped side counted as the cap 1/eps (guard)",
+               condition_velocity, version=2),
     ]
 }
 
