@@ -29,7 +29,9 @@ Choices, and why
   near the bounds, where the plain Wald interval under-covers (measured with 60 vs 60 normal
   scores, 4000 replicates: true AUROC 0.76 Wald 93.7% / logit 95.3%; 0.92 Wald 92.3% / logit 95.1%;
   30 vs 30 at 0.92 Wald 90.6% / logit 95.4%) — and the confident horizon is exactly a statement
-  about the lower bound at high AUROC.
+  about the lower bound at high AUROC. At a *perfect* separation (A = 1 or 0) DeLong's variance is
+  0; it is floored there so that the bound is an exact lower bound under the Lehmann model
+  (:func:`perfect_separation_bound`: 10 vs 10 perfect gives ``[0.855, 1]``, not ``[1, 1]``).
 * **Permutation test with the max-over-j statistic.** ``T = max_{j >= 1} |A_strat(j) - 0.5|``;
   labels are shuffled *within jumper* (each jumper keeps its number of violations, so the null
   keeps the rule-identity structure). Taking the max over the lookback family controls the
@@ -54,10 +56,12 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
+from scipy.special import betaln
 from scipy.stats import norm, rankdata
 
 __all__ = [
-    "ALTERNATIVES", "SeparationResult", "auroc", "auroc_ci", "auroc_difference", "delong", "holm", "horizons", "lookback_view", "permuted_labels",
+    "ALTERNATIVES", "SeparationResult", "auroc", "auroc_ci", "auroc_difference", "delong", "holm", "horizons", "lookback_view",
+    "perfect_separation_bound", "permuted_labels",
     "r_strata", "separation", "separation_family", "stratified_auroc", "stratum_mask",
 ]
 
@@ -169,6 +173,14 @@ def delong(scores: np.ndarray, violated: np.ndarray) -> tuple[np.ndarray, np.nda
 
     A class of size 1 has no sample variance; its ``S`` is then set to ``1/4``, the largest possible
     variance of a placement in [0, 1] (conservative). NaN where a class is empty.
+
+    **Perfect separation** (``A = 1`` or ``0``): every placement is 1 (or 0), so DeLong's variance is
+    0 and any interval built on it is ``[1, 1]`` — a certainty no finite sample gives. There the
+    variance is floored at ``((1 - L) / z)^2``, ``z = Phi^-1(0.975)``, with ``L`` the exact 95% lower
+    bound of :func:`perfect_separation_bound` (for ``A = 0`` the same with the classes' roles
+    swapped), so that the interval of :func:`auroc_ci` at the bound, ``1 - z sqrt(Var)``, is ``L``
+    (for one stratum; strata pool their evidence through the usual ``sum_s w_s^2 Var_s``). Every
+    other column keeps DeLong's variance unchanged.
     Returns ``(auroc, variance)``, each a float or ``[columns]``.
     """
     x, flat = _as_2d(scores)
@@ -182,9 +194,50 @@ def delong(scores: np.ndarray, violated: np.ndarray) -> tuple[np.ndarray, np.nda
         empty = (nv == 0) | (ns == 0)
         a = np.where(empty, np.nan, a)
         var = np.where(empty, np.nan, s10 / nv + s01 / ns)
+    top, bottom = ~empty & (a == 1.0), ~empty & (a == 0.0)
+    if top.any() or bottom.any():
+        z = float(norm.ppf(0.975))
+        bound = np.ones_like(a)
+        bound[top] = perfect_separation_bound(nv[top], ns[top])
+        bound[bottom] = perfect_separation_bound(ns[bottom], nv[bottom])  # successes all above violations
+        var = np.where(top | bottom, np.maximum(var, ((1.0 - bound) / z) ** 2), var)
     if flat:
         return float(a[0]), float(var[0])
     return a, var
+
+
+def perfect_separation_bound(n_pos, n_neg, alpha: float = 0.025) -> np.ndarray:
+    """One-sided ``1 - alpha`` lower confidence bound ``L`` for the AUROC after a *perfect* separation
+    of ``n_pos`` positives above ``n_neg`` negatives (elementwise over arrays of counts).
+
+    Under the Lehmann (proportional-hazards) model that underlies Hanley & McNeil's (1982) variance
+    — positives' scores distributed as ``G = F^k`` for negatives ``~ F``, so ``A = k / (k + 1)`` —
+    the chance that all ``n_pos`` positives exceed all ``n_neg`` negatives is exactly::
+
+        P(perfect | A) = E[(1 - V^k)^n_pos],  V = F(max negative) ~ Beta(n_neg, 1)
+                       = (n_neg / k) B(n_neg / k, n_pos + 1),   k = A / (1 - A),
+
+    increasing in ``A``; ``L`` solves ``P(perfect | L) = alpha`` (the exact test inversion: every
+    ``A < L`` makes the observed perfection rarer than ``alpha``), found by bisection on ``log k``.
+    Examples: 10 vs 10 -> 0.855, 20 vs 20 -> 0.941, 40 vs 40 -> 0.976. The Lehmann model has
+    heavier tails of discordance than the binormal (at 10 vs 10 and true AUROC 0.90, perfect
+    separation has probability 0.073 under it, 0.052 binormally), so for binormal scores ``L`` is
+    conservative. See also Obuchowski & Lieber (2002), *Confidence bounds when the estimated ROC
+    area is 1.0*, Acad. Radiol. 9:526-530, on why asymptotic intervals fail there.
+    """
+    n_pos = np.asarray(n_pos, dtype=np.float64)
+    n_neg = np.asarray(n_neg, dtype=np.float64)
+    lo = np.full(np.broadcast(n_pos, n_neg).shape, -30.0)  # log k: A from ~1e-13 ...
+    hi = np.full(lo.shape, 40.0)  # ... to 1 - 4e-18
+    for _ in range(100):
+        mid = (lo + hi) / 2
+        ratio = n_neg / np.exp(mid)
+        p = np.exp(np.log(ratio) + betaln(ratio, n_pos + 1))
+        above = p > alpha
+        hi = np.where(above, mid, hi)
+        lo = np.where(above, lo, mid)
+    k = np.exp((lo + hi) / 2)
+    return k / (k + 1)
 
 
 def stratified_auroc(scores: np.ndarray, violated: np.ndarray, jumper: np.ndarray) -> dict:
@@ -286,7 +339,9 @@ def auroc_ci(a: np.ndarray, var: np.ndarray, level: float = 0.95) -> tuple[np.nd
     interval ``A +- z sqrt(Var)`` spills over the bound and under-covers; the logit interval
     respects ``[0, 1]`` by construction and covers closer to nominal (see the module docstring).
     Where ``A`` is exactly 0 or 1 (logit undefined) the Wald interval clipped to ``[0, 1]`` is
-    returned. NaN where ``A`` or ``Var`` is NaN.
+    returned; there :func:`delong`'s variance carries the perfect-separation floor, so the bound
+    away from 0/1 is the exact one of :func:`perfect_separation_bound` (for one stratum at 95%), not
+    a zero-width ``[1, 1]``. NaN where ``A`` or ``Var`` is NaN.
     """
     a = np.asarray(a, dtype=np.float64)
     var = np.asarray(var, dtype=np.float64)
