@@ -1,5 +1,6 @@
 """Running a sweep through submitit: each point is one job, ``run_pipeline`` (train → gate →
 analyze) in its own ``results/<experiment_id>/``, so every point resumes or is skipped for free.
+A sweep file with ``"analyze": false`` stops every point after training and the gate.
 
 Executors (all submitit's own):
 
@@ -170,6 +171,7 @@ class PointJob(submitit.helpers.Checkpointable):
         executor: str,
         owner: tuple[int, str | None] | None = None,
         lock_wait_seconds: float = 60.0,
+        analyze: bool = True,
     ) -> None:
         self.point = point
         self.varied = varied
@@ -183,6 +185,7 @@ class PointJob(submitit.helpers.Checkpointable):
         self.executor = executor
         self.owner = owner
         self.lock_wait_seconds = lock_wait_seconds
+        self.analyze = analyze
 
     @property
     def label(self) -> str:
@@ -236,7 +239,10 @@ class PointJob(submitit.helpers.Checkpointable):
         deadline = time.monotonic() + self.lock_wait_seconds
         while True:
             try:
-                outcome = run_pipeline(config, options, hooks=hooks_from_environment(), echo=lambda line: print(line, flush=True))
+                outcome = run_pipeline(
+                    config, options, analyze=getattr(self, "analyze", True), hooks=hooks_from_environment(),
+                    echo=lambda line: print(line, flush=True),
+                )
                 return outcome.result
             except RunLockedError as error:  # e.g. the job of a killed sweep, still stopping
                 if time.monotonic() >= deadline:
@@ -312,7 +318,7 @@ def make_executor(settings: SweepSettings, folder: Path, name: str) -> submitit.
     return executor
 
 
-def point_job(point: Point, settings: SweepSettings, sweep_dir: Path) -> PointJob:
+def point_job(point: Point, settings: SweepSettings, sweep_dir: Path, analyze: bool = True) -> PointJob:
     return PointJob(
         point=point.index,
         varied=point.varied,
@@ -326,6 +332,7 @@ def point_job(point: Point, settings: SweepSettings, sweep_dir: Path) -> PointJo
         executor=settings.executor,
         owner=owner_identity() if settings.executor == "local" else None,
         lock_wait_seconds=settings.lock_wait_seconds,
+        analyze=analyze,
     )
 
 
@@ -343,14 +350,16 @@ class SweepOutcome:
 
 
 def assess_all(plan: SweepPlan, settings: SweepSettings) -> dict[int, Assessment]:
-    return {p.index: assess(p.config, Path(settings.results_root), settings.precision) for p in plan.points}
+    return {p.index: assess(p.config, Path(settings.results_root), settings.precision, plan.analyze) for p in plan.points}
 
 
 def print_plan(plan: SweepPlan, assessments: dict[int, Assessment], echo: Callable[[str], None]) -> None:
     counts = {s: sum(a.state == s for a in assessments.values()) for s in ("done", "partial", "new", "failed")}
     echo(
         f"sweep {plan.name}: {len(plan.points)} points ({', '.join(f'{n} {s}' for s, n in counts.items() if n)}); "
-        f"axes: {', '.join(f'{k} ({len(v)})' for k, v in plan.axes.items())}"
+        f"axes: {', '.join(f'{k} ({len(v)})' for k, v in plan.axes.items()) or 'none'}"
+        + (f"; {len(plan.variants)} variants" if plan.variants else "")
+        + ("" if plan.analyze else "; training only (analyze: false)")
     )
     for point in plan.points:
         echo(plan_line(point, assessments[point.index]))
@@ -385,11 +394,14 @@ class _Table:
 
     def ended(self, point: Point, state: str) -> None:
         self.states[point.index] = state
-        self.assessments[point.index] = assess(point.config, Path(self.settings.results_root), self.settings.precision)
+        self.assessments[point.index] = assess(point.config, Path(self.settings.results_root), self.settings.precision, self.plan.analyze)
 
     def write(self) -> list[dict[str, Any]]:
         rows = [
-            table_row(p, self.states[p.index], self.assessments[p.index], read_record(record_path(self.sweep_dir, p.experiment_id)))
+            table_row(
+                p, self.states[p.index], self.assessments[p.index], read_record(record_path(self.sweep_dir, p.experiment_id)),
+                self.plan.analyze,
+            )
             for p in self.plan.points
         ]
         write_status(self.sweep_dir, self.plan, rows, {"executor": self.settings.executor, "results_dir": str(self.settings.results_root)})
@@ -458,6 +470,11 @@ class _Runner:
         default_poll = 30.0 if settings.executor == "slurm" else 0.5
         self.poll = settings.poll_seconds if settings.poll_seconds is not None else default_poll
 
+    def _job(self, point: Point) -> PointJob:
+        job = point_job(point, self.settings, self.sweep_dir)
+        job.analyze = self.plan.analyze  # set here: point_job's three-argument form is what tests patch
+        return job
+
     def _started(self, point: Point, job: submitit.Job) -> None:
         self.running[point.index] = (job, point)
         self.table.states[point.index] = "running"
@@ -465,7 +482,7 @@ class _Runner:
 
     def run(self, todo: list[Point]) -> None:
         if self.settings.executor == "slurm":
-            jobs = self.executor.submit_array([point_job(p, self.settings, self.sweep_dir) for p in todo])
+            jobs = self.executor.submit_array([self._job(p) for p in todo])
             for point, job in zip(todo, jobs):
                 self._started(point, job)
             self.table.write()
@@ -476,7 +493,7 @@ class _Runner:
         while queue or self.running:
             while queue and len(self.running) < limit:
                 point = queue.popleft()
-                self._started(point, self.executor.submit(point_job(point, self.settings, self.sweep_dir)))
+                self._started(point, self.executor.submit(self._job(point)))
                 self.table.write()
             ended = [index for index, (job, _) in self.running.items() if job.done()]
             if not ended:

@@ -7,13 +7,29 @@ A sweep file is JSON::
      "base": "quick.json",                       # a config object, or a path relative to this file
      "set": {"training.max_epochs": 20},         # optional: dotted keys fixed for every point
      "axes": {"graph.jump_scales": [[0.5], [0.9], [1.3]], "seed": [1, 2, 3]},
-     "order": {"seed": [1], "graph.jump_scales": [[0.9]]}}   # optional: what runs first
+     "order": {"seed": [1], "graph.jump_scales": [[0.9]]},  # optional: what runs first
+     "variants": [{}, {"model.n_layers": 4}],      # optional: explicit variations of the base
+     "analyze": true}                              # optional: false stops each point after training
 
 The grid is the product of the axes (file order, the last axis varying fastest). ``order`` maps
 axes to some of their values: points are sorted by the rank of their value in each listed axis
 (the first key most significant; values not listed come after the listed ones, in grid order),
-so the core points of a sweep run first. Every point is validated before anything runs; every
-problem is reported at once, each naming its point.
+so the core points of a sweep run first.
+
+``variants`` (optional) is a list of objects of dotted config keys and values, each one
+variation of the base: the grid is then every variant crossed with the product of the axes
+(variant by variant, in file order, before ``order`` sorts the queue). It expresses designs that
+are not a product, such as one factor at a time around a centre point: ``{}`` is the centre (the
+base itself), ``{"model.n_layers": 4}`` changes one factor. A variant's keys may not be axes or
+fixed in ``set``; different variants may set different keys. With ``variants`` the ``axes`` may
+be left out (each variant is then one point).
+
+``analyze`` (optional, default true): whether each point is analysed after its gate passed.
+False stops every point after training and the gate (a learnability map needs only the epochs to
+the gate), and the status table counts a trained point as done, its analysis "not asked".
+
+Every point is validated before anything runs; every problem is reported at once, each naming
+its point.
 """
 
 from __future__ import annotations
@@ -31,7 +47,7 @@ from pydantic import BaseModel
 from ..config import ConfigError, ExperimentConfig, ProblemsError, config_from_dict
 from ..storage import JsonSyntaxError, read_json_document
 
-SWEEP_KEYS = ("name", "description", "base", "set", "axes", "order")
+SWEEP_KEYS = ("name", "description", "base", "set", "axes", "order", "variants", "analyze")
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
@@ -84,6 +100,16 @@ class SweepPlan:
     axes: dict[str, list[Any]]
     order: dict[str, list[Any]]
     points: list[Point] = field(default_factory=list)
+    variants: list[dict[str, Any]] | None = None  # explicit variations of the base, crossed with the axes
+    analyze: bool = True  # False: every point stops after training and the gate
+
+    @property
+    def columns(self) -> list[str]:
+        """Every varied key, axes first, then the variants' keys in order of first appearance."""
+        keys = list(self.axes)
+        for variant in self.variants or []:
+            keys.extend(key for key in variant if key not in keys)
+        return keys
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -93,6 +119,8 @@ class SweepPlan:
             "base": self.base,
             "axes": self.axes,
             "order": self.order,
+            "variants": self.variants,
+            "analyze": self.analyze,
             "points": [
                 {"point": p.index, "varied": p.varied, "experiment_id": p.experiment_id} for p in self.points
             ],
@@ -217,9 +245,14 @@ def sweep_from_dict(raw: Any, source: Path | None = None, text: str | None = Non
         elif base is not None:
             set_dotted(base, key, value)
 
-    axes_raw = raw.get("axes")
+    analyze = raw.get("analyze", True)
+    if not isinstance(analyze, bool):
+        problems.append(f"analyze: expected true or false (false stops every point after training), got {render(analyze)}")
+        analyze = True
+
+    axes_raw = raw.get("axes", {} if "variants" in raw else None)
     axes: dict[str, list[Any]] = {}
-    if not isinstance(axes_raw, dict) or not axes_raw:
+    if not isinstance(axes_raw, dict) or (not axes_raw and "variants" not in raw):
         problems.append(f"axes: expected an object of dotted config keys and lists of values, got {render(axes_raw)}")
         axes_raw = {}
     for key, values in axes_raw.items():
@@ -248,20 +281,61 @@ def sweep_from_dict(raw: Any, source: Path | None = None, text: str | None = Non
             continue
         order[key] = values
 
+    variants = _read_variants(raw, fixed, axes_raw, problems) if "variants" in raw else None
+
     points: list[Point] = []
-    if base is not None and axes:
-        points = _expand(base, axes, order, problems)
+    if base is not None and (axes or variants):
+        points = _expand(base, axes, order, problems, variants)
     if problems:
         raise SweepError(problems, where)
     return SweepPlan(
-        name=name, description=description, source=source, text=text, base=base or {}, axes=axes, order=order, points=points
+        name=name, description=description, source=source, text=text, base=base or {}, axes=axes, order=order, points=points,
+        variants=variants, analyze=analyze,
     )
 
 
-def _expand(base: dict[str, Any], axes: dict[str, list[Any]], order: dict[str, list[Any]], problems: list[str]) -> list[Point]:
+def _read_variants(raw: dict[str, Any], fixed: dict[str, Any], axes_raw: dict[str, Any], problems: list[str]) -> list[dict[str, Any]] | None:
+    """The ``variants`` list, each a dict of valid dotted keys that are neither fixed nor axes."""
+    listed = raw["variants"]
+    if not isinstance(listed, list) or not listed:
+        problems.append(f"variants: expected a non-empty list of objects of dotted config keys and values, got {render(listed)}")
+        return None
+    variants: list[dict[str, Any]] = []
+    seen: set[str] = set()
+    ok = True
+    for number, variant in enumerate(listed, start=1):
+        where = f"variants[{number}]"
+        if not isinstance(variant, dict):
+            problems.append(f"{where}: expected an object of dotted config keys and values ({{}} is the base itself), got {render(variant)}")
+            ok = False
+            continue
+        for key in variant:
+            if (problem := config_key_problem(key)) is not None:
+                problems.append(f"{where}: {problem}")
+                ok = False
+            elif key in fixed:
+                problems.append(f"{where}: {key!r} is also fixed in set; a key is either fixed or varied")
+                ok = False
+            elif key in axes_raw:
+                problems.append(f"{where}: {key!r} is also an axis; a variant may not set an axis")
+                ok = False
+        text = json.dumps(variant, sort_keys=True)
+        if text in seen:
+            problems.append(f"{where}: {render(variant)} is listed twice")
+            ok = False
+        seen.add(text)
+        variants.append(variant)
+    return variants if ok else None
+
+
+def _expand(
+    base: dict[str, Any], axes: dict[str, list[Any]], order: dict[str, list[Any]], problems: list[str],
+    variants: list[dict[str, Any]] | None = None,
+) -> list[Point]:
     """The grid in queue order, each point validated; problems are appended, naming the point."""
     keys = list(axes)
-    grid = [dict(zip(keys, values)) for values in itertools.product(*(axes[k] for k in keys))]
+    product = [dict(zip(keys, values)) for values in itertools.product(*(axes[k] for k in keys))]
+    grid = [{**variant, **combination} for variant in (variants or [{}]) for combination in product]
 
     def rank(item: tuple[int, dict[str, Any]]) -> tuple[int, ...]:
         position, varied = item

@@ -2,8 +2,9 @@
 
 The results folder is the truth about a point (``assess``): *new* (nothing yet), *partial*
 (training or analysis interrupted: a rerun resumes it), *done* (training finished and, when the
-gate passed, the analysis finished with the config's settings; a run that never passed the gate
-is a result too, excluded from analysis) or *failed* (training stopped without a verdict, e.g. a
+gate passed, the analysis finished with the config's settings — or, in a sweep with ``"analyze":
+false``, training finished, the analysis "not asked"; a run that never passed the gate is a
+result too, excluded from analysis) or *failed* (training stopped without a verdict, e.g. a
 NaN loss; rerunning cannot change a finished run, so it is not resubmitted).
 
 Beside it each point has a *record* (``sweeps/<name>/points/<experiment_id>.json``) that its job
@@ -78,8 +79,9 @@ def analysis_finished(run_dir: Path, config: ExperimentConfig, precision: str) -
     return horizon_is_current(read_horizon(directory), config, summary)
 
 
-def assess(config: ExperimentConfig, results_root: Path, precision: str = "fp32") -> Assessment:
-    """What the results folder of ``config`` says about it (see the module docstring)."""
+def assess(config: ExperimentConfig, results_root: Path, precision: str = "fp32", analyze: bool = True) -> Assessment:
+    """What the results folder of ``config`` says about it (see the module docstring). With
+    ``analyze`` False (a sweep that stops after training) a trained run is done, analysed or not."""
     run_dir = Path(results_root) / config.experiment_id
     if not run_dir.is_dir():
         return Assessment("new", "", None)
@@ -91,6 +93,8 @@ def assess(config: ExperimentConfig, results_root: Path, precision: str = "fp32"
     if result["status"] != "finished":
         return Assessment("partial", f"{training['epochs_trained']}/{max_epochs} epochs trained", result)
     if training["gate_passed"]:
+        if not analyze:
+            return Assessment("done", f"gate passed at epoch {training['gate_epoch']} (analysis not asked)", result)
         if analysis_finished(run_dir, config, precision):
             return Assessment("done", f"gate passed at epoch {training['gate_epoch']}, analysed", result)
         return Assessment("partial", f"gate passed at epoch {training['gate_epoch']}, analysis to do", result)
@@ -126,9 +130,12 @@ def write_record(path: Path, record: dict[str, Any]) -> None:
 # ---- the table --------------------------------------------------------------------------------
 
 
-def table_row(point: Point, state: str, assessment: Assessment, record: dict[str, Any] | None) -> dict[str, Any]:
+def table_row(
+    point: Point, state: str, assessment: Assessment, record: dict[str, Any] | None, analyze: bool = True
+) -> dict[str, Any]:
     """One row of the status table: ``state`` is the sweep's (pending/running/done/failed),
-    ``assessment`` the point's results folder, ``record`` what its last job wrote."""
+    ``assessment`` the point's results folder, ``record`` what its last job wrote; ``analyze``
+    False (the sweep stops after training) reports a passed run's analysis as "not asked"."""
     result, record = assessment.result, record or {}
     training = (result or {}).get("training", {})
     finished = result is not None and result["status"] == "finished"
@@ -136,7 +143,9 @@ def table_row(point: Point, state: str, assessment: Assessment, record: dict[str
         reason = assessment.detail if assessment.state == "failed" else record.get("reason")
     else:
         reason = training.get("failure_reason") if finished else None
-    if finished and training.get("gate_passed"):
+    if finished and training.get("gate_passed") and not analyze:
+        analysis = "not asked"
+    elif finished and training.get("gate_passed"):
         analysis = "done" if assessment.state == "done" else "to do"
     elif finished:
         analysis = "excluded (gate not passed)"
@@ -172,12 +181,14 @@ def write_status(sweep_dir: Path, plan: SweepPlan, rows: list[dict[str, Any]], e
     counts = {state: sum(row["state"] == state for row in rows) for state in TABLE_STATES}
     atomic_write_json(
         Path(sweep_dir) / STATUS_JSON,
-        {"sweep": plan.name, "updated": now(), **extra, "points": len(rows), "counts": counts, "rows": rows},
+        {"sweep": plan.name, "updated": now(), **extra, "analyze": plan.analyze, "points": len(rows), "counts": counts, "rows": rows},
     )
-    header = ["point", *plan.axes, *COLUMNS[1:]]
+    columns = plan.columns  # the axes, then any key a variant sets
+    header = ["point", *columns, *COLUMNS[1:]]
     lines = ["\t".join(header)]
     for row in rows:
-        varied = [render(row["varied"][key]) for key in plan.axes]  # as written in the sweep file
+        # as written in the sweep file; empty where a variant leaves the key at the base's value
+        varied = [render(row["varied"][key]) if key in row["varied"] else "" for key in columns]
         lines.append("\t".join([str(row["point"]), *varied, *(_cell(row[c]) for c in COLUMNS[1:])]))
     atomic_write_bytes(Path(sweep_dir) / STATUS_TSV, ("\n".join(lines) + "\n").encode())
 
