@@ -182,3 +182,42 @@ def test_d_coverage_at_moderate_auroc_is_unchanged():
         np.testing.assert_allclose(high, 1 / (1 + np.exp(-(logit + h))), rtol=1e-12)
         coverage = np.mean((low <= true_auroc) & (true_auroc <= high))
         assert abs(coverage - 0.95) <= 3 * np.sqrt(0.95 * 0.05 / replicates), (true_auroc, coverage)
+
+
+# --------------------------------------------------------------------------------------------------
+# e. guard_hits counts only kept values: passes k <= r of each event (context windows separately)
+
+
+def test_e_guard_hits_count_only_the_values_kept():
+    import dataclasses
+
+    import torch
+
+    from conftest import tiny_config
+    from dcsbm_transformer.analysis.events import draw_analysis_events
+    from dcsbm_transformer.analysis.measure import measure
+    from dcsbm_transformer.analysis.metrics import CONDITION_CAP, METRICS
+    from dcsbm_transformer.data.dataset import build_data
+    from dcsbm_transformer.model import TransformerLM
+
+    config = tiny_config()  # w = 8: every 8 × 8 QKᵀ and 8 × 16 AVWₒ has m = 8, so gap_8 (σ8 − σ9) is a guard hit everywhere
+    data = build_data(config)
+    events = draw_analysis_events(config, data.graph, 12)
+    r = events.r.copy()
+    r[::2] = 2  # half the events end at pass 2: the passes after it are measured, then dropped
+    events = dataclasses.replace(events, r=r)
+    torch.manual_seed(0)
+    model = TransformerLM.from_config(config).eval()
+    measured = measure(model, data.graph, events, top_k=2, chunk_mb=100)
+    kept_cells = int(r.sum())
+    arrays = {name: [v for key, v in measured.metrics.items() if key.endswith(f".{name}")] for name in METRICS}
+    assert len(arrays["gap_8"]) == 2  # qkt and avwo, one layer, one head
+    assert measured.guard_hits["gap_8"] == 2 * kept_cells  # was 2 * (12 * 6 + 12): every pass and the context windows
+    assert measured.context_guard_hits["gap_8"] == 2 * len(events)
+    kept = np.arange(r.max())[None, :] < r[:, None]
+    for name in METRICS:
+        if name in ("condition_number", "condition_velocity"):
+            continue  # also a guard hit when capped (checked below)
+        assert measured.guard_hits[name] == sum(int(np.isnan(v[kept]).sum()) for v in arrays[name]), name
+    capped = sum(int((np.isnan(v) | (v == np.float32(CONDITION_CAP)))[kept].sum()) for v in arrays["condition_number"])
+    assert measured.guard_hits["condition_number"] == capped

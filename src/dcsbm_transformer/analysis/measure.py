@@ -54,8 +54,12 @@ class Measurements:
     target_probability: np.ndarray  # float32 [E, max r]
     metrics: dict[str, np.ndarray]  # metric_key -> float32 [E, max r], NaN where undefined or no pass
     context: dict[str, np.ndarray]  # metric_key -> float32 [E]: the window ending at s - 1 (before the jumper)
-    guard_hits: dict[str, int]  # metric name -> guard hits over every target, layer, head, event and pass
+    # metric name -> guard hits among the values kept in ``metrics``: every target, layer, head, event and
+    # pass k <= the event's r (passes beyond it are computed with the batch, then dropped: not counted)
+    guard_hits: dict[str, int]
     seconds: dict[str, float] = field(default_factory=dict)
+    # metric name -> guard hits among the values kept in ``context`` (the window ending at s - 1)
+    context_guard_hits: dict[str, int] = field(default_factory=dict)
 
 
 def events_per_chunk(model: TransformerLM, chunk_mb: float) -> int:
@@ -87,6 +91,7 @@ def measure(
         for t in TARGETS for l in range(layers) for h in range(heads) for m in METRICS
     }
     guards = {name: torch.zeros((), dtype=torch.long, device=device) for name in METRICS}
+    context_guards = {name: torch.zeros((), dtype=torch.long, device=device) for name in METRICS}
     context = {key: np.full(len(events), np.nan, dtype=np.float32) for key in metrics}
     generated = np.empty((len(events), passes), dtype=np.int64)
     target_probability = np.empty((len(events), passes), dtype=np.float32)
@@ -106,9 +111,10 @@ def measure(
             prompts = torch.from_numpy(events.prompts[begin:end]).to(device)
             before = torch.from_numpy(events.before[begin:end]).to(device)
             target_members = members[torch.from_numpy(events.target_block[begin:end]).to(device)]
+            r = torch.from_numpy(np.asarray(events.r[begin:end], dtype=np.int64)).to(device)
             tokens, probability, values, context_values = _measure_chunk(
                 model, prompts, before, target_members, passes, top_k, guards, temperature=temperature,
-                generator=generator, autocast=autocast,
+                generator=generator, autocast=autocast, r=r, context_guards=context_guards,
             )
             generated[begin:end], target_probability[begin:end] = tokens, probability
             for (target, name), array in values.items():  # [events, passes, layers, heads] -> one array per layer, head
@@ -129,14 +135,18 @@ def measure(
     target_probability[beyond] = np.nan
     seconds = {"measure_seconds": time.perf_counter() - started}
     return Measurements(
-        labels, target_probability, metrics, context, {name: int(hits) for name, hits in guards.items()}, seconds
+        labels, target_probability, metrics, context, {name: int(hits) for name, hits in guards.items()}, seconds,
+        {name: int(hits) for name, hits in context_guards.items()},
     )
 
 
-def _measure_chunk(model, prompts, before, target_members, passes: int, top_k: int, guards: dict, **generation):
+def _measure_chunk(model, prompts, before, target_members, passes: int, top_k: int, guards: dict, *, r: torch.Tensor,
+                   context_guards: dict, **generation):
     """One chunk of events: (tokens [E, passes], target probability [E, passes], (target, metric) ->
     values [E, passes, layers, heads], (target, metric) -> context values [E, layers, heads]) as
-    numpy; guard hits are added to ``guards``.
+    numpy; guard hits of the values that are kept are added to ``guards`` (pass k of the events
+    with r [E] >= k: later passes are computed with the batch and dropped by ``measure``) and
+    those of the context window to ``context_guards``.
 
     One worker computes pass k's spectra and metrics while the model runs pass k + 1 (the batched
     eigh barely uses a second core: 1.1-1.25x from 2 threads). A single worker keeps the passes
@@ -154,16 +164,17 @@ def _measure_chunk(model, prompts, before, target_members, passes: int, top_k: i
             current = spectrum(targets[target], top_k=top_k, side=side)
             if c == CONTEXT_WINDOWS - 1:
                 for name, (metric_values, hits) in compute_metrics(current, previous[target], shifted=shifted).items():
-                    guards[name] += hits.sum()
+                    context_guards[name] += hits.sum()
                     context[target, name] = metric_values
             previous[target] = current  # the window ending at s - 1 is pass 1's reference
 
     def metrics_of_pass(k: int, targets: PassTargets) -> None:
+        exists = (r >= k).view(-1, 1, 1)  # [E, 1, 1]: the events that have a pass k
         for target in TARGETS:
             side, shifted = TARGET_SIDE[target]
             current = spectrum(targets[target], top_k=top_k, side=side)  # all events, layers, heads at once
             for name, (metric_values, hits) in compute_metrics(current, previous[target], shifted=shifted).items():
-                guards[name] += hits.sum()
+                guards[name] += (hits & exists).sum()
                 values[target, name][:, k - 1] = metric_values
             previous[target] = current
 
