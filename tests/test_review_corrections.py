@@ -221,3 +221,29 @@ def test_e_guard_hits_count_only_the_values_kept():
         assert measured.guard_hits[name] == sum(int(np.isnan(v[kept]).sum()) for v in arrays[name]), name
     capped = sum(int((np.isnan(v) | (v == np.float32(CONDITION_CAP)))[kept].sum()) for v in arrays["condition_number"])
     assert measured.guard_hits["condition_number"] == capped
+
+
+# --------------------------------------------------------------------------------------------------
+# f. constant arrays: a tolerance relative to the array's scale, not exact equality
+
+
+def test_f_constant_arrays_within_rounding_of_their_scale():
+    from dcsbm_transformer.analysis.statistics import constant_arrays
+
+    rng = np.random.default_rng(7)
+    ulp_jitter = (1e6 + rng.integers(-2, 3, size=(50, 4)) * np.spacing(np.float32(1e6))).astype(np.float32)
+    arrays = {
+        "exact": np.full((50, 4), 2.5, np.float32),
+        "rounding": ulp_jitter,  # one value up to float32 rounding (a few ulps): exact equality missed it
+        "all_nan": np.full((50, 4), np.nan, np.float32),
+        "zeros": np.zeros((50, 4), np.float32),  # all-zero: no scale, constant by the floor
+        "zeros_and_nan": np.where(rng.random((50, 4)) < 0.5, 0.0, np.nan).astype(np.float32),
+        "signal": rng.normal(size=(50, 4)).astype(np.float32),
+        "small_but_real": (1e-6 * rng.normal(size=(50, 4))).astype(np.float32),  # tiny scale, relative spread large
+        "offset_signal": (1e3 + 0.1 * rng.normal(size=(50, 4))).astype(np.float32),  # spread 1e-4 of the scale
+    }
+    finite = ulp_jitter[np.isfinite(ulp_jitter)]
+    assert finite.min() != finite.max()  # the old exact test called it varying
+    assert constant_arrays(arrays) == ["exact", "rounding", "all_nan", "zeros", "zeros_and_nan"]
+    assert constant_arrays({"offset_signal": arrays["offset_signal"]}, rtol=1e-3) == ["offset_signal"]
+    assert constant_arrays({}) == []

@@ -62,7 +62,7 @@ from scipy.stats import norm, rankdata
 __all__ = [
     "ALTERNATIVES", "SeparationResult", "auroc", "auroc_ci", "auroc_difference", "delong", "holm", "horizons", "lookback_view",
     "perfect_separation_bound", "permuted_labels",
-    "r_strata", "separation", "separation_family", "stratified_auroc", "stratum_mask",
+    "r_strata", "separation", "separation_family", "stratified_auroc", "stratum_mask", "constant_arrays",
 ]
 
 ALTERNATIVES = ("two-sided", "greater", "less")
@@ -409,6 +409,46 @@ def horizons(auroc_j: np.ndarray, ci_low_j: np.ndarray, threshold: float = 0.75)
     fails = np.flatnonzero(~ok)
     confident = int(fails[0]) if fails.size else int(ok.size)
     return horizon, confident
+
+
+# --------------------------------------------------------------------------------------------------
+# what is worth testing
+
+
+CONSTANT_RTOL = 1e-5  # ~100 float32 ulps: a spread below this share of the array's scale is rounding
+CONSTANT_FLOOR = float(np.finfo(np.float32).tiny)  # the smallest normal float32: all-zero arrays are constant
+
+
+def constant_arrays(arrays: dict[str, np.ndarray], rtol: float = CONSTANT_RTOL, *,
+                    atol: float = CONSTANT_FLOOR) -> list[str]:
+    """Names of the arrays that are constant up to rounding (NaN aside), in the order given.
+
+    An array is constant when it has no finite value, or when its finite values satisfy::
+
+        max - min <= max(rtol * max|v|, atol)
+
+    — a spread within ``rtol`` of the array's own scale ``max|v|``, so one value stored with
+    float32 rounding (a few ulps apart: ``1e6 +- 0.125``, two ulps) counts as constant where exact equality
+    called it varying, whatever the metric's unit. ``rtol`` (default ``1e-5``, about 100 float32
+    ulps) is far below any spread a metric can carry as signal in float32 (with a relative spread of
+    1e-5 the stored values have only ~100 distinct levels). ``atol`` is a floor for arrays with no
+    scale: an all-zero array has ``max|v| = 0`` and counts as constant (default: the smallest
+    normal float32, so only zeros and subnormal noise fall under it); pass a larger ``atol`` when
+    the metric's unit is known. A constant array is reported as such, never fed to the statistics
+    (every AUROC would be 0.5 by ties, and its permutation p 1).
+    """
+    constant = []
+    for name, values in arrays.items():
+        v = np.asarray(values, dtype=np.float64)
+        finite = v[np.isfinite(v)]
+        if finite.size == 0:
+            constant.append(name)
+            continue
+        low, high = float(finite.min()), float(finite.max())
+        scale = max(abs(low), abs(high))
+        if high - low <= max(rtol * scale, atol):
+            constant.append(name)
+    return constant
 
 
 # --------------------------------------------------------------------------------------------------
