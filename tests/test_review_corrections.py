@@ -247,3 +247,32 @@ def test_f_constant_arrays_within_rounding_of_their_scale():
     assert constant_arrays(arrays) == ["exact", "rounding", "all_nan", "zeros", "zeros_and_nan"]
     assert constant_arrays({"offset_signal": arrays["offset_signal"]}, rtol=1e-3) == ["offset_signal"]
     assert constant_arrays({}) == []
+
+
+# --------------------------------------------------------------------------------------------------
+# g. the Holm floor m / (P + 1), and the permutations that put it below alpha / 2
+
+
+def test_g_holm_floor_and_permutations_needed():
+    from dcsbm_transformer.analysis.statistics import holm, holm_floor, permutations_needed
+
+    # the floor is what Holm makes of m permutation p-values all at their smallest, 1/(P+1)
+    m, P = 512, 10_000  # e.g. 4 layers x 4 heads x 2 targets x 16 metrics
+    assert holm_floor(m, P) == pytest.approx(m / (P + 1)) == pytest.approx(holm(np.full(m, 1 / (P + 1))).min())
+    assert holm_floor(m, P) > 0.05  # 0.0512: no array of the family can ever reach alpha = 0.05
+    assert holm_floor(10**6, 10) == 1.0 and holm_floor(1, 9) == pytest.approx(0.1)
+    needed = permutations_needed(m, 0.05, P)
+    assert needed == 20_480 and m / (needed + 1) < 0.025 <= m / needed  # the smallest such P
+    assert holm_floor(m, needed) < 0.025
+    assert permutations_needed(500, 0.05, 10_000) == 20_000  # 500 / 20001 < 0.025 = 500 / 20000
+    assert permutations_needed(4, 0.05, 10_000) == 10_000  # never fewer than requested
+    assert permutations_needed(1, 0.05, 0) == 40
+    for family in (1, 7, 33, 500, 1234):
+        for alpha in (0.05, 0.01, 0.1):
+            p = permutations_needed(family, alpha, 1)
+            assert family / (p + 1) < alpha / 2 and (p == 1 or family / p >= alpha / 2), (family, alpha, p)
+    assert permutations_needed(0, 0.05, 100) == 100 and holm_floor(0, 100) == 0.0  # an empty family
+    with pytest.raises(ValueError):
+        permutations_needed(-1, 0.05, 100)
+    with pytest.raises(ValueError):
+        permutations_needed(10, 1.5, 100)

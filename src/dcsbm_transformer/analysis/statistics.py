@@ -63,6 +63,7 @@ __all__ = [
     "ALTERNATIVES", "SeparationResult", "auroc", "auroc_ci", "auroc_difference", "delong", "holm", "horizons", "lookback_view",
     "perfect_separation_bound", "permuted_labels",
     "r_strata", "separation", "separation_family", "stratified_auroc", "stratum_mask", "constant_arrays",
+    "holm_floor", "permutations_needed",
 ]
 
 ALTERNATIVES = ("two-sided", "greater", "less")
@@ -449,6 +450,47 @@ def constant_arrays(arrays: dict[str, np.ndarray], rtol: float = CONSTANT_RTOL, 
         if high - low <= max(rtol * scale, atol):
             constant.append(name)
     return constant
+
+
+def holm_floor(family_size: int, permutations: int) -> float:
+    """The smallest Holm-adjusted p a family of ``family_size`` permutation tests can reach:
+    ``min(1, m / (P + 1))``.
+
+    With ``P`` permutations the smallest permutation p is ``1 / (P + 1)`` (the observed labelling
+    beats every shuffle), and Holm multiplies the smallest p of ``m`` by ``m``. Nothing in the family
+    can be significant at ``alpha`` unless this is below ``alpha``: with 10,000 permutations a family
+    of 500 arrays has floor 0.05 and can never pass ``alpha = 0.05``. 0 for an empty family.
+    """
+    if family_size < 0 or permutations < 0:
+        raise ValueError(f"family_size and permutations must be >= 0, got {family_size} and {permutations}")
+    return min(1.0, family_size / (permutations + 1))
+
+
+def permutations_needed(family_size: int, alpha: float, requested: int) -> int:
+    """The smallest ``P >= requested`` with ``family_size / (P + 1) < alpha / 2``: the permutations
+    whose Holm floor (:func:`holm_floor`) is below half the significance level.
+
+    Why half, not ``alpha`` itself (a margin): at a floor just below ``alpha`` only an array that
+    beats *every* shuffle could pass, so a real but finite effect (a shuffle as extreme now and
+    then) would fail on the resolution of the permutation p alone. With ``m / (P + 1) < alpha / 2``
+    the family's smallest p still passes Holm (``m (1 + c) / (P + 1) < alpha``) when ``c >= 1``
+    shuffles are as extreme as the observed labelling (up to ``c < alpha (P + 1) / m - 1``).
+    ``P = max(requested, floor(2 m / alpha))`` up to float rounding (checked exactly); e.g.
+    ``m = 500, alpha = 0.05``: 20,000. An empty family needs nothing beyond ``requested``.
+    """
+    if family_size < 0 or requested < 0:
+        raise ValueError(f"family_size and requested must be >= 0, got {family_size} and {requested}")
+    if not 0 < alpha < 1:
+        raise ValueError(f"alpha must be in (0, 1), got {alpha}")
+    if family_size == 0:
+        return int(requested)
+    below = lambda p: family_size / (p + 1) < alpha / 2  # noqa: E731
+    p = max(int(requested), int(np.floor(2 * family_size / alpha)) - 2)
+    while not below(p):
+        p += 1
+    while p > requested and below(p - 1):
+        p -= 1
+    return p
 
 
 # --------------------------------------------------------------------------------------------------
