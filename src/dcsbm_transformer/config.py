@@ -156,6 +156,16 @@ class AnalysisConfig(_Section):
     min_events: StrictInt = Field(20, ge=2, description="fewer violations or successes than this in an r stratum: 'insufficient'")
     horizon_threshold: StrictFloat = Field(0.75, gt=0.5, lt=1.0, description="AUROC a lookback must exceed to count in a horizon")
     alpha: StrictFloat = Field(0.05, gt=0, lt=1, description="significance level of the primary test and the Holm-adjusted family")
+    confirmatory_fraction: StrictFloat = Field(
+        0.5, ge=0.0, lt=1.0,
+        description="share of the analysis events (per jumper, seeded) held out for the registered test alone; "
+        "everything else is computed on the rest. 0 = no held-out set (then no confirmatory verdict)",
+    )
+    min_effect_auroc: StrictFloat = Field(
+        0.6, gt=0.5, lt=1.0,
+        description="registered effect size: the primary's AUROC in its declared direction, on the held-out events at "
+        "the lookback chosen on the exploratory events, must reach this for a 'confirmed' verdict",
+    )
 
 
 class ExperimentConfig(_Section):
@@ -326,6 +336,58 @@ def config_from_dict(raw: Any, source: str | None = None) -> ExperimentConfig:
         raise ConfigError(problems, source)
     assert config is not None
     return config
+
+
+def parse_assignments(items: list[str], option: str = "--set") -> dict[str, Any]:
+    """``["analysis.temperature=1", "analysis.primary.metric=\"stable_rank\""]`` → ``{dotted key: value}``.
+
+    Values are read as JSON, falling back to the plain string (``metric=stable_rank`` works).
+    Raises ConfigError naming a malformed item."""
+    out: dict[str, Any] = {}
+    problems = []
+    for item in items:
+        key, sep, text = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            problems.append(f"{option} {item!r}: expected key=value, e.g. analysis.temperature=1")
+            continue
+        try:
+            out[key] = json.loads(text)
+        except ValueError:
+            out[key] = text.strip()
+    if problems:
+        raise ConfigError(problems, option)
+    return out
+
+
+def with_assignments(config: ExperimentConfig, assignments: dict[str, Any], *, sections: tuple[str, ...] | None = None,
+                     source: str = "--set") -> ExperimentConfig:
+    """``config`` with dotted keys set (``analysis.temperature``: 1), validated as a whole config.
+
+    ``sections`` limits the keys that may be set (``("analysis",)`` for a re-analysis: anything else
+    would change the trained model). Raises ConfigError listing every problem."""
+    raw = config.to_dict()
+    problems = []
+    for key, value in assignments.items():
+        parts = key.split(".")
+        if sections is not None and parts[0] not in sections:
+            problems.append(f"{key}: only {', '.join(s + '.*' for s in sections)} keys can be set here "
+                            "(other keys change the trained model: that is another run)")
+            continue
+        node = raw
+        for part in parts[:-1]:
+            if not isinstance(node.get(part), dict):
+                problems.append(f"{key}: {part!r} is not a section of the config")
+                break
+            node = node[part]
+        else:
+            if parts[-1] not in node:
+                problems.append(f"{key}: unknown key (not part of the config format)")
+                continue
+            node[parts[-1]] = value
+    if problems:
+        raise ConfigError(problems, source)
+    return config_from_dict(raw, source=source)
 
 
 def load_config(path: str | Path) -> ExperimentConfig:

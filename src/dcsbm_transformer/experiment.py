@@ -9,6 +9,7 @@ and starts over). Only one process may work in a results folder at a time.
 from __future__ import annotations
 
 import platform
+import shutil
 import subprocess
 import time
 from collections.abc import Callable
@@ -25,13 +26,14 @@ from .data.dataset import ExperimentData, load_or_build_data
 from .data.graph import Graph
 from .devices import autocast_factory, bf16_supported, device_name, resolve_device
 from .model import TransformerLM
+from .registration import REGISTRATION_FILE, register
 from .reproducibility import seed_everything, torch_generator
 from .storage import atomic_write_bytes, remove_stale_temporaries, write_npz
 from .training.checkpoint import GATE_CHECKPOINT, SUPERSEDED_GATE_CHECKPOINT, newest_loadable
 from .training.evaluation import GateEvaluation, GateEvaluator
 from .training.lock import LOCK_FILE, RunLock
 from .training.plots import FIGURE_FILE, plot_training_curves
-from .training.results import read_result, write_result
+from .training.results import RESULT_FILE, read_result, write_result
 from .training.baselines import RuleBlindBaseline, rule_blind_baseline
 from .training.gate import worst_rule
 from .training.trainer import Trainer, TrainingHooks, TrainingState, judge, mean_loss, plural
@@ -232,7 +234,11 @@ def run_experiment(
         echo(f"note: {device_name(device)} has no native bf16 matrix multiply; bf16 autocast runs emulated, likely slower than fp32")
     run_dir = run_directory(config, options.results_root)
     if options.restart and run_dir.exists():
-        echo(f"--restart: previous run set aside as {_set_aside(run_dir)}")
+        aside = _set_aside(run_dir)
+        echo(f"--restart: previous run set aside as {aside}")
+        if (aside / REGISTRATION_FILE).is_file():  # the experiment keeps its registration: a restart cannot re-register
+            run_dir.mkdir(parents=True)
+            shutil.copy2(aside / REGISTRATION_FILE, run_dir / REGISTRATION_FILE)
     if (finished := _finished_result(run_dir)) is not None:
         echo(f"{_finished_message(run_dir, finished)}; already finished, nothing to do (--restart to train again)")
         return finished
@@ -250,6 +256,8 @@ def run_experiment(
         if (finished := _finished_result(run_dir)) is not None:  # finished by another process meanwhile
             echo(f"{_finished_message(run_dir, finished)}; already finished, nothing to do (--restart to train again)")
             return finished
+        if not (run_dir / RESULT_FILE).exists() and not any(checkpoint_dir.iterdir()):
+            register(run_dir, config)  # a new run: its primary hypothesis is fixed before any data exist
         atomic_write_bytes(run_dir / "config.json", config.to_json().encode())
         if not (run_dir / "graph.npz").exists():
             write_npz(run_dir / "graph.npz", data.graph.to_arrays())
