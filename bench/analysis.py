@@ -114,7 +114,7 @@ def bench_quick(config_path: str, device: str, plain_events: int) -> dict:
         # speed does not depend on the gate's verdict: a config that fails it is timed all the same
         summary = analyze_run(folder, device=device, include_failed=True, echo=lambda _: None)
         total = time.perf_counter() - started
-        statistics_s = read_horizon(folder / "analysis")["timings"]["total_seconds"]
+        statistics_s = read_horizon(folder / "analysis" / summary["analysis_name"])["timings"]["total_seconds"]
         run = load_run(folder)
     model = run.model.to(resolve_device(device))
     events = draw_analysis_events(config, run.graph, summary["settings"]["events"])

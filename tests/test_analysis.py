@@ -101,8 +101,9 @@ def tiny_run(tmp_path_factory):
 def test_analyze_writes_token_metrics_and_a_valid_summary(tiny_run):
     config, folder = tiny_run
     summary = analyze_run(folder, echo=lambda _: None)
-    Summary.model_validate(json.loads((folder / ANALYSIS_DIR / SUMMARY_FILE).read_text()))
-    arrays = read_npz(folder / ANALYSIS_DIR / TOKEN_METRICS_FILE)
+    directory = folder / ANALYSIS_DIR / summary["analysis_name"]
+    Summary.model_validate(json.loads((directory / SUMMARY_FILE).read_text()))
+    arrays = read_npz(directory / TOKEN_METRICS_FILE)
     events, r = 40, 6
     assert summary["counts"]["events"] == events == summary["counts"]["violated"] + summary["counts"]["followed"]
     assert sum(rule["events"] for rule in summary["counts_by_rule"]) == events
@@ -110,8 +111,8 @@ def test_analyze_writes_token_metrics_and_a_valid_summary(tiny_run):
         for name in METRICS:
             values = arrays[metric_key(target, 0, 0, name)]
             assert values.shape == (events, r) and values.dtype == np.float32
-    # pass 1's temporal metrics compare with the window ending just before the jumper
-    assert np.isfinite(arrays[metric_key("qkt", 0, 0, "grassmannian_distance")][:, 0]).all()
+    # pass 1 (lookback r - 1) compares its temporal metrics with the window ending just before the jumper
+    assert np.isfinite(arrays[metric_key("qkt", 0, 0, "grassmannian_distance")][:, r - 1]).all()
     for key in (metric_key("qkt", 0, 0, "stable_rank"), metric_key("avwo", 0, 0, "grassmannian_distance")):
         assert arrays[f"context.{key}"].shape == (events,) and np.isfinite(arrays[f"context.{key}"]).all()
     assert (arrays["context_tokens"][:, 2:] == arrays["tokens"][:, : config.model.context_window - 1]).all()
@@ -128,7 +129,8 @@ def test_analyze_writes_token_metrics_and_a_valid_summary(tiny_run):
     window = torch.from_numpy(arrays["tokens"][:, k - 1 : k - 1 + w].astype(np.int64))
     out = model(window, mode=ExtractionMode.SVD_TARGETS)
     again = compute_metrics(spectrum(out.qkt, top_k=config.analysis.top_k, side="left"), None, shifted=True)
-    assert np.allclose(again["stable_rank"][0][:, 0, 0].numpy(), arrays[metric_key("qkt", 0, 0, "stable_rank")][:, k - 1], rtol=1e-4)
+    # lookback order: pass k is column r - k
+    assert np.allclose(again["stable_rank"][0][:, 0, 0].numpy(), arrays[metric_key("qkt", 0, 0, "stable_rank")][:, r - k], rtol=1e-4)
     # the context-only baseline: the window ending at s - 1, its temporal metrics against s - 2
     context = torch.from_numpy(arrays["context_tokens"].astype(np.int64))
     spectra = [
@@ -161,7 +163,8 @@ def main_job(tmp_path_factory):
 def test_the_main_job_trains_then_analyses_unless_told_not_to(main_job):
     stopped, done, said, options = main_job
     assert stopped.analysis is None and stopped.analysis_skipped == "not asked (--no-analyze)"
-    assert done.analysis["counts"]["events"] == 80 and read_horizon(done.run_dir / ANALYSIS_DIR) is not None
+    assert done.analysis["counts"]["events"] == 80
+    assert read_horizon(done.run_dir / ANALYSIS_DIR / done.analysis["analysis_name"]) is not None
     assert any("already finished" in line for line in said)  # training was not redone
     assert done.analysis["continuations"] == "sampled at temperature 1.0"
     failed = tiny_config(gate={"edge_threshold": 1.0, "rule_threshold": 1.0}, training={"max_epochs": 1})
@@ -172,16 +175,21 @@ def test_the_main_job_trains_then_analyses_unless_told_not_to(main_job):
 def test_horizon_agrees_with_an_independent_recomputation_from_token_metrics(main_job):
     """Every AUROC in horizon.json recomputed by brute force (all within-jumper violation/success
     pairs, ties one half) from token_metrics.npz alone; Holm re-applied to the family's p."""
-    folder = main_job[1].run_dir / ANALYSIS_DIR
+    folder = main_job[1].run_dir / ANALYSIS_DIR / main_job[1].analysis["analysis_name"]
     horizon = read_horizon(folder)
     arrays = read_npz(folder / TOKEN_METRICS_FILE)
     violated, jumper, r = arrays["violated"], arrays["event_jumper"], arrays["event_r"]
+    # every number but the registered test's comes from the exploratory events (the held-out ones are recomputed from the seed)
+    from dcsbm_transformer import load_run
+
+    held = load_run(main_job[1].run_dir).analysis(folder.name).events["held_out"].to_numpy()
+    assert 0 < held.sum() < held.size and horizon["split"]["confirmatory_events"] == held.sum()
     checked = 0
     for key in (horizon["primary"]["key"], *horizon["top"][str(int(r[0]))][:3]):
         for r_value, entry in horizon["metrics"][key]["by_r"].items():
-            mine = r == int(r_value)
+            mine = (r == int(r_value)) & ~held
             for j, reported in enumerate(entry["auroc"]):
-                column = arrays[key][mine, int(r_value) - 1 - j]  # lookback j = pass r - j
+                column = arrays[key][mine, j]  # lookback order: column j is lookback j (pass r - j)
                 wins = pairs = 0.0
                 for rule in np.unique(jumper[mine]):
                     v = column[(jumper[mine] == rule) & violated[mine]]
@@ -200,23 +208,26 @@ def test_horizon_agrees_with_an_independent_recomputation_from_token_metrics(mai
     np.testing.assert_allclose(adjusted, holm(raw))
 
 
-def test_same_settings_reuse_other_settings_redo(tiny_run):
+def test_same_settings_reuse_other_settings_go_beside_never_over(tiny_run):
     _, folder = tiny_run
-    analyze_run(folder, echo=lambda _: None)
-    summary_file = folder / ANALYSIS_DIR / SUMMARY_FILE
+    first = analyze_run(folder, echo=lambda _: None)
+    summary_file = folder / ANALYSIS_DIR / first["analysis_name"] / SUMMARY_FILE
     stamp = summary_file.stat().st_mtime_ns
     said = []
     analyze_run(folder, echo=said.append)
     assert summary_file.stat().st_mtime_ns == stamp and "reusing" in said[0]
-    redone = analyze_run(folder, events=20, echo=lambda _: None)
-    assert redone["counts"]["events"] == 20 and summary_file.stat().st_mtime_ns != stamp
+    other = analyze_run(folder, events=20, echo=lambda _: None)
+    assert other["counts"]["events"] == 20 and other["analysis_name"] != first["analysis_name"]
+    assert summary_file.stat().st_mtime_ns == stamp  # the first analysis is untouched
+    names = {entry["name"] for entry in json.loads((folder / ANALYSIS_DIR / "index.json").read_text())["analyses"]}
+    assert {first["analysis_name"], other["analysis_name"]} <= names
     # an analysis written by an earlier version of the stage is redone, not reused
     old = json.loads(summary_file.read_text())
-    summary_file.write_text(json.dumps({**old, "schema_version": 1}))
+    summary_file.write_text(json.dumps({**old, "schema_version": 2}))
     said.clear()
-    analyze_run(folder, events=20, echo=said.append)
+    analyze_run(folder, echo=said.append)
     assert not any("reusing token_metrics" in line for line in said)
-    assert json.loads(summary_file.read_text())["schema_version"] == 2
+    assert json.loads(summary_file.read_text())["schema_version"] == 3
 
 
 def test_an_interrupted_analysis_leaves_nothing_that_claims_to_be_finished(tiny_run, monkeypatch):
@@ -272,8 +283,8 @@ def test_generate_continuations_reproduces_a_row_of_token_metrics(tiny_run):
     config, folder = tiny_run
     analyze_run(folder, echo=lambda _: None)
     run = load_run(folder, cache_root=folder.parents[1] / "cache")
-    stored = read_npz(folder / ANALYSIS_DIR / TOKEN_METRICS_FILE)
-    w = run.config.model.context_window
+    stored = read_npz(folder / ANALYSIS_DIR / run.analysis().name / TOKEN_METRICS_FILE)
+    w, r = run.config.model.context_window, 6
     again = generate_continuations(run, stored["tokens"][:3, :w])
     assert np.array_equal(again.tokens, stored["tokens"][:3])
     assert np.array_equal(again.labels.violated, stored["violated"][:3])
@@ -282,7 +293,7 @@ def test_generate_continuations_reproduces_a_row_of_token_metrics(tiny_run):
         spectrum(again.targets[k - 1].qkt, top_k=2, side="left"), spectrum(again.targets[k - 2].qkt, top_k=2, side="left"),
         shifted=True,
     )["grassmannian_distance"][0][:, 0, 0]
-    assert np.allclose(value.numpy(), stored["qkt.layer_0.head_0.grassmannian_distance"][:3, k - 1], rtol=1e-4, atol=1e-6)
+    assert np.allclose(value.numpy(), stored["qkt.layer_0.head_0.grassmannian_distance"][:3, r - k], rtol=1e-4, atol=1e-6)
 
 
 def test_walks_of_another_config_are_refused_not_scored(tiny_run, quick_data):

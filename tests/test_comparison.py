@@ -12,7 +12,8 @@ import shutil
 import numpy as np
 import pytest
 
-from dcsbm_transformer.analysis.files import ANALYSIS_DIR, read_horizon, write_horizon
+from dcsbm_transformer.analysis.files import ANALYSIS_DIR, read_horizon, record_analysis, write_horizon
+from dcsbm_transformer.registration import RegistrationCheck, registration_payload
 from dcsbm_transformer.analysis.horizon import compute_horizon
 from dcsbm_transformer.comparison import (
     ComparisonError, add_report_parser, command_report, filter_runs, find_runs, parse_where, report,
@@ -70,7 +71,7 @@ def token_metrics(config, seed: int, qkt_reach: int, avwo_reach: int):
     r = config.jumper_r_values()[0]
     jumper = np.repeat(np.arange(2), EVENTS // 2)
     violated = rng.random(EVENTS) < 0.3
-    lookback = r - 1 - np.arange(r)[None, :].repeat(EVENTS, axis=0)
+    lookback = np.arange(r)[None, :].repeat(EVENTS, axis=0)  # lookback order: column j is lookback j
 
     def metric(reach):
         shift = sign * 4.0 * ((lookback >= 1) & (lookback <= reach))
@@ -89,11 +90,33 @@ def write_run(root, config, *, result=None, reaches=None):
     if result is not None:
         write_result(folder, result)
     if reaches is not None:
-        arrays = token_metrics(config, config.seed, *reaches)
-        summary = {"experiment_id": config.experiment_id, "exploratory": False, "exploratory_reason": None,
-                   "token_metrics_sha256": "0" * 64, "constant_metrics": []}
-        write_horizon(folder / ANALYSIS_DIR, compute_horizon(arrays, config, summary))
+        write_analysis(folder, config, token_metrics(config, config.seed, *reaches), "default")
     return folder
+
+
+def settings_of(config, events: int = EVENTS) -> dict:
+    """An analysis's settings as analyze_run records them (the analysis block is the config's)."""
+    block = config.analysis.model_dump(mode="json")
+    block.pop("chunk_mb")
+    block["events"] = events
+    return {"events": events, "stream": block["stream"], "top_k": block["top_k"], "temperature": block["temperature"],
+            "precision": "fp32", "checkpoint": "checkpoint_gate.pt", "checkpoint_sha256": "0" * 64, "include_failed": False,
+            "metrics": {"stable_rank": 1}, "analysis": block}
+
+
+def write_analysis(folder, config, arrays, name: str, *, registered: bool = True, events: int = EVENTS):
+    """analysis/<name>/ with its summary.json and horizon.json, listed in analysis/index.json."""
+    settings = settings_of(config, events)
+    summary = {"experiment_id": config.experiment_id, "analysis_name": name, "exploratory": False, "exploratory_reason": None,
+               "token_metrics_sha256": "0" * 64, "constant_metrics": [], "settings": settings}
+    directory = folder / ANALYSIS_DIR / name
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "summary.json").write_text(json.dumps(summary))
+    check = (RegistrationCheck(True, [], registration_payload(config)) if registered
+             else RegistrationCheck(False, ["its primary hypothesis is not the registered one"], registration_payload(config)))
+    write_horizon(directory, compute_horizon(arrays, config, summary, check=check, analysis_name=name))
+    record_analysis(folder, name, settings, label=None, from_run_config=registered, overrides={})
+    return directory
 
 
 @pytest.fixture(scope="module")
@@ -195,7 +218,7 @@ def test_horizons_are_those_of_each_runs_horizon_json(runs, written):
     _, comparison, _, _ = written
     checked = 0
     for name in ("analysed_a", "analysed_b", "analysed_c"):
-        horizon = read_horizon(folders[name] / ANALYSIS_DIR)
+        horizon = read_horizon(folders[name] / ANALYSIS_DIR / "default")
         entry = _entry(comparison, folders[name])
         assert entry["in_horizon_figures"] and set(entry["horizons"]) == set(horizon["primary"]["by_r"])
         for r, values in entry["horizons"].items():
@@ -267,7 +290,7 @@ def test_a_copied_run_folder_counts_once(runs, tmp_path):
 def test_a_lower_primary_reads_the_lower_horizons(tmp_path):
     config = make_config(1.0, 5, direction="lower")
     folder = write_run(tmp_path, config, result=result_payload(config, passed=True), reaches=(4, 2))
-    horizon = read_horizon(folder / ANALYSIS_DIR)
+    horizon = read_horizon(folder / ANALYSIS_DIR / "default")
     page = report([tmp_path], [], tmp_path / "out", echo=lambda _: None)
     entry = json.loads((page.parent / "comparison.json").read_text())["runs"][0]
     for target, key, planted in (("qkt", QKT, 4), ("avwo", AVWO, 2)):

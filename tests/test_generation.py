@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 import torch
 
-from dcsbm_transformer.data.compliance import score_compliance
 from dcsbm_transformer.model import TransformerLM
 from dcsbm_transformer.training.evaluation import GateEvaluator
 from dcsbm_transformer.training.generation import greedy_continue, plain_greedy_continue

@@ -9,6 +9,7 @@ import pytest
 from dcsbm_transformer.analysis.files import Horizon, read_horizon, write_horizon
 from dcsbm_transformer.analysis.horizon import compute_horizon, primary_key
 from dcsbm_transformer.analysis.statistics import auroc_difference, holm, separation
+from dcsbm_transformer.registration import RegistrationCheck, registration_payload
 
 from conftest import tiny_config
 
@@ -33,8 +34,8 @@ def synthetic_arrays(seed: int = 0, *, primary_signal: float = 0.0, rare_r: int 
         violated[jumper == 0] = False
         violated[np.flatnonzero(jumper == 0)[:3]] = True
     passes = int(r.max())
-    lookback = r[:, None] - 1 - np.arange(passes)[None, :]  # j of each pass column; < 0: no such pass
-    exists = lookback >= 0
+    lookback = np.broadcast_to(np.arange(passes)[None, :], (EVENTS, passes))  # lookback order: column j is lookback j
+    exists = lookback < r[:, None]  # j >= r: no such pass
 
     def metric(shift_at):  # N(0, 1) noise plus ``shift_at(j)`` on violations
         values = rng.normal(size=(EVENTS, passes)) + violated[:, None] * shift_at(lookback)
@@ -64,13 +65,18 @@ def summary_for(arrays):
     }
 
 
-CONFIG = tiny_config(analysis={"permutations": 999, "min_events": 20})
+CONFIG = tiny_config(analysis={"permutations": 999, "min_events": 20, "confirmatory_fraction": 0.0})  # every event explored
+REGISTERED = RegistrationCheck(True, [], registration_payload(CONFIG))  # the run's registered analysis
+
+
+def horizon_of(arrays, config=CONFIG, check=REGISTERED):
+    return compute_horizon(arrays, config, summary_for(arrays), check=check)
 
 
 @pytest.fixture(scope="module")
 def horizon(tmp_path_factory):
     arrays = synthetic_arrays(primary_signal=1.2)
-    payload = compute_horizon(arrays, CONFIG, summary_for(arrays))
+    payload = horizon_of(arrays)
     folder = tmp_path_factory.mktemp("horizon")
     write_horizon(folder, payload)  # validated against the schema before it is written
     return arrays, read_horizon(folder)
@@ -112,12 +118,13 @@ def test_the_primary_is_tested_alone_one_sided_and_said_in_one_sentence(horizon)
     assert primary["key"] == primary_key(CONFIG) == PRIMARY and primary["direction"] == "higher"
     entry = primary["by_r"][str(R)]
     assert entry["alternative"] == "greater" and entry["p_adjusted"] == entry["p_value"] < 0.01
-    assert "supported" in primary["summary"] and f"AUROC {entry['auroc'][entry['best_j']]:.3f}" in primary["summary"]
+    assert primary["registered"] and primary["summary"].startswith("Registered hypothesis")
+    assert f"AUROC {entry['auroc'][entry['best_j']]:.3f}" in primary["summary"] and "chosen after looking" in primary["summary"]
     assert PRIMARY not in h["top"][str(R)]  # not part of the exploratory family
     # one-sided: the same values negated give p near 1, not a "significant" drop
     flipped = dict(arrays, **{PRIMARY: -arrays[PRIMARY]})
-    against = compute_horizon(flipped, CONFIG, summary_for(flipped))["primary"]["by_r"][str(R)]
-    assert against["p_value"] > 0.5 and "not supported" in compute_horizon(flipped, CONFIG, summary_for(flipped))["primary"]["summary"]
+    against = horizon_of(flipped)["primary"]["by_r"][str(R)]
+    assert against["p_value"] > 0.5
 
 
 def test_holm_runs_over_the_exploratory_family_of_each_r(horizon):
@@ -141,7 +148,7 @@ def test_baselines_sit_in_the_same_tables(horizon):
 
 def test_too_few_violations_in_a_stratum_is_insufficient_with_counts():
     arrays = synthetic_arrays(1, rare_r=4)
-    h = compute_horizon(arrays, CONFIG, summary_for(arrays))
+    h = horizon_of(arrays)
     rare = h["metrics"][RISES]["by_r"]["4"]
     assert rare["status"] == "insufficient" and rare["n_violations"] == 3 and rare["horizon"] is None
     assert rare["p_value"] is None and rare["significant"] is None
@@ -174,7 +181,7 @@ def test_paired_difference_of_a_predictor_with_itself_is_zero_and_matches_brute_
 
 def test_shared_shuffles_give_each_metric_the_p_it_would_get_alone():
     arrays = synthetic_arrays(2)
-    h = compute_horizon(arrays, CONFIG, summary_for(arrays))
+    h = horizon_of(arrays)
     from dcsbm_transformer.reproducibility import numpy_rng
 
     alone = separation(arrays[NOISE], arrays["violated"], arrays["event_jumper"], arrays["event_r"], permutations=999,

@@ -21,6 +21,7 @@ from dcsbm_transformer.analysis.files import read_horizon, write_horizon
 from dcsbm_transformer.analysis.horizon import compute_horizon
 from dcsbm_transformer.analysis.report import REPORT_FILE, render, report_context, write_report
 from dcsbm_transformer.config import config_from_dict
+from dcsbm_transformer.registration import RegistrationCheck, registration_payload
 from dcsbm_transformer.storage import sha256_file, write_npz
 
 PRIMARY = "qkt.layer_0.head_0.grassmannian_distance"
@@ -34,7 +35,7 @@ RAW_CONFIG = {
     "graph": {"n": 32, "K": 2, "p_in": 0.9, "p_out": 0.2, "jumpers_per_block": 1, "jump_scales": [0.75]},
     "walks": {"walk_length": 24, "train_walks": 3200, "eval_walks": 200},
     "model": {"context_window": 8, "d_model": 16, "n_layers": 1, "n_heads": 1},
-    "analysis": {"permutations": 200},
+    "analysis": {"permutations": 200, "confirmatory_fraction": 0.0},  # every event explored: the counts below are all events
 }
 
 
@@ -46,8 +47,8 @@ def synthetic_arrays(seed: int = 0) -> dict[str, np.ndarray]:
     r = np.r_[np.full(400, 6), np.full(40, 3)]
     jumper = np.r_[np.arange(400) % 2, np.full(40, 2)]
     violated = np.r_[rng.random(400) < 0.3, np.arange(40) < 5]
-    lookback = r[:, None] - 1 - np.arange(PASSES)[None, :]  # pass index k - 1 ↔ j = r - k
-    beyond = lookback < 0  # no such pass for this event
+    lookback = np.broadcast_to(np.arange(PASSES)[None, :], (r.size, PASSES))  # lookback order: column j is lookback j
+    beyond = lookback >= r[:, None]  # no such pass for this event
     y = violated[:, None].astype(np.float64)
 
     def per_pass(shift: np.ndarray) -> np.ndarray:
@@ -74,9 +75,10 @@ def counts(arrays, mask) -> dict[str, int]:
 
 
 def build_run(folder: Path) -> Path:
-    """A results folder with everything write_report reads."""
+    """A results folder with everything write_report reads; returns its analysis folder
+    (``<folder>/analysis/synthetic``), the run's registered analysis."""
     config = config_from_dict(RAW_CONFIG)
-    analysis = folder / "analysis"
+    analysis = folder / "analysis" / "synthetic"
     arrays = synthetic_arrays()
     write_npz(analysis / "token_metrics.npz", arrays)
     rules = [(0, 4, 0, 1, 6), (1, 20, 1, 0, 6), (2, 9, 0, 1, 3)]  # rule, vertex, block, target block, r
@@ -93,7 +95,8 @@ def build_run(folder: Path) -> Path:
         "timings": {"total_seconds": 1.5},
     }
     (analysis / "summary.json").write_text(json.dumps(summary))
-    write_horizon(analysis, compute_horizon(arrays, config, summary))
+    registered = RegistrationCheck(True, [], registration_payload(config))
+    write_horizon(analysis, compute_horizon(arrays, config, summary, check=registered, analysis_name="synthetic"))
     (folder / "config.json").write_text(config.to_json())
     result = {
         "experiment_id": config.experiment_id, "status": "finished",
@@ -110,23 +113,29 @@ def build_run(folder: Path) -> Path:
         "timings": {"train_seconds": 2.0, "eval_seconds": 0.1},
     }
     (folder / "result.json").write_text(json.dumps(result))
-    return folder
+    return analysis
+
+
+def copy_run(analysis: Path, folder: Path) -> Path:
+    """A copy of the run folder holding ``analysis``; returns the copy's analysis folder."""
+    shutil.copytree(analysis.parents[1], folder)
+    return folder / "analysis" / analysis.name
 
 
 def make_exploratory(run: Path, folder: Path) -> Path:
     """A copy of ``run`` whose gate did not pass (analysed with --include-failed)."""
-    shutil.copytree(run, folder)
+    analysis = copy_run(run, folder)
     reason = "the gate did not pass (rule 2 0.7 is not above 0.8); analysed with --include-failed"
     result = json.loads((folder / "result.json").read_text())
     result["training"].update(gate_passed=False, failure_reason="rule 2 0.7 is not above 0.8")
     (folder / "result.json").write_text(json.dumps(result))
-    summary = json.loads((folder / "analysis" / "summary.json").read_text())
+    summary = json.loads((analysis / "summary.json").read_text())
     summary.update(exploratory=True, exploratory_reason=reason)
-    (folder / "analysis" / "summary.json").write_text(json.dumps(summary))
-    horizon = read_horizon(folder / "analysis")
+    (analysis / "summary.json").write_text(json.dumps(summary))
+    horizon = read_horizon(analysis)
     horizon.update(exploratory=True, exploratory_reason=reason)
-    write_horizon(folder / "analysis", horizon)
-    return folder
+    write_horizon(analysis, horizon)
+    return analysis
 
 
 @pytest.fixture(scope="module")
@@ -140,17 +149,17 @@ def written(run) -> Path:
 
 
 def test_report_is_one_self_contained_page(run, written):
-    assert written == run / "analysis" / REPORT_FILE and written.is_file()
+    assert written == run / REPORT_FILE and written.is_file()
     page = written.read_text()
     assert 'src="http' not in page and "<link" not in page and "<script" not in page
     sources = re.findall(r'<img[^>]*\ssrc="([^"]*)"', page)
-    assert len(sources) == len(list((run / "analysis" / "figures").glob("*.png"))) == 5
+    assert len(sources) == len(list((run / "figures").glob("*.png"))) == 5
     assert all(src.startswith("data:image/png;base64,") for src in sources)
     assert 'id="exploratory-banner"' not in page  # the gate passed
 
 
 def test_report_shows_the_primary_and_the_planted_metric_with_horizon_numbers(run, written):
-    horizon = read_horizon(run / "analysis")
+    horizon = read_horizon(run)
     context = report_context(run)
     page = html.unescape(written.read_text())
     assert horizon["primary"]["summary"] in page
@@ -182,7 +191,7 @@ def test_insufficient_stratum_says_so_with_its_counts(run, written):
 
 
 def test_better_than_the_logits_count(run, written):
-    horizon = read_horizon(run / "analysis")
+    horizon = read_horizon(run)
     significant = [k for k, s in horizon["metrics"].items() if s["by_r"]["6"]["significant"]]
     better = [k for k in significant if horizon["metrics"][k]["by_r"]["6"]["versus_behaviour"]["verdict"] == "better than the logits"]
     versus = next(s for s in report_context(run)["strata"] if s["r"] == 6)["versus"]
@@ -192,13 +201,13 @@ def test_better_than_the_logits_count(run, written):
 
 
 def test_report_says_plainly_when_no_metric_beats_the_logits(run, tmp_path):
-    folder = shutil.copytree(run, tmp_path / "run")
-    horizon = read_horizon(folder / "analysis")
+    folder = copy_run(run, tmp_path / "run")
+    horizon = read_horizon(folder)
     for stats in horizon["metrics"].values():
         versus = stats["by_r"]["6"]["versus_behaviour"]
         if versus is not None:
             versus["verdict"] = "no better than the logits"
-    write_horizon(folder / "analysis", horizon)
+    write_horizon(folder, horizon)
     context = report_context(folder)
     versus = next(s for s in context["strata"] if s["r"] == 6)["versus"]
     assert versus["n_better"] == 0 and versus["n_significant"] >= 1
@@ -215,7 +224,7 @@ def test_exploratory_banner_only_for_an_exploratory_run(run, tmp_path):
 
 
 def test_figures_are_valid_pngs(run, written):
-    folder = run / "analysis" / "figures"
+    folder = run / "figures"
     names = {p.stem for p in folder.glob("*.png")}
     assert names == {"primary", "auroc_small_multiples_r3", "auroc_small_multiples_r6", "event_aligned", "overview"}
     import matplotlib.image
@@ -228,7 +237,7 @@ def test_figures_are_valid_pngs(run, written):
 
 def test_one_r_and_no_arrays(run, tmp_path):
     """With a single r the small multiples have one file; without the npz there is no event-aligned figure."""
-    horizon = read_horizon(run / "analysis")
+    horizon = read_horizon(run)
     horizon["r_values"] = [6]
     drawn = draw_figures(tmp_path, horizon, None, top_n=2)
     assert set(drawn) == {"primary", "auroc_small_multiples", "overview"}
@@ -236,8 +245,8 @@ def test_one_r_and_no_arrays(run, tmp_path):
 
 
 def test_missing_inputs_are_named(run, tmp_path):
-    folder = shutil.copytree(run, tmp_path / "run")
-    (folder / "analysis" / "horizon.json").unlink()
+    folder = copy_run(run, tmp_path / "run")
+    (folder / "horizon.json").unlink()
     with pytest.raises(FileNotFoundError, match="horizon.json"):
         write_report(folder)
     with pytest.raises(FileNotFoundError, match="config.json"):

@@ -19,9 +19,9 @@ def _no_jumper_has_both_classes(rng, *, all_lookbacks: bool = False):
     n = 160
     g = np.repeat([0, 1], 80)
     y = np.tile(np.repeat([True, False], 40), 2)
-    values = rng.normal(size=(n, 3))  # pass k in column k - 1; j = r - k
+    values = rng.normal(size=(n, 3))  # lookback order: column j is lookback j
     values[y, :] += 0.3
-    columns = [0, 1] if all_lookbacks else [0]  # pass 1 is j = 2, pass 2 is j = 1
+    columns = [2, 1] if all_lookbacks else [2]
     for c in columns:
         values[(g == 0) & y, c] = np.nan
         values[(g == 1) & ~y, c] = np.nan

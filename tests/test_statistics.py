@@ -25,7 +25,7 @@ def planted(rng, n_v, n_s, r, k, delta, jumpers=1):
     y[:n_v] = True
     vals = rng.normal(size=(E, r)).astype(np.float32)
     j = np.arange(k + 1)
-    vals[np.ix_(y, r - 1 - j)] += delta
+    vals[np.ix_(y, j)] += delta  # lookback order: column j is lookback j
     g = rng.integers(0, jumpers, E)
     return vals, y, g, np.full(E, r)
 

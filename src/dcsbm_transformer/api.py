@@ -58,6 +58,21 @@ class Run:
         return data
 
     @property
+    def analyses(self) -> list[dict[str, Any]]:
+        """Every analysis of this run (``analysis/index.json``): name, labels, created, from_run_config, overrides."""
+        from .analysis.results import list_analyses
+
+        return list_analyses(self.directory)
+
+    def analysis(self, name: str | None = None):
+        """One finished analysis (``analysis.results.Analysis``): by folder name or label; None =
+        the default (the newest made from the run's own config). Its ``token_metrics`` are in
+        lookback order; ``horizon_frame()`` is horizon.json as a pandas DataFrame."""
+        from .analysis.results import load_analysis
+
+        return load_analysis(self.directory, self.config, name)
+
+    @property
     def eval_corpus(self) -> Corpus:
         """The held-out walks the gate drew its events from (``walks`` [W, L] and ``events``)."""
         return self.data.eval

@@ -16,7 +16,7 @@ import logging
 import sys
 from pathlib import Path
 
-from .config import ConfigError, ExperimentConfig, load_config
+from .config import ConfigError, ExperimentConfig, load_config, parse_assignments, with_assignments
 from .data.dataset import DataIntegrityError, load_or_build_data, write_data
 from .data.dcsbm import GraphGenerationError
 from .data.walks import WalkGenerationError
@@ -27,7 +27,7 @@ from .storage import atomic_write_bytes
 from .training.checkpoint import CheckpointError, CheckpointWriteError
 from .training.faults import hooks_from_environment
 from .analysis.events import AnalysisEventsError
-from .analysis.run import AnalysisRefused, analyze_run
+from .analysis.run import AnalysisNameError, AnalysisRefused, analyze_run
 from .comparison import ComparisonError, add_report_parser
 from .training.lock import RunLockedError
 from .training.trainer import CompileError
@@ -62,8 +62,18 @@ def _require_directory_path(option: str, folder: Path) -> None:
         raise UsageError(f"{option} {folder}: {blocker} exists and is not a directory")
 
 
+def _with_sets(config: ExperimentConfig, items: list[str], sections: tuple[str, ...] | None = None) -> ExperimentConfig:
+    """``config`` with the ``--set key=value`` items applied and validated (a usage error otherwise)."""
+    if not items:
+        return config
+    try:
+        return with_assignments(config, parse_assignments(items), sections=sections)
+    except ConfigError as error:
+        raise UsageError(str(error)) from None
+
+
 def command_run(args: argparse.Namespace) -> int:
-    config = _read_config(args.config)
+    config = _with_sets(_read_config(args.config), args.set)
     try:
         resolve_device(args.device)
     except ValueError as error:
@@ -105,7 +115,19 @@ def command_analyze(args: argparse.Namespace) -> int:
         resolve_device(args.device)
     except ValueError as error:
         raise UsageError(str(error)) from None
-    analyze_run(folder, events=args.events, device=args.device, precision=args.precision, include_failed=args.include_failed)
+    analysis, overrides = None, {}
+    if args.set:
+        try:
+            overrides = parse_assignments(args.set)
+        except ConfigError as error:
+            raise UsageError(str(error)) from None
+        if (folder / "config.json").is_file():
+            analysis = _with_sets(_read_config(str(folder / "config.json")), args.set, sections=("analysis",)).analysis
+    try:
+        analyze_run(folder, events=args.events, analysis=analysis, name=args.name, overrides=overrides,
+                    device=args.device, precision=args.precision, include_failed=args.include_failed)
+    except AnalysisNameError as error:
+        raise UsageError(str(error)) from None
     return 0
 
 
@@ -217,6 +239,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--compile", action="store_true", help="torch.compile the training forward pass")
     run.add_argument("--cache-dir", default=None, help="data cache (default: $DCSBM_CACHE_DIR or ./.cache)")
     run.add_argument("--no-analyze", action="store_true", help="stop after training and the gate (no analysis, no report)")
+    run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                     help="set a dotted config key (value as JSON), e.g. --set training.max_epochs=20; repeatable")
     run.set_defaults(handler=command_run)
 
     generate = commands.add_parser("generate", help="write graph.npz, train.npz and eval.npz for a config")
@@ -231,6 +255,10 @@ def build_parser() -> argparse.ArgumentParser:
     analyze.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="auto = CUDA when present")
     analyze.add_argument("--precision", default="fp32", choices=["fp32", "bf16"], help="bf16 = autocast for the forward passes")
     analyze.add_argument("--include-failed", action="store_true", help="analyse a run whose gate did not pass (labelled exploratory)")
+    analyze.add_argument("--name", default=None, help="label of this analysis: its folder analysis/<name>/ (default: named by its settings)")
+    analyze.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                         help="an analysis.* key for this analysis (value as JSON), e.g. --set analysis.temperature=1; repeatable. "
+                         "A new primary is exploratory: the registered one was fixed when the run was created")
     analyze.set_defaults(handler=command_analyze)
 
     sweep = commands.add_parser(

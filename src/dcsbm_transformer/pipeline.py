@@ -1,8 +1,9 @@
 """The main job, ``dcsbm run``: train → gate → analyze → report, each stage resumed or skipped
 when it is already done.
 
-Training resumes from its checkpoints and a finished run is not retrained; the analysis reuses
-whatever it already wrote with the same settings (``analyze_run``). A run whose gate did not
+Training resumes from its checkpoints and a finished run is not retrained; the analysis uses the
+given config's ``analysis`` block, reusing the analysis folder made with the same settings and
+making a new one beside it otherwise (``analyze_run``). A run whose gate did not
 pass stops after training: the spec excludes it from the SVD analysis (``dcsbm analyze
 --include-failed`` analyses one anyway, labelled exploratory).
 """
@@ -49,5 +50,6 @@ def run_pipeline(
         reason = f"the gate did not pass ({training['failure_reason']}): excluded from analysis"
         echo(f"{run_dir}: {reason}; `dcsbm analyze --include-failed {run_dir}` analyses it anyway, labelled exploratory")
         return PipelineOutcome(run_dir, result, None, reason)
-    summary = analyze_run(run_dir, device=options.device, precision=options.precision, echo=echo)
+    # The analysis block of the config given (not the run folder's copy): a changed block is a new analysis beside the old.
+    summary = analyze_run(run_dir, analysis=config.analysis, device=options.device, precision=options.precision, echo=echo)
     return PipelineOutcome(run_dir, result, summary, None)

@@ -32,7 +32,7 @@ from matplotlib.patches import Rectangle
 from ..storage import atomic_write_bytes
 from .files import CONTEXT_PREFIX
 from .horizon import KEY, TARGET_NAMES
-from .statistics import lookback_view, stratum_mask
+from .statistics import stratum_mask
 
 FIGURES_DIR = "figures"
 LOOKBACK_LABEL = "lookback j (passes before the deadline)"
@@ -258,7 +258,7 @@ def draw_event_aligned(path: Path, horizon: dict[str, Any], arrays: Mapping[str,
                 axis.set_visible(False)
                 continue
             key = keys[col]
-            values = lookback_view(np.asarray(arrays[key], dtype=np.float64)[mask], event_r[mask])[:, :r]
+            values = np.asarray(arrays[key], dtype=np.float64)[mask, :r]  # lookback order: column j = lookback j
             values = centred_within_rule(values, y[mask], jumper[mask])
             context = arrays[CONTEXT_PREFIX + key] if CONTEXT_PREFIX + key in arrays else None
             if context is not None:

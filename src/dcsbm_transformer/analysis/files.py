@@ -1,15 +1,30 @@
-"""The analysis stage's files in ``results/<id>/analysis/``: ``token_metrics.npz`` and ``summary.json``.
+"""The analysis stage's files: ``results/<id>/analysis/<name>/`` per analysis, and ``analysis/index.json``.
 
-``token_metrics.npz``: one float32 array [events, passes] per ``<target>.layer_<L>.head_<H>.<metric>``
-(NaN where undefined, or past an event's r); pass axis index k − 1 for pass k, lookback j = r − k.
-The labels: ``event_r``, ``event_step``, ``event_vertex``, ``event_target_block``, ``event_jumper``,
-``violated``, ``first_bad_edge_pass`` [events]; ``edge_valid``, ``rule_outcome`` (0 no rule due,
-1 followed, 2 violated), ``target_block_probability`` [events, passes]; ``tokens`` int32
-[events, w + max r] (the prompt window, then the generated tokens, −1 past r), so any value can
-be recomputed from the model and these tokens alone. ``context.<key>`` float32 [events]: the
-context-only baseline, every metric at the window ending at s − 1 (before the jumper entered it;
-temporal metrics against the window ending at s − 2), recomputable from ``context_tokens`` int32
-[events, w + 1] (walk tokens s − w − 1 .. s − 1).
+**Analyses coexist.** Each analysis of a run lives in its own folder, named by its settings
+(``<events>ev-<greedy|tT>-<hash>``) or by a label the user gave (``--name``); the settings are the
+analysis block it was made with (events, stream, temperature, primary, statistics…), the metric
+set (every registered metric's name and version), the checkpoint and the precision. An analysis
+with other settings goes to another folder: nothing is overwritten. ``analysis/index.json`` lists
+them (name, labels, settings digest, when, whether made from the run's own config).
+
+**One order for every per-pass array: lookback.** Column ``j`` of every ``[events, lookbacks]``
+array in ``token_metrics.npz`` (and list index ``j`` in ``horizon.json``, and the x axis of every
+figure) is lookback ``j``: the pass that emits token ``s + r − j``. ``j = 0`` emits the deadline
+token; ``j = r − 1`` is pass 1, whose window ends at the jumper. Columns ``j ≥ r`` of an event do
+not exist: NaN (float), −1 (``edge_valid``), 0 (``rule_outcome``). Only ``tokens`` and
+``context_tokens`` are in time order.
+
+``token_metrics.npz``: one float32 array [events, lookbacks] per
+``<target>.layer_<L>.head_<H>.<metric>`` (NaN where undefined). The labels: ``event_r``,
+``event_step``, ``event_vertex``, ``event_target_block``, ``event_jumper``, ``violated``,
+``first_bad_edge_pass`` (the pass number k of the first generated non-edge, 0 = none) [events];
+``edge_valid`` (1/0), ``rule_outcome`` (0 no rule due, 1 followed, 2 violated),
+``target_block_probability`` [events, lookbacks]; ``tokens`` int32 [events, w + max r] (the
+prompt window, then the generated tokens, −1 past r), so any value can be recomputed from the
+model and these tokens alone. ``context.<key>`` float32 [events]: the context-only baseline,
+every metric at the window ending at s − 1 (before the jumper entered it; temporal metrics
+against the window ending at s − 2), recomputable from ``context_tokens`` int32 [events, w + 1]
+(walk tokens s − w − 1 .. s − 1).
 
 ``summary.json`` (validated before it is written, and written last: a summary whose checksum
 matches its npz vouches for a finished analysis): counts per class, per r and per rule, guard
@@ -19,21 +34,26 @@ timings, versions.
 
 from __future__ import annotations
 
+import hashlib
 import json
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..storage import atomic_write_validated, sha256_file
+from ..storage import atomic_write_json, atomic_write_validated, sha256_file
 
 ANALYSIS_DIR = "analysis"
 TOKEN_METRICS_FILE = "token_metrics.npz"
 CONTEXT_PREFIX = "context."
 SUMMARY_FILE = "summary.json"
+INDEX_FILE = "index.json"
 # 2: events need s >= w + 1, the context windows are measured (context.<key>, context_tokens) and
 # pass 1's temporal metrics compare with the window before the jumper; a version-1 analysis is redone.
-SUMMARY_SCHEMA_VERSION = 2
+# 3: one folder per analysis, arrays in lookback order, the settings carry the analysis block and the
+# metric set; an analysis of an earlier version (at the top of analysis/) is never read.
+SUMMARY_SCHEMA_VERSION = 3
 
 
 class _Strict(BaseModel):
@@ -41,7 +61,7 @@ class _Strict(BaseModel):
 
 
 class Settings(_Strict):
-    """Everything that changes what the analysis computes; same settings ⇒ the outputs are reused."""
+    """Everything that changes what the analysis computes; same settings ⇒ the same folder, reused."""
 
     events: int = Field(ge=1)
     stream: str
@@ -51,6 +71,8 @@ class Settings(_Strict):
     checkpoint: str  # the checkpoint file the model came from
     checkpoint_sha256: str
     include_failed: bool
+    metrics: dict[str, int] = Field(description="the metric set: every registered metric's name and version")
+    analysis: dict[str, Any] = Field(description="the analysis block used (chunk_mb aside: it changes no value)")
 
 
 class ClassCounts(_Strict):
@@ -71,6 +93,7 @@ class RuleCounts(ClassCounts):
 class Summary(_Strict):
     schema_version: int = SUMMARY_SCHEMA_VERSION
     experiment_id: str
+    analysis_name: str  # its folder under analysis/
     exploratory: bool = Field(description="true when the run's gate did not pass (--include-failed): no confirmatory claim")
     exploratory_reason: str | None
     continuations: str = Field(description="greedy (argmax, as the gate) or sampled at the temperature in settings")
@@ -91,6 +114,88 @@ class Summary(_Strict):
     token_metrics_sha256: str
     timings: dict[str, float]
     versions: dict[str, Any]
+
+
+def settings_digest(settings: dict[str, Any]) -> str:
+    """sha256 of the canonical JSON of ``settings``: an analysis's identity."""
+    canonical = json.dumps(Settings.model_validate(settings).model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def default_name(settings: dict[str, Any]) -> str:
+    """``16000ev-greedy-1a2b3c4d``: events, continuations and the settings digest."""
+    temperature = settings["temperature"]
+    mode = "greedy" if temperature == 0 else f"t{temperature:g}"
+    return f"{settings['events']}ev-{mode}-{settings_digest(settings)[:8]}"
+
+
+# --------------------------------------------------------------------------------------------------
+# analysis/index.json: every analysis of a run
+
+
+class IndexEntry(_Strict):
+    name: str  # the folder under analysis/
+    labels: list[str] = Field(default_factory=list, description="other names given to the same analysis (--name)")
+    settings_sha256: str
+    created: str
+    from_run_config: bool = Field(description="made with the run folder's own analysis block (what `make run` makes)")
+    overrides: dict[str, Any] = Field(default_factory=dict, description="analysis keys set on the command line (--set)")
+
+
+class AnalysisIndex(_Strict):
+    schema_version: int = 1
+    analyses: list[IndexEntry]
+
+
+def analysis_root(run_dir: Path) -> Path:
+    return Path(run_dir) / ANALYSIS_DIR
+
+
+def read_index(run_dir: Path) -> list[dict[str, Any]]:
+    """The entries of ``analysis/index.json`` (empty when there is none yet)."""
+    path = analysis_root(run_dir) / INDEX_FILE
+    if not path.is_file():
+        return []
+    try:
+        return AnalysisIndex.model_validate(json.loads(path.read_text())).model_dump(mode="json")["analyses"]
+    except ValueError as error:
+        raise ValueError(f"{path}: not a valid analysis index ({' '.join(str(error).split())[:200]})") from None
+
+
+def record_analysis(run_dir: Path, name: str, settings: dict[str, Any], *, label: str | None, from_run_config: bool,
+                    overrides: dict[str, Any]) -> None:
+    """Add (or update the labels of) an analysis in ``analysis/index.json``; call under the run lock."""
+    entries = read_index(run_dir)
+    digest = settings_digest(settings)
+    entry = next((e for e in entries if e["name"] == name), None)
+    if entry is None:
+        entry = {"name": name, "labels": [], "settings_sha256": digest, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                 "from_run_config": from_run_config, "overrides": overrides}
+        entries.append(entry)
+    entry["from_run_config"] = entry["from_run_config"] or from_run_config
+    if label and label != name and label not in entry["labels"]:
+        entry["labels"].append(label)
+    payload = AnalysisIndex.model_validate({"analyses": entries}).model_dump(mode="json")
+    atomic_write_json(analysis_root(run_dir) / INDEX_FILE, payload)
+
+
+def find_analysis(run_dir: Path, name: str | None = None) -> str:
+    """The folder name of the analysis called ``name`` (a folder name or a label); with None, the
+    default: the newest made from the run's own config (else the only one). Raises
+    FileNotFoundError listing the analyses there are."""
+    entries = read_index(run_dir)
+    names = ", ".join(e["name"] + (f" (also {', '.join(e['labels'])})" if e["labels"] else "") for e in entries) or "none"
+    if name is None:
+        own = [e for e in entries if e["from_run_config"]]
+        if own:
+            return own[-1]["name"]
+        if len(entries) == 1:
+            return entries[0]["name"]
+        raise FileNotFoundError(f"{analysis_root(run_dir)}: no default analysis; name one of: {names}")
+    for entry in entries:
+        if name == entry["name"] or name in entry["labels"]:
+            return entry["name"]
+    raise FileNotFoundError(f"{analysis_root(run_dir)}: no analysis named {name!r} (analyses: {names})")
 
 
 def write_summary(directory: Path, payload: dict[str, Any]) -> Path:
@@ -119,7 +224,9 @@ def finished_summary(directory: Path, settings: dict[str, Any]) -> dict[str, Any
 # horizon.json: the statistics of every metric (analysis.horizon builds it)
 
 HORIZON_FILE = "horizon.json"
-HORIZON_SCHEMA_VERSION = 1
+# 2: lookback-ordered arrays, the registration check, the held-out confirmatory test and its verdict,
+# the headline; a version-1 horizon.json is recomputed, never read.
+HORIZON_SCHEMA_VERSION = 2
 Number = float | None  # JSON has no NaN: undefined values (too few events, no such lookback) are null
 
 
@@ -184,6 +291,7 @@ class MetricStatistics(_Strict):
 
 
 class PrimaryResult(_Strict):
+    registered: bool = Field(description="true only when this is the run's registered hypothesis in the registered analysis")
     key: str  # the token_metrics.npz array tested
     target: str
     layer: int  # resolved (analysis.primary.layer -1 = the last layer)
@@ -195,6 +303,62 @@ class PrimaryResult(_Strict):
     summary: str  # the result in one sentence with its numbers
 
 
+class RegistrationStatus(_Strict):
+    status: str  # "confirmatory" | "exploratory"
+    reasons: list[str]  # why the analysis is exploratory (empty when confirmatory)
+    registered_at: str | None
+    registered_statement: str | None
+    registered_primary: dict[str, Any] | None
+    decision: dict[str, Any] | None
+
+
+class Split(_Strict):
+    """The held-out events: seeded, stratified by jumper; everything but the registered test uses the rest."""
+
+    confirmatory_fraction: float
+    stream: str
+    exploratory_events: int
+    confirmatory_events: int
+    counts_by_r: dict[str, dict[str, int]]  # r -> {"exploratory_violations", ... }
+
+
+class VersusBaseline(_Strict):
+    baseline: str
+    baseline_auroc: Number  # oriented as the registered direction (> 0.5: separates that way)
+    delta: Number
+    ci_low: Number
+    ci_high: Number
+    beaten: bool
+
+
+class ConfirmatoryTest(_Strict):
+    """The registered test, on the held-out events only, in one r stratum."""
+
+    status: str  # "ok" | "insufficient"
+    n_violations: int
+    n_successes: int
+    p_value: Number  # one-sided within-jumper permutation, max over j >= 1
+    j: int | None  # the lookback chosen on the exploratory events
+    auroc: Number  # at j, on the held-out events (a single pre-chosen lookback: no selection on these data)
+    ci_low: Number
+    ci_high: Number
+    oriented_auroc: Number  # in the registered direction
+    min_effect_auroc: float
+    versus: list[VersusBaseline]
+    verdict: str  # "confirmed" | "inconclusive" | "rejected" | "insufficient"
+    reasons: list[str]
+
+
+class HolmFamily(_Strict):
+    """The exploratory family's size and the permutations it got: Holm's floor is m / (P + 1), so P is
+    raised (``statistics.permutations_needed``) until the floor is below alpha / 2."""
+
+    family_size: int
+    permutations_requested: int
+    permutations_used: int
+    floor: Number
+
+
 class HorizonSettings(_Strict):
     permutations: int
     min_events: int
@@ -204,6 +368,7 @@ class HorizonSettings(_Strict):
     test: str
     stratification: str
     family: str
+    events: str
     seed: int
     stream: str
 
@@ -211,10 +376,16 @@ class HorizonSettings(_Strict):
 class Horizon(_Strict):
     schema_version: int = HORIZON_SCHEMA_VERSION
     experiment_id: str
-    exploratory: bool
+    analysis_name: str
+    exploratory: bool = Field(description="true when nothing in it is confirmatory: gate failed, or not the registered analysis")
     exploratory_reason: str | None
     token_metrics_sha256: str
     settings: HorizonSettings
+    registration: RegistrationStatus
+    split: Split
+    confirmatory: dict[str, ConfirmatoryTest] | None  # r -> the registered test; None in an exploratory analysis
+    headline: list[str]  # the plain-language verdict, two or three sentences
+    holm: HolmFamily
     r_values: list[int]
     counts_by_r: dict[str, dict[str, int]]  # r -> {"violations", "successes"}
     primary: PrimaryResult
@@ -232,8 +403,12 @@ def write_horizon(directory: Path, payload: dict[str, Any]) -> Path:
 
 
 def read_horizon(directory: Path) -> dict[str, Any] | None:
-    """The parsed, validated horizon.json in ``directory``, or None (missing or invalid)."""
+    """The parsed, validated horizon.json in ``directory``, or None (missing, invalid, or of an
+    earlier schema: recomputed, never misread)."""
     try:
-        return Horizon.model_validate(json.loads((directory / HORIZON_FILE).read_text())).model_dump(mode="json")
-    except (OSError, ValueError):
+        raw = json.loads((directory / HORIZON_FILE).read_text())
+        if raw.get("schema_version") != HORIZON_SCHEMA_VERSION:
+            return None
+        return Horizon.model_validate(raw).model_dump(mode="json")
+    except (OSError, ValueError, AttributeError):
         return None

@@ -1,6 +1,7 @@
 """``horizon.json``: how well, and how far ahead, each metric separates violations from successes.
 
-Reads ``token_metrics.npz`` (and nothing else the analysis measured), so anyone can recompute it.
+Reads ``token_metrics.npz`` (and nothing else the analysis measured), so anyone can recompute it;
+its per-pass arrays are in lookback order (column j = lookback j), as every list in horizon.json.
 For every metric array and every r stratum: the jumper-stratified AUROC at every lookback with
 its DeLong 95% CI, pooled and per-jumper AUROCs beside it, the within-jumper permutation test
 (statistic max over j ≥ 1, +1 corrected) and both horizons (``statistics.separation_family``;
@@ -37,9 +38,12 @@ from ..config import ExperimentConfig
 from ..experiment import git_commit
 from ..reproducibility import numpy_rng
 from ..storage import read_npz
+from ..registration import RegistrationCheck
+from .confirmatory import confirmatory_entry, headline, held_out_events
 from .files import CONTEXT_PREFIX, HORIZON_FILE, TOKEN_METRICS_FILE, read_horizon, write_horizon
 from .statistics import (
-    SeparationResult, auroc_ci, auroc_difference, holm, lookback_view, separation_family, stratified_auroc, stratum_mask,
+    SeparationResult, auroc_ci, auroc_difference, holm, holm_floor, permutations_needed, separation_family, stratified_auroc,
+    stratum_mask,
 )
 
 KEY = re.compile(r"^(?P<target>qkt|avwo)\.layer_(?P<layer>\d+)\.head_(?P<head>\d+)\.(?P<metric>\w+)$")
@@ -70,8 +74,10 @@ def horizon_settings(config: ExperimentConfig) -> dict[str, Any]:
         "test": "permutation: labels shuffled within jumper inside each r stratum; statistic max over j >= 1 of "
         "|AUROC - 0.5| (exploratory) or of the signed deviation in the declared direction (primary); p = (1 + #exceed) / (1 + P)",
         "stratification": "by r (never pooled across r) and by jumper (within-jumper AUROCs weighted by n_violations * n_successes)",
-        "family": "the primary is tested alone; every other non-constant metric array is exploratory, Holm-Bonferroni "
-        "adjusted across that family within each r",
+        "family": "the registered primary is tested alone (one-sided); every other non-constant metric array, and a primary "
+        "that is not the registered one, is exploratory: two-sided, Holm-Bonferroni adjusted across that family within each r",
+        "events": "held-out events (analysis.confirmatory_fraction per jumper, seeded) are used for the registered test only; "
+        "every other number is computed on the remaining (exploratory) events",
         "seed": config.seed,
         "stream": f"{a.stream}/permutations",
     }
@@ -173,7 +179,10 @@ def _strength(entry: dict[str, Any]) -> tuple:
 
 
 def primary_sentence(primary: dict[str, Any], threshold: float, alpha: float, permutations: int) -> str:
-    """The primary result in one sentence per r, with its numbers."""
+    """The declared primary on the exploratory events, in one sentence per r, with its numbers.
+
+    Descriptive only: the verdict on the registered hypothesis comes from the held-out events
+    (``confirmatory``); an unregistered primary is an exploratory hypothesis, Holm-adjusted."""
     name = f"{TARGET_NAMES[primary['target']]} {primary['metric'].replace('_', ' ')} (layer {primary['layer']}, head {primary['head']})"
     clauses = []
     for r, entry in primary["by_r"].items():
@@ -191,22 +200,41 @@ def primary_sentence(primary: dict[str, Any], threshold: float, alpha: float, pe
             (entry["horizon"], entry["confident_horizon"]) if primary["direction"] == "higher"
             else (entry["horizon_lower"], entry["confident_horizon_lower"])
         )
-        p = entry["p_value"]
-        supported = p is not None and p < alpha
-        test = f"one-sided permutation p = {p:.4g} ({permutations:,} within-jumper shuffles)" if p is not None else "no permutation test"
+        p = entry["p_adjusted"] if not primary["registered"] else entry["p_value"]
+        side = "one-sided" if primary["registered"] else "two-sided, Holm-adjusted in the exploratory family"
+        test = f"permutation p = {p:.4g} ({side}, {permutations:,} within-jumper shuffles)" if p is not None else "no permutation test"
         clauses.append(
             f"r = {r}: strongest at lookback j = {j}, AUROC {entry['auroc'][j]:.3f} "
-            f"[{entry['ci_low'][j]:.3f}, {entry['ci_high'][j]:.3f}] ({entry['n_violations']} violations vs "
-            f"{entry['n_successes']} successes), {test}: {'supported' if supported else 'not supported'} at alpha = {alpha}; "
+            f"[{entry['ci_low'][j]:.3f}, {entry['ci_high'][j]:.3f}] (pointwise, at a lookback chosen after looking; "
+            f"{entry['n_violations']} violations vs {entry['n_successes']} successes), {test}; "
             f"horizon {horizon} (confident {confident}) at threshold {threshold}"
         )
-    return f"Pre-registered: {name} is {primary['direction']} before violations. " + "; ".join(clauses) + "."
+    role = "Registered hypothesis, on the exploratory events" if primary["registered"] else "Exploratory hypothesis (not the registered one)"
+    return f"{role}: {name} is {primary['direction']} before violations. " + "; ".join(clauses) + "."
 
 
-def compute_horizon(arrays: dict[str, np.ndarray], config: ExperimentConfig, summary: dict[str, Any]) -> dict[str, Any]:
-    """The horizon.json payload (validated on writing) from the arrays of token_metrics.npz."""
+def _events_subset(arrays: dict[str, np.ndarray], keep: np.ndarray) -> dict[str, np.ndarray]:
+    """Every per-event array of a token_metrics.npz restricted to the events in ``keep``."""
+    n = keep.shape[0]
+    return {key: (values[keep] if np.ndim(values) >= 1 and np.shape(values)[0] == n else values) for key, values in arrays.items()}
+
+
+def _unregistered(reason: str) -> RegistrationCheck:
+    return RegistrationCheck(False, [reason], None)
+
+
+def compute_horizon(arrays: dict[str, np.ndarray], config: ExperimentConfig, summary: dict[str, Any], *,
+                    check: RegistrationCheck | None = None, analysis_name: str = "") -> dict[str, Any]:
+    """The horizon.json payload (validated on writing) from the arrays of token_metrics.npz.
+
+    ``config`` carries the analysis block this analysis was made with; ``check`` says whether it
+    is the run's registered analysis (None: it is not known to be, so it is exploratory)."""
     started = time.perf_counter()
     a = config.analysis
+    check = check or _unregistered("no registration was checked for this analysis")
+    held = held_out_events(np.asarray(arrays["event_jumper"]), a.confirmatory_fraction, numpy_rng(config.seed, a.stream, "split"))
+    everything = arrays
+    arrays = _events_subset(arrays, ~held)
     y = np.asarray(arrays["violated"], dtype=bool)
     g = np.asarray(arrays["event_jumper"])
     r = np.asarray(arrays["event_r"], dtype=np.int64)
@@ -215,34 +243,44 @@ def compute_horizon(arrays: dict[str, np.ndarray], config: ExperimentConfig, sum
     tested = {key: values for key, values in metrics.items() if key not in constant}
     primary = primary_key(config)
     if primary not in metrics:
-        raise KeyError(f"{TOKEN_METRICS_FILE} has no array {primary!r} for the pre-registered hypothesis (analysis.primary)")
+        raise KeyError(f"{TOKEN_METRICS_FILE} has no array {primary!r} for the primary hypothesis (analysis.primary)")
     declared = a.primary.direction
-    alternatives = {primary: "greater" if declared == "higher" else "less", BEHAVIOURAL: "less"}
+    registered = check.confirmatory
+    one_sided = "greater" if declared == "higher" else "less"
+    alternatives = {BEHAVIOURAL: "less"}
+    if registered:
+        alternatives[primary] = one_sided  # the registered hypothesis alone, in its direction
     family = dict(tested)
-    family[primary] = metrics[primary]  # tested one-sided even when constant (then "insufficient"-like NaNs)
+    family[primary] = metrics[primary]  # tested even when constant (then "insufficient"-like NaNs)
     family[BEHAVIOURAL] = arrays[BEHAVIOURAL]
+    exploratory = [key for key in tested if key != primary or not registered]
+    if not registered and primary not in exploratory:
+        exploratory.append(primary)
+    # Holm over m arrays cannot go below m / (P + 1): raise P until a real effect can pass alpha.
+    permutations = permutations_needed(len(exploratory), a.alpha, a.permutations) if a.permutations > 0 else 0
     rng = numpy_rng(config.seed, a.stream, "permutations")
     results = separation_family(
-        family, y, g, r, permutations=a.permutations, rng=rng, min_events=a.min_events,
+        family, y, g, r, permutations=permutations, rng=rng, min_events=a.min_events,
         threshold=a.horizon_threshold, alternatives=alternatives,
     )
     stats_seconds = time.perf_counter() - started
 
-    r_values = sorted(int(v) for v in np.unique(r))
-    exploratory = [key for key in tested if key != primary]
+    r_values = sorted(int(v) for v in np.unique(np.asarray(everything["event_r"])))
     adjusted: dict[str, dict[int, float | None]] = {key: {} for key in family}
     for rv in r_values:
-        p = np.array([np.nan if results[k][rv].p_value is None else results[k][rv].p_value for k in exploratory])
+        p = np.array([np.nan if (res := results[k].get(rv)) is None or res.p_value is None else res.p_value for k in exploratory])
         for key, value in zip(exploratory, holm(p) if p.size else []):
             adjusted[key][rv] = value
-        adjusted[primary][rv] = results[primary][rv].p_value
-        adjusted[BEHAVIOURAL][rv] = results[BEHAVIOURAL][rv].p_value
+        if registered:
+            adjusted[primary][rv] = results[primary][rv].p_value if rv in results[primary] else None
+        adjusted[BEHAVIOURAL][rv] = results[BEHAVIOURAL][rv].p_value if rv in results[BEHAVIOURAL] else None
 
-    behaviour_by_r = {rv: lookback_view(np.asarray(arrays[BEHAVIOURAL], dtype=np.float64)[stratum_mask(r, rv)], r[stratum_mask(r, rv)])[:, :rv] for rv in r_values}
+    present = [rv for rv in r_values if rv in results[BEHAVIOURAL]]
+    behaviour_by_r = {rv: np.asarray(arrays[BEHAVIOURAL], dtype=np.float64)[stratum_mask(r, rv), :rv] for rv in present}
 
     def statistics_of(key: str, direction_of) -> dict[str, Any]:
         by_r = {}
-        for rv in r_values:
+        for rv in present:
             m = stratum_mask(r, rv)
             result = results[key][rv]
             context_values = arrays.get(f"{CONTEXT_PREFIX}{key}")
@@ -250,7 +288,7 @@ def compute_horizon(arrays: dict[str, np.ndarray], config: ExperimentConfig, sum
             versus = None
             if key != BEHAVIOURAL:
                 context = _context_only(None if context_values is None else context_values[m], y[m], g[m], a.min_events)
-                x = lookback_view(np.asarray(family[key], dtype=np.float64)[m], r[m])[:, :rv]
+                x = np.asarray(family[key], dtype=np.float64)[m, :rv]
                 versus = _versus_behaviour(x, behaviour_by_r[rv], results[BEHAVIOURAL][rv].auroc, y[m], g[m], result,
                                            direction_of(result))
             by_r[str(rv)] = _separation_entry(result, p_adjusted=adjusted[key].get(rv), alpha=a.alpha, context=context, versus=versus)
@@ -268,23 +306,36 @@ def compute_horizon(arrays: dict[str, np.ndarray], config: ExperimentConfig, sum
     metric_stats[primary] = described(primary, primary_by_r)
     parts = KEY.match(primary)
     primary_entry = {
-        "key": primary, "target": parts["target"], "layer": int(parts["layer"]), "head": int(parts["head"]),
+        "registered": registered, "key": primary, "target": parts["target"], "layer": int(parts["layer"]), "head": int(parts["head"]),
         "metric": parts["metric"], "direction": declared, "statement": a.primary.describe(), "by_r": primary_by_r,
     }
     primary_entry["summary"] = primary_sentence(primary_entry, a.horizon_threshold, a.alpha, a.permutations)
     behavioural = {"target": "logits", "layer": -1, "head": -1, "metric": BEHAVIOURAL, "by_r": statistics_of(BEHAVIOURAL, observed)}
     top = {
         str(rv): sorted((k for k in metric_stats if k != primary), key=lambda k: _strength(metric_stats[k]["by_r"][str(rv)]))
-        for rv in r_values
+        for rv in present
     }
-    counts = {str(rv): {"violations": int(y[r == rv].sum()), "successes": int((~y[r == rv]).sum())} for rv in r_values}
-    return {
+    counts = {str(rv): {"violations": int(y[r == rv].sum()), "successes": int((~y[r == rv]).sum())} for rv in present}
+    confirmatory = (
+        _confirmatory(everything, held, primary, declared, results, config) if registered and held.any() else None
+    )
+    exploratory_reason = summary["exploratory_reason"] or ("; ".join(check.reasons) if not registered else None)
+    payload = {
         "experiment_id": summary["experiment_id"],
-        "exploratory": summary["exploratory"],
-        "exploratory_reason": summary["exploratory_reason"],
+        "analysis_name": analysis_name,
+        "exploratory": bool(summary["exploratory"] or not registered),
+        "exploratory_reason": exploratory_reason,
         "token_metrics_sha256": summary["token_metrics_sha256"],
         "settings": horizon_settings(config),
-        "r_values": r_values,
+        "registration": check.as_dict(),
+        "split": _split(everything, held, a.confirmatory_fraction, f"{a.stream}/split"),
+        "confirmatory": confirmatory,
+        "headline": [],
+        "holm": {
+            "family_size": len(exploratory), "permutations_requested": a.permutations, "permutations_used": permutations,
+            "floor": holm_floor(len(exploratory), permutations) if permutations > 0 else None,
+        },
+        "r_values": present,
         "counts_by_r": counts,
         "primary": primary_entry,
         "behavioural": behavioural,
@@ -294,30 +345,81 @@ def compute_horizon(arrays: dict[str, np.ndarray], config: ExperimentConfig, sum
         "timings": {"statistics_seconds": round(stats_seconds, 3), "total_seconds": round(time.perf_counter() - started, 3)},
         "versions": {"python": platform.python_version(), "numpy": np.__version__, "scipy": scipy.__version__, "git_commit": git_commit()},
     }
+    label = f"{TARGET_NAMES[primary_entry['target']]} {primary_entry['metric'].replace('_', ' ')} (layer {primary_entry['layer']}, head {primary_entry['head']})"
+    payload["headline"] = headline(payload, label)
+    return payload
 
 
-def horizon_is_current(horizon: dict[str, Any] | None, config: ExperimentConfig, summary: dict[str, Any]) -> bool:
+def _split(arrays: dict[str, np.ndarray], held: np.ndarray, fraction: float, stream: str) -> dict[str, Any]:
+    y, r = np.asarray(arrays["violated"], dtype=bool), np.asarray(arrays["event_r"])
+    by_r = {}
+    for rv in sorted(int(v) for v in np.unique(r)):
+        m = r == rv
+        by_r[str(rv)] = {
+            "exploratory_violations": int((m & ~held & y).sum()), "exploratory_successes": int((m & ~held & ~y).sum()),
+            "confirmatory_violations": int((m & held & y).sum()), "confirmatory_successes": int((m & held & ~y).sum()),
+        }
+    return {"confirmatory_fraction": fraction, "stream": stream, "exploratory_events": int((~held).sum()),
+            "confirmatory_events": int(held.sum()), "counts_by_r": by_r}
+
+
+def _confirmatory(arrays: dict[str, np.ndarray], held: np.ndarray, primary: str, declared: str,
+                  exploratory_results: dict[str, dict[int, SeparationResult]], config: ExperimentConfig) -> dict[str, Any]:
+    """The registered test on the held-out events: ``{r: ConfirmatoryTest}``."""
+    a = config.analysis
+    part = _events_subset(arrays, held)
+    y, g, r = np.asarray(part["violated"], dtype=bool), np.asarray(part["event_jumper"]), np.asarray(part["event_r"], dtype=np.int64)
+    results = separation_family(
+        {primary: part[primary], BEHAVIOURAL: part[BEHAVIOURAL]}, y, g, r, permutations=a.permutations,
+        rng=numpy_rng(config.seed, a.stream, "confirmatory"), min_events=a.min_events, threshold=a.horizon_threshold,
+        alternatives={primary: "greater" if declared == "higher" else "less", BEHAVIOURAL: "less"},
+    )
+    out = {}
+    for rv, held_result in results[primary].items():
+        m = stratum_mask(r, rv)
+        chosen = exploratory_results[primary].get(rv)
+        chosen_j = chosen.best_j if chosen is not None and chosen.status == "ok" else None
+        explored_logits = exploratory_results[BEHAVIOURAL].get(rv)
+        logits_sign = -1.0
+        if chosen_j is not None and explored_logits is not None and np.isfinite(explored_logits.auroc[chosen_j]):
+            logits_sign = 1.0 if explored_logits.auroc[chosen_j] > 0.5 else -1.0
+        x = np.asarray(part[primary], dtype=np.float64)[m, :rv]
+        b = np.asarray(part[BEHAVIOURAL], dtype=np.float64)[m, :rv]
+        out[str(rv)] = confirmatory_entry(
+            held_result, chosen_j, direction=declared, x_held=x, baselines={BEHAVIOURAL: (b, logits_sign)},
+            y=y[m], g=g[m], alpha=a.alpha, min_effect=a.min_effect_auroc,
+        )
+    return out
+
+
+def horizon_is_current(horizon: dict[str, Any] | None, config: ExperimentConfig, summary: dict[str, Any],
+                       check: RegistrationCheck | None = None) -> bool:
     """Whether a horizon.json (parsed, or None) was made from this summary's token_metrics.npz
-    with this config's statistics settings and primary hypothesis."""
+    with this analysis block's statistics settings, primary hypothesis and registration status."""
+    check = check or _unregistered("no registration was checked for this analysis")
     return (
         horizon is not None
         and horizon["token_metrics_sha256"] == summary["token_metrics_sha256"]
         and horizon["settings"] == horizon_settings(config)
         and horizon["primary"]["key"] == primary_key(config)
         and horizon["primary"]["direction"] == config.analysis.primary.direction
+        and horizon["registration"] == check.as_dict()
+        and horizon["split"]["confirmatory_fraction"] == config.analysis.confirmatory_fraction
     )
 
 
-def horizon_for_run(analysis_dir: Path, config: ExperimentConfig, summary: dict[str, Any], echo=print) -> dict[str, Any]:
+def horizon_for_run(analysis_dir: Path, config: ExperimentConfig, summary: dict[str, Any], *, check: RegistrationCheck,
+                    echo=print) -> dict[str, Any]:
     """horizon.json of a finished analysis: reused when it was made from the same token_metrics.npz
     with the same settings, computed and written (validated, atomically) otherwise."""
     done = read_horizon(analysis_dir)
-    if horizon_is_current(done, config, summary):
+    if horizon_is_current(done, config, summary, check):
         echo(f"{analysis_dir / HORIZON_FILE}: already computed from this token_metrics.npz, reusing it")
         return done
     arrays = read_npz(analysis_dir / TOKEN_METRICS_FILE)
-    payload = compute_horizon(arrays, config, summary)
+    payload = compute_horizon(arrays, config, summary, check=check, analysis_name=analysis_dir.name)
     write_horizon(analysis_dir, payload)
     echo(f"{analysis_dir / HORIZON_FILE}: {len(payload['metrics'])} metric arrays tested in {payload['timings']['total_seconds']:.1f}s")
-    echo(payload["primary"]["summary"])
+    for sentence in payload["headline"]:
+        echo(sentence)
     return read_horizon(analysis_dir)

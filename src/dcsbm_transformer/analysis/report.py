@@ -26,7 +26,7 @@ from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
 from ..storage import atomic_write_bytes
 from .figures import draw_figures, metric_label
-from .files import ANALYSIS_DIR, HORIZON_FILE, SUMMARY_FILE, TOKEN_METRICS_FILE, read_horizon
+from .files import HORIZON_FILE, SUMMARY_FILE, TOKEN_METRICS_FILE, read_horizon
 from .horizon import TARGET_NAMES
 
 REPORT_FILE = "report.html"
@@ -101,12 +101,12 @@ def _read_json(path: Path, missing: str) -> dict[str, Any]:
     return json.loads(path.read_text())
 
 
-def read_run(run_dir: Path) -> dict[str, Any]:
-    """config, result, summary and horizon of a run folder; a missing file raises FileNotFoundError
-    saying which stage writes it."""
-    run_dir = Path(run_dir)
-    analysis = run_dir / ANALYSIS_DIR
-    config = _read_json(run_dir / "config.json", "is this a results folder (results/<id>/)?")
+def read_analysis(analysis_dir: Path) -> dict[str, Any]:
+    """config, result, registration, summary and horizon of one analysis folder
+    (``results/<id>/analysis/<name>/``); a missing file raises FileNotFoundError saying which stage writes it."""
+    analysis = Path(analysis_dir)
+    run_dir = analysis.parent.parent
+    config = _read_json(run_dir / "config.json", "is this an analysis folder (results/<id>/analysis/<name>/)?")
     result = _read_json(run_dir / "result.json", "train the run first (`dcsbm run`)")
     summary = _read_json(analysis / SUMMARY_FILE, "analyse the run first (`dcsbm analyze`)")
     horizon = read_horizon(analysis)
@@ -310,9 +310,9 @@ def _timings(result: dict[str, Any], summary: dict[str, Any], horizon: dict[str,
     return [(name, f"{value:.1f} s") for name, value in rows if value is not None]
 
 
-def report_context(run_dir: Path, figures: dict[str, Path] | None = None) -> dict[str, Any]:
-    """The data ``report.html`` renders, from the run's files (figures: name → PNG path, embedded)."""
-    return _context(read_run(run_dir), figures, figure_seconds=None)
+def report_context(analysis_dir: Path, figures: dict[str, Path] | None = None) -> dict[str, Any]:
+    """The data ``report.html`` renders, from the analysis's files (figures: name → PNG path, embedded)."""
+    return _context(read_analysis(analysis_dir), figures, figure_seconds=None)
 
 
 def _context(run: dict[str, Any], figures: dict[str, Path] | None, *, figure_seconds: float | None) -> dict[str, Any]:
@@ -321,17 +321,42 @@ def _context(run: dict[str, Any], figures: dict[str, Path] | None, *, figure_sec
     exploratory = bool(horizon["exploratory"] or summary.get("exploratory") or not gate["passed"])
     reason = horizon.get("exploratory_reason") or summary.get("exploratory_reason") or gate["failure_reason"]
     settings = horizon["settings"]
+    registration = horizon["registration"]
     return {
-        "experiment_id": horizon["experiment_id"], "exploratory": exploratory, "exploratory_reason": reason,
+        "experiment_id": horizon["experiment_id"], "analysis_name": horizon["analysis_name"],
+        "exploratory": exploratory, "exploratory_reason": reason,
+        "gate_failed": not gate["passed"], "headline": horizon["headline"], "registration": registration,
+        "registered": horizon["primary"]["registered"], "confirmatory": _confirmatory(horizon), "split": horizon["split"],
         "primary_summary": horizon["primary"]["summary"], "primary_statement": horizon["primary"]["statement"],
         "primary_key": horizon["primary"]["key"], "config": _config_brief(config, result, summary, horizon),
         "gate": gate, "counts": _counts(summary), "strata": [stratum(horizon, r) for r in horizon["r_values"]],
         "constant": horizon["constant"], "threshold": settings["horizon_threshold"], "alpha": settings["alpha"],
-        "settings": [(k.replace("_", " "), str(v)) for k, v in settings.items()],
+        "settings": [(k.replace("_", " "), str(v)) for k, v in settings.items()] + [
+            ("exploratory family (Holm)", f"{horizon['holm']['family_size']} arrays; {horizon['holm']['permutations_used']:,} "
+             f"permutations (asked {horizon['holm']['permutations_requested']:,}); smallest reachable adjusted p "
+             f"(Holm floor m/(P+1)) {fmt_p(horizon['holm']['floor'])}"),
+        ],
         "figures": _figures(figures), "versions": _versions(result, summary, horizon),
         "timings": _timings(result, summary, horizon, figure_seconds),
         "guard_hits": {k: v for k, v in summary.get("guard_hits", {}).items() if v},
     }
+
+
+def _confirmatory(horizon: dict[str, Any]) -> list[dict[str, Any]]:
+    """The registered test per r, formatted (empty in an exploratory analysis)."""
+    rows = []
+    for r, test in (horizon["confirmatory"] or {}).items():
+        versus = "; ".join(
+            f"{v['baseline'].replace('_', ' ')}: Δ {fmt(v['delta'])} [{fmt(v['ci_low'])}, {fmt(v['ci_high'])}]"
+            f" ({'beaten' if v['beaten'] else 'not beaten'})" for v in test["versus"]
+        ) or "—"
+        rows.append({
+            "r": r, "verdict": test["verdict"], "p_text": "—" if test["p_value"] is None else f"{test['p_value']:.4g}",
+            "n_violations": test["n_violations"], "n_successes": test["n_successes"],
+            "j": "—" if test["j"] is None else test["j"], "auroc_text": fmt_ci(test["auroc"], test["ci_low"], test["ci_high"]),
+            "min_effect": test["min_effect_auroc"], "versus": versus, "reasons": "; ".join(test["reasons"]) or "—",
+        })
+    return rows
 
 
 def render(context: dict[str, Any]) -> str:
@@ -340,11 +365,10 @@ def render(context: dict[str, Any]) -> str:
     return environment.get_template(TEMPLATE).render(**context)
 
 
-def write_report(run_dir: Path) -> Path:
-    """Draw the figures and write ``<run_dir>/analysis/report.html`` (atomically); returns its path."""
-    run_dir = Path(run_dir)
-    analysis = run_dir / ANALYSIS_DIR
-    run = read_run(run_dir)
+def write_report(analysis_dir: Path) -> Path:
+    """Draw the figures and write ``<analysis_dir>/report.html`` (atomically); returns its path."""
+    analysis = Path(analysis_dir)
+    run = read_analysis(analysis)
     started = time.perf_counter()
     npz = analysis / TOKEN_METRICS_FILE
     if npz.is_file():

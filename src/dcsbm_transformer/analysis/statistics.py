@@ -1,10 +1,15 @@
 """Statistics core: how well, and how far ahead, does a metric separate violations from successes?
 
-Pure numpy/scipy; no file I/O, no plotting. Inputs are the analysis stage's per-metric arrays
-``values [events, passes]`` (float, NaN where undefined) with per-event labels ``violated [E]``
-(bool), ``event_jumper [E]`` (which rule) and ``event_r [E]``. Pass ``k = 1..r``; the lookback is
-``j = r - k``: ``j = 0`` is the pass that emits the deadline token (simultaneous with the outcome,
-never counted as prediction), ``j = r - 1`` the pass whose input ends at the jumper.
+Pure numpy/scipy; no file I/O, no plotting. Public: a researcher tests a metric of their own
+with the same machinery (``separation`` / ``separation_family`` for the whole test,
+``stratified_auroc``, ``delong``, ``auroc_ci``, ``auroc_difference``, ``permuted_labels``, ``holm``,
+``horizons`` for the pieces). Inputs are the analysis stage's per-metric arrays
+``values [events, lookbacks]`` in **lookback order** — column ``j`` is lookback ``j``, as in
+``token_metrics.npz`` and ``horizon.json`` (``lookback_view`` converts pass-ordered arrays) —
+(float, NaN where undefined) with per-event labels ``violated [E]`` (bool), ``event_jumper [E]``
+(which rule) and ``event_r [E]``. Pass ``k = 1..r``; the lookback is ``j = r - k``: ``j = 0`` is the
+pass that emits the deadline token (simultaneous with the outcome, never counted as prediction),
+``j = r - 1`` the pass whose input ends at the jumper.
 
 Choices, and why
 ----------------
@@ -74,13 +79,15 @@ _TOL = 1e-12  # float tolerance when comparing permutation statistics with the o
 # layout helpers
 
 
-def lookback_view(values: np.ndarray, r: np.ndarray) -> np.ndarray:
-    """Re-index ``values [E, passes]`` by lookback: ``out[e, j] = values[e, r_e - 1 - j]`` (pass ``r_e - j``).
+def lookback_view(values: np.ndarray, r: np.ndarray, fill=np.nan) -> np.ndarray:
+    """Re-index pass-ordered ``values [E, passes]`` by lookback: ``out[e, j] = values[e, r_e - 1 - j]`` (pass ``r_e - j``).
 
-    Returns ``[E, max_r]`` float64, NaN where ``j >= r_e`` (no such pass). Column ``j = 0`` is the
-    pass emitting the deadline token; column ``r_e - 1`` is pass 1.
+    The one conversion from the order passes are generated in to the lookback order of every file
+    and function of the analysis (``token_metrics.npz`` is written through it). Returns
+    ``[E, max_r]`` of the input's dtype, ``fill`` where ``j >= r_e`` (no such pass). Column ``j = 0``
+    is the pass emitting the deadline token; column ``r_e - 1`` is pass 1.
     """
-    values = np.asarray(values, dtype=np.float64)
+    values = np.asarray(values)
     r = np.asarray(r, dtype=np.int64)
     if values.ndim != 2 or r.shape != (values.shape[0],):
         raise ValueError("values must be [E, passes] and r [E]")
@@ -91,7 +98,7 @@ def lookback_view(values: np.ndarray, r: np.ndarray) -> np.ndarray:
     col = r[:, None] - 1 - j[None, :]
     valid = col >= 0
     out = np.take_along_axis(values, np.where(valid, col, 0), axis=1)
-    out[~valid] = np.nan
+    out[~valid] = fill
     return out
 
 
@@ -709,7 +716,7 @@ def separation_family(arrays: dict[str, np.ndarray], violated: np.ndarray, jumpe
     r = np.asarray(r, dtype=np.int64)
     for name, values in arrays.items():
         if np.shape(values)[0] != y.shape[0] or np.ndim(values) != 2:
-            raise ValueError(f"{name}: values must be [E = {y.shape[0]}, passes], got shape {np.shape(values)}")
+            raise ValueError(f"{name}: values must be [E = {y.shape[0]}, lookbacks], got shape {np.shape(values)}")
     if not (y.shape == g.shape == r.shape):
         raise ValueError("violated, jumper and r must all be [E]")
     out: dict[str, dict[int, SeparationResult]] = {name: {} for name in arrays}
@@ -717,7 +724,7 @@ def separation_family(arrays: dict[str, np.ndarray], violated: np.ndarray, jumpe
         m = stratum_mask(r, rv)
         tested = []
         for name, values in arrays.items():
-            x = lookback_view(np.asarray(values, dtype=np.float64)[m], r[m])[:, :rv]
+            x = np.asarray(values, dtype=np.float64)[m, :rv]  # lookback order: column j = lookback j
             result, valid, obs = _observed(x, y[m], g[m], rv, permutations=permutations, min_events=min_events,
                                            threshold=threshold, alternative=alternatives.get(name, "two-sided"))
             out[name][rv] = result
@@ -732,9 +739,9 @@ def separation(values: np.ndarray, violated: np.ndarray, jumper: np.ndarray, r: 
                threshold: float = 0.75, chunk: int = 250, alternative: str = "two-sided") -> dict[int, SeparationResult]:
     """Separation of violations from successes by one metric, per ``r`` stratum.
 
-    ``values [E, passes]`` (NaN where undefined; pass ``k`` in column ``k - 1``), ``violated [E]``
-    bool, ``jumper [E]`` int, ``r [E]`` int. For each ``r`` the events of that stratum are re-indexed
-    by lookback ``j = 0..r-1`` (:func:`lookback_view`), and the result holds the stratified AUROC at
+    ``values [E, lookbacks]`` (NaN where undefined; lookback ``j`` in column ``j``, as in
+    token_metrics.npz), ``violated [E]`` bool, ``jumper [E]`` int, ``r [E]`` int. For each ``r`` the
+    events of that stratum are read at lookbacks ``j = 0..r-1``, and the result holds the stratified AUROC at
     every ``j`` with its DeLong 95% CI (logit scale, :func:`auroc_ci`), the pooled and per-jumper AUROCs, the family-wise
     permutation p over ``j >= 1`` with statistic ``T = max_{j>=1} |A(j) - 0.5|`` (labels shuffled
     within jumper, ``p = (1 + #{T_perm >= T_obs}) / (1 + P)``), the 95th percentile of ``T_perm``
@@ -750,7 +757,7 @@ def separation(values: np.ndarray, violated: np.ndarray, jumper: np.ndarray, r: 
         raise ValueError(f"alternative must be one of {ALTERNATIVES}, got {alternative!r}")
     values = np.asarray(values, dtype=np.float64)
     if not (np.shape(violated) == np.shape(jumper) == np.shape(r) == (values.shape[0],)):
-        raise ValueError("violated, jumper and r must be [E] matching values [E, passes]")
+        raise ValueError("violated, jumper and r must be [E] matching values [E, lookbacks]")
     return separation_family({"values": values}, violated, jumper, r, permutations=permutations, rng=rng,
                              min_events=min_events, threshold=threshold, chunk=chunk,
                              alternatives={"values": alternative})["values"]

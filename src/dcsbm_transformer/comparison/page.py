@@ -53,7 +53,8 @@ def _f(value: Any, digits: int = 3) -> str:
 
 
 def _run_name(entry: dict[str, Any]) -> str:
-    return Path(entry["folder"]).name
+    name = Path(entry["folder"]).name
+    return name if entry.get("analysis") is None else f"{name}/{entry['analysis']}"
 
 
 def _gate_row(entry: dict[str, Any]) -> dict[str, Any]:
@@ -84,7 +85,7 @@ def _primary_rows(entry: dict[str, Any]) -> list[dict[str, Any]]:
             "counts": f"{v['n_violations']} / {v['n_successes']}", "best_j": v["best_j"] if ok else "–",
             "auroc": f"{_f(v['auroc'])} [{_f(v['ci_low'])}, {_f(v['ci_high'])}]" if ok else v["status"],
             "p": _f(v["p_value"], 4) if ok else "–",
-            "supported": "–" if v["supported"] is None else (f"yes (p < {p['alpha']})" if v["supported"] else f"no (p ≥ {p['alpha']})"),
+            "verdict": v["verdict"] if v["held_out_p"] is None else f"{v['verdict']} (held-out p = {v['held_out_p']:.4g})",
         })
     return rows
 

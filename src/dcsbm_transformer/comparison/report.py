@@ -54,7 +54,8 @@ def _thresholds(entries: list[dict[str, Any]], runs) -> tuple[float | None, floa
     return (gates.pop() if len(gates) == 1 else None), (horizons.pop() if len(horizons) == 1 else None)
 
 
-def report(paths: list[Path], where: list[str], out: Path | None = None, echo: Callable[[str], None] = print) -> Path:
+def report(paths: list[Path], where: list[str], out: Path | None = None, echo: Callable[[str], None] = print,
+           analysis: str | None = None) -> Path:
     """Compare the runs under ``paths`` (run folders or results roots) that match ``where``.
 
     ``echo`` gets the listing (every matching run with its key parameters and status) and the
@@ -66,7 +67,7 @@ def report(paths: list[Path], where: list[str], out: Path | None = None, echo: C
     """
     paths = [Path(p) for p in paths]
     conditions = parse_where(list(where))
-    found = find_runs(paths)
+    found = find_runs(paths, analysis)
     runs = filter_runs(found, conditions)
     if not runs:
         raise ComparisonError(_no_match_message(found, conditions, list(where)))
@@ -110,11 +111,13 @@ def add_report_parser(subparsers) -> argparse.ArgumentParser:
                         "(different keys: all must hold; the same key: any of its values)")
     parser.add_argument("--out", default=None, metavar="DIR",
                         help="folder for comparison.html, comparison.json and figures/ (default: <first results root>/comparison)")
+    parser.add_argument("--analysis", default=None, metavar="NAME",
+                        help="compare only the analysis with this name or label (default: every analysis of every run, one row each)")
     parser.set_defaults(handler=command_report)
     return parser
 
 
 def command_report(args: argparse.Namespace) -> int:
     """``dcsbm report``; raises ComparisonError for a usage mistake (exit status 2)."""
-    report([Path(p) for p in args.results_dirs], args.where, Path(args.out) if args.out else None)
+    report([Path(p) for p in args.results_dirs], args.where, Path(args.out) if args.out else None, analysis=args.analysis)
     return 0

@@ -21,7 +21,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from ..analysis.files import ANALYSIS_DIR, HORIZON_FILE, read_horizon
+from ..analysis.files import ANALYSIS_DIR, HORIZON_FILE, SUMMARY_FILE, read_horizon, read_index
 from ..config import ExperimentConfig, load_config
 from ..training.results import RESULT_FILE, read_result
 
@@ -50,10 +50,13 @@ class Run:
     horizon: dict[str, Any] | None
     horizon_error: str | None
     duplicate_of: str | None = field(default=None)  # set by ``mark_duplicates``
+    analysis_name: str | None = None  # the analysis folder under analysis/ this entry shows (None: not analysed)
+    summary: dict[str, Any] | None = None  # that analysis's summary.json: its own settings
 
     @property
     def name(self) -> str:
-        return self.folder.name
+        """The run folder's name, with the analysis's when the run has several."""
+        return self.folder.name if self.analysis_name is None else f"{self.folder.name}/{self.analysis_name}"
 
     @property
     def experiment_id(self) -> str:
@@ -61,7 +64,14 @@ class Run:
 
     @cached_property
     def flat_config(self) -> dict[str, Any]:
-        return flatten(self.config.to_dict()) if self.config is not None else {}
+        """The config's keys, with ``analysis.*`` read from the analysis's own settings (never the
+        config's block, which may have changed since)."""
+        if self.config is None:
+            return {}
+        flat = flatten(self.config.to_dict())
+        if self.summary is not None:
+            flat.update(flatten({"analysis": self.summary["settings"]["analysis"]}))
+        return flat
 
     @property
     def r_values(self) -> list[int]:
@@ -113,7 +123,7 @@ class Run:
         notes = []
         if self.duplicate_of is not None:
             notes.append(f"same experiment as {self.duplicate_of}: counted once, there")
-        if self.config is not None and self.name != self.config.experiment_id:
+        if self.config is not None and self.folder.name != self.config.experiment_id:
             notes.append(f"folder name is not the config's experiment id {self.config.experiment_id} (renamed, or an older naming)")
         return "; ".join(notes) or None
 
@@ -122,8 +132,10 @@ def is_run_folder(path: Path) -> bool:
     return (path / CONFIG_FILE).is_file()
 
 
-def read_run(folder: Path) -> Run:
-    """Read one run folder; unreadable files are recorded on the Run, never raised."""
+def read_runs(folder: Path, analysis: str | None = None) -> list[Run]:
+    """One Run per analysis of the run folder (``analysis``: only the one with that name or label);
+    a folder with no analysis gives one Run without a horizon. Unreadable files are recorded on the
+    Run, never raised."""
     config, config_error = None, None
     try:
         config = load_config(folder / CONFIG_FILE)
@@ -134,18 +146,38 @@ def read_run(folder: Path) -> Run:
         result = read_result(folder)
         if result is None:
             result_error = "not valid JSON or not the current result.json format"
-    horizon, horizon_error = None, None
-    analysis = folder / ANALYSIS_DIR
-    if (analysis / HORIZON_FILE).is_file():
-        horizon = read_horizon(analysis)
+
+    def bare(error: str | None) -> Run:
+        return Run(folder, config, config_error, result, result_error, None, error)
+
+    try:
+        entries = read_index(folder)
+    except ValueError as error:
+        return [bare(str(error))]
+    if analysis is not None:
+        entries = [e for e in entries if analysis == e["name"] or analysis in e["labels"]]
+        if not entries:
+            return [bare(f"no analysis named {analysis!r}")]
+    if not entries:
+        stale = (folder / ANALYSIS_DIR / HORIZON_FILE).is_file()
+        return [bare("an analysis of an earlier version (analysis/horizon.json at the top): re-analyse the run" if stale
+                     else ("analysis unfinished (no analysis/index.json)" if (folder / ANALYSIS_DIR).is_dir() else None))]
+    runs = []
+    for entry in entries:
+        directory = folder / ANALYSIS_DIR / entry["name"]
+        horizon, horizon_error, summary = read_horizon(directory), None, None
         if horizon is None:
-            horizon_error = "analysis/horizon.json invalid (not the current format)"
+            horizon_error = f"analysis/{entry['name']}/horizon.json missing, invalid or of an earlier version"
         elif config is not None and horizon["experiment_id"] != config.experiment_id:
-            horizon_error = f"analysis/horizon.json belongs to {horizon['experiment_id']}, not {config.experiment_id}"
+            horizon_error = f"analysis/{entry['name']}/horizon.json belongs to {horizon['experiment_id']}, not {config.experiment_id}"
             horizon = None
-    elif analysis.is_dir():
-        horizon_error = "analysis unfinished (no analysis/horizon.json)"
-    return Run(folder, config, config_error, result, result_error, horizon, horizon_error)
+        try:
+            summary = json.loads((directory / SUMMARY_FILE).read_text())
+        except (OSError, ValueError):
+            horizon, horizon_error = None, horizon_error or f"analysis/{entry['name']}/summary.json unreadable"
+        runs.append(Run(folder, config, config_error, result, result_error, horizon, horizon_error,
+                        analysis_name=entry["name"], summary=summary))
+    return runs
 
 
 # ---- finding runs ------------------------------------------------------------------------------------
@@ -174,8 +206,9 @@ def run_folders(path: Path) -> list[Path]:
     return children
 
 
-def find_runs(paths: list[Path]) -> list[Run]:
-    """Every run under ``paths`` (run folders or results roots), each folder once, in the order given."""
+def find_runs(paths: list[Path], analysis: str | None = None) -> list[Run]:
+    """Every run under ``paths`` (run folders or results roots), each folder once, in the order
+    given; a run with several analyses once per analysis (``analysis``: only that one)."""
     if not paths:
         raise ComparisonError("name at least one run folder or results root")
     seen: set[Path] = set()
@@ -184,7 +217,7 @@ def find_runs(paths: list[Path]) -> list[Run]:
         for folder in run_folders(Path(path)):
             if folder.resolve() not in seen:
                 seen.add(folder.resolve())
-                runs.append(read_run(folder))
+                runs.extend(read_runs(folder, analysis))
     mark_duplicates(runs)
     return runs
 
@@ -192,13 +225,13 @@ def find_runs(paths: list[Path]) -> list[Run]:
 def mark_duplicates(runs: list[Run]) -> None:
     """Folders holding the same experiment (same config hash) count once: the one named by its
     experiment id (else the first) is kept, the others get ``duplicate_of``."""
-    by_id: dict[str, list[Run]] = {}
+    by_id: dict[tuple[str, str | None], list[Run]] = {}
     for run in runs:
         if run.config is not None:
-            by_id.setdefault(run.config.experiment_id, []).append(run)
-    for experiment_id, group in by_id.items():
+            by_id.setdefault((run.config.experiment_id, run.analysis_name), []).append(run)
+    for (experiment_id, _), group in by_id.items():
         if len(group) > 1:
-            kept = next((run for run in group if run.name == experiment_id), group[0])
+            kept = next((run for run in group if run.folder.name == experiment_id), group[0])
             for run in group:
                 if run is not kept:
                     run.duplicate_of = str(kept.folder)

@@ -53,10 +53,18 @@ def parameters(run: Run) -> dict[str, Any]:
 
 
 def differing_keys(runs: list[Run]) -> list[str]:
-    """The dotted config keys whose values are not the same in every run with a readable config."""
+    """The dotted config keys whose values are not the same in every run with a readable config;
+    ``analysis.*`` keys compared among the analyses only (each analysis's own settings: a run not
+    analysed has none)."""
     flats = [run.flat_config for run in runs if run.config is not None]
+    analysed = [run.flat_config for run in runs if run.config is not None and run.summary is not None]
     keys = sorted({key for flat in flats for key in flat})
-    return [key for key in keys if len({json.dumps(flat.get(key), sort_keys=True) for flat in flats}) > 1]
+
+    def differs(key: str) -> bool:
+        among = analysed if key.startswith("analysis.") else flats
+        return len({json.dumps(flat.get(key), sort_keys=True) for flat in among}) > 1
+
+    return [key for key in keys if differs(key)]
 
 
 def series_label(run: Run, keys: list[str]) -> str:
@@ -120,23 +128,30 @@ def _at(values: list[Any], j: int | None) -> Any:
 
 
 def primary(run: Run) -> dict[str, Any] | None:
-    """The pre-registered result per r: AUROC at the best lookback with its CI, p, supported or not."""
+    """The declared primary per r: on the exploratory events, its AUROC at the best lookback
+    (pointwise CI at a lookback chosen after looking) and p; the registered verdict from the
+    held-out events when the analysis is the registered one, else "exploratory"."""
     if run.horizon is None:
         return None
     p = run.horizon["primary"]
     alpha = run.horizon["settings"]["alpha"]
+    confirmatory = run.horizon["confirmatory"] or {}
     by_r = {}
     for r, entry in p["by_r"].items():
         j = entry["best_j"] if entry["status"] == "ok" else None
-        value = entry["p_value"] if entry["status"] == "ok" else None
+        value = (entry["p_value"] if p["registered"] else entry["p_adjusted"]) if entry["status"] == "ok" else None
+        test = confirmatory.get(r)
         by_r[r] = {
             "status": entry["status"], "n_violations": entry["n_violations"], "n_successes": entry["n_successes"],
             "best_j": j, "auroc": _at(entry["auroc"], j), "ci_low": _at(entry["ci_low"], j), "ci_high": _at(entry["ci_high"], j),
-            "p_value": value, "supported": None if value is None else bool(value < alpha),
+            "ci_kind": "pointwise, at a lookback chosen after looking", "p_value": value,
+            "verdict": test["verdict"] if test is not None else "exploratory",
+            "held_out_p": test["p_value"] if test is not None else None,
         }
     return {
         "key": p["key"], "target": p["target"], "layer": p["layer"], "head": p["head"], "metric": p["metric"],
-        "direction": p["direction"], "statement": p["statement"], "summary": p["summary"], "alpha": alpha,
+        "direction": p["direction"], "statement": p["statement"], "registered": p["registered"], "summary": p["summary"],
+        "headline": run.horizon["headline"], "alpha": alpha,
         "threshold": run.horizon["settings"]["horizon_threshold"], "by_r": by_r,
     }
 
@@ -199,6 +214,8 @@ def run_entry(run: Run, keys: list[str]) -> dict[str, Any]:
     return {
         "experiment_id": run.experiment_id,
         "folder": str(run.folder),
+        "analysis": run.analysis_name,
+        "analysis_settings": None if run.summary is None else run.summary["settings"]["analysis"],
         "state": run.state,
         "status": run.status,
         "note": run.note,
@@ -223,12 +240,12 @@ def build_comparison(runs: list[Run], *, roots: list[str], where: list[str], con
         left_out_compliance, left_out_horizons = exclusion(run)
         if left_out_horizons is not None:
             excluded.append({
-                "experiment_id": run.experiment_id, "folder": str(run.folder),
+                "experiment_id": run.experiment_id, "folder": str(run.folder), "analysis": run.analysis_name,
                 "figures": ["horizons"] if left_out_compliance is None else ["compliance", "horizons"],
                 "reason": left_out_horizons,
             })
     return _finite({
-        "schema_version": 1,
+        "schema_version": 2,  # 2: one entry per analysis (its own settings), registered verdicts
         "roots": roots,
         "filter": {"where": list(where), "conditions": conditions, "runs_found": found, "runs_matching": len(runs)},
         "differing_keys": keys,

@@ -23,10 +23,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from ..analysis.files import ANALYSIS_DIR, SUMMARY_FILE, finished_summary, read_horizon
+from ..analysis.files import ANALYSIS_DIR, default_name, finished_summary, read_horizon
 from ..config import ExperimentConfig
 from ..experiment import CHECKPOINT_DIR
-from ..storage import atomic_write_bytes, atomic_write_json, sha256_file
+from ..storage import atomic_write_bytes, atomic_write_json
 from ..training.checkpoint import GATE_CHECKPOINT
 from ..training.results import read_result
 from .plan import Point, SweepPlan, render
@@ -57,26 +57,26 @@ def now() -> str:
 
 def analysis_finished(run_dir: Path, config: ExperimentConfig, precision: str) -> bool:
     """True when ``analysis/`` holds a finished analysis of the gate checkpoint made with this
-    config's analysis settings (summary.json vouching for its token_metrics.npz, and a horizon.json
-    computed from that npz with the config's statistics settings). When in doubt, False: the job
-    then runs, and ``analyze_run`` reuses whatever is already finished."""
-    from ..analysis.horizon import horizon_is_current  # the analysis' own definition of "current"
+    config's analysis settings (its folder's summary.json vouching for its token_metrics.npz, and a
+    horizon.json computed from that npz with these settings and registration status). When in
+    doubt, False: the job then runs, and ``analyze_run`` reuses whatever is already finished."""
+    from ..analysis.horizon import horizon_is_current
+    from ..analysis.run import analysis_settings
+    from ..registration import read_registration, registration_check
 
-    directory = run_dir / ANALYSIS_DIR
+    gate = run_dir / CHECKPOINT_DIR / GATE_CHECKPOINT
+    if not gate.is_file():
+        return False
     try:
-        settings = json.loads((directory / SUMMARY_FILE).read_text())["settings"]
+        settings = analysis_settings(config.analysis, gate, precision=precision, include_failed=False)
+        directory = run_dir / ANALYSIS_DIR / default_name(settings)
         summary = finished_summary(directory, settings)
+        if summary is None:
+            return False
+        check = registration_check(read_registration(run_dir), config, gate_passed=True)
     except (OSError, ValueError, KeyError, TypeError):
         return False
-    if summary is None or settings.get("precision") != precision or settings.get("include_failed") is not False:
-        return False
-    analysis = config.analysis.model_dump(mode="json")
-    if any(key in analysis and analysis[key] != value for key, value in settings.items()):
-        return False
-    gate = run_dir / CHECKPOINT_DIR / GATE_CHECKPOINT
-    if settings.get("checkpoint") != GATE_CHECKPOINT or not gate.is_file() or sha256_file(gate) != settings.get("checkpoint_sha256"):
-        return False
-    return horizon_is_current(read_horizon(directory), config, summary)
+    return horizon_is_current(read_horizon(directory), config, summary, check)
 
 
 def assess(config: ExperimentConfig, results_root: Path, precision: str = "fp32", analyze: bool = True) -> Assessment:
