@@ -5,15 +5,42 @@ row [d_model]; `qkv(x) = x @ W_qkvᵀ + b_qkv` gives [q | k | v], each [d_model]
 the slice h·d_head:(h+1)·d_head of q, k and v, and the same rows of the input side of the
 output projection, so the block output is Σ_h A_h V_h W_o_h + b_o with
 W_o_h = proj.weight[:, h·d_head:(h+1)·d_head]ᵀ  [d_head, d_model].
+
+**Edits (interventions).** ``CausalSelfAttention.edit`` is None — the plain model, every kernel
+exactly as written — except inside ``mechanism.interventions.intervene``, which sets it for the
+duration of one ``with`` block and always restores None on exit. An edit changes the explicit
+kernel in two places only, through the ``AttentionEdit`` protocol: which keys each query may see
+(``mask``, before the softmax, so the weights renormalise over the rest) and what the weighted
+values add up to (``read``). Every entry point (training ``forward``, ``forward_explicit``,
+``forward_last``, the KV-cache ``forward_prefill`` / ``forward_decode``) honours it, so an
+intervention runs through the model's own code path; with an edit active the fused SDPA kernel is
+never used.
 """
 
 from __future__ import annotations
 
 import math
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+
+class AttentionEdit(Protocol):
+    """An intervention on one layer's attention (see the module docstring; implemented in
+    ``mechanism.interventions``). Shapes: ``allowed`` bool [B, H, T_q, T_k] (True = the query may
+    see the key; causal, or the decode cache's per-row mask), ``weights`` [B, H, T_q, T_k] (the
+    softmax over the allowed keys), ``values`` [B, H, T_k, d_head]."""
+
+    def mask(self, allowed: torch.Tensor) -> torch.Tensor:
+        """The keys each query may see under the edit, [B, H, T_q, T_k] bool."""
+        ...
+
+    def read(self, weights: torch.Tensor, values: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
+        """The heads' outputs under the edit, [B, H, T_q, d_head] (plain: ``weights @ values``);
+        ``allowed`` is the unedited mask."""
+        ...
 
 
 class CausalSelfAttention(nn.Module):
@@ -38,6 +65,8 @@ class CausalSelfAttention(nn.Module):
         # Not persistent: it is derived from the shape, so checkpoints hold parameters only.
         mask = torch.ones(context_window, context_window, dtype=torch.bool).tril()
         self.register_buffer("causal_mask", mask, persistent=False)
+        # None = the plain model. Set only by mechanism.interventions.intervene, inside its `with` block.
+        self.edit: AttentionEdit | None = None
 
     # -- shape helpers -------------------------------------------------------------------
     def _split_heads(self, t: torch.Tensor) -> torch.Tensor:
@@ -78,6 +107,8 @@ class CausalSelfAttention(nn.Module):
         returns [B, H, T_q, d_head]. Causal with the queries at the last T_q positions, unless
         ``allowed`` (bool, broadcastable to [B, H, T_q, T_k]) says which keys each query sees."""
         p = self.dropout if self.training else 0.0
+        if self.edit is not None:
+            return self._attend_edited(q, k, v, allowed)
         if not self.use_sdpa:
             _, _, weights = self._scores_and_weights(q, k, allowed)
             return F.dropout(weights, p, self.training) @ v
@@ -89,6 +120,24 @@ class CausalSelfAttention(nn.Module):
         # SDPA's is_causal aligns the mask top-left; queries at the end need it bottom-right.
         mask = None if t_q == 1 else self.causal_mask[t_k - t_q : t_k, :t_k]
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
+
+    def _edited_weights(
+        self, q: torch.Tensor, k: torch.Tensor, allowed: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``_scores_and_weights`` under ``self.edit``: (scores, the unedited mask expanded to
+        [B, H, T_q, T_k], the edited mask, weights over the edited mask)."""
+        t_q, t_k = q.shape[-2], k.shape[-2]
+        if allowed is None:
+            allowed = self.causal_mask[t_k - t_q : t_k, :t_k]
+        allowed = allowed.expand(q.shape[0], self.n_heads, t_q, t_k)
+        edited = self.edit.mask(allowed)
+        scores, _, weights = self._scores_and_weights(q, k, edited)
+        return scores, allowed, edited, weights
+
+    def _attend_edited(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, allowed: torch.Tensor | None) -> torch.Tensor:
+        """``_attend`` with ``self.edit`` applied (explicit kernel, dropout on the weights as usual)."""
+        _, allowed, _, weights = self._edited_weights(q, k, allowed)
+        return self.edit.read(F.dropout(weights, self.dropout if self.training else 0.0, self.training), v, allowed)
 
     # -- entry points --------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -105,8 +154,12 @@ class CausalSelfAttention(nn.Module):
         attention [B, H, T, T] softmax weights before dropout, values [B, H, T, d_head]).
         """
         q, k, v = self._project_qkv(x)
-        scores, allowed, weights = self._scores_and_weights(q, k)
-        y = F.dropout(weights, self.dropout if self.training else 0.0, self.training) @ v
+        if self.edit is None:
+            scores, allowed, weights = self._scores_and_weights(q, k)
+            y = F.dropout(weights, self.dropout if self.training else 0.0, self.training) @ v
+        else:  # under an edit: qkt keeps its causal layout; attention shows the edited weights
+            scores, allowed, _, weights = self._edited_weights(q, k, None)
+            y = self.edit.read(F.dropout(weights, self.dropout if self.training else 0.0, self.training), v, allowed)
         return self._output(y[:, :, -1:] if last_only else y), scores.masked_fill(~allowed, 0.0), weights, v
 
     def forward_last(self, x: torch.Tensor) -> torch.Tensor:
