@@ -112,7 +112,9 @@ def read_analysis(analysis_dir: Path) -> dict[str, Any]:
     horizon = read_horizon(analysis)
     if horizon is None:
         raise FileNotFoundError(f"{analysis / HORIZON_FILE} is missing or invalid: run `dcsbm analyze` again to (re)compute it")
-    return {"config": config, "result": result, "summary": summary, "horizon": horizon}
+    from ..mechanism.report import mechanism_section  # the floor above draws its own section (None without mechanism.json)
+
+    return {"config": config, "result": result, "summary": summary, "horizon": horizon, "mechanism": mechanism_section(analysis)}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -163,10 +165,39 @@ def metric_row(key: str, stats: dict[str, Any], r: int, *, role: str = "") -> di
         "context_auroc": None if context is None else context["auroc"],
         "context_text": "—" if context is None else fmt_ci(context["auroc"], context["ci_low"], context["ci_high"]),
         "delta": None if versus is None else versus["delta"],
-        "versus_text": "—" if versus is None else f"{fmt(versus['delta'])} [{fmt(versus['ci_low'])}, {fmt(versus['ci_high'])}]",
-        "verdict": None if versus is None else versus["verdict"],
+        "versus_text": "—" if versus is None else f"j = {versus['j']}: {fmt(versus['delta'])} [{fmt(versus['ci_low'])}, {fmt(versus['ci_high'])}]",
+        "verdict": None if versus is None else versus["verdict"] + (f" (j = {', '.join(map(str, versus['better_at']))})" if versus["better_at"] else ""),
+        "incremental_text": incremental_text(entry.get("incremental")),
     })
     return row
+
+
+def incremental_text(incremental: dict[str, Any] | None) -> str:
+    """``j = 3: +0.012 [-0.004, 0.028], p_adj 4.1e-01``: the cross-validated AUROC gain over the bases."""
+    if not incremental or incremental["gain"] is None:
+        return "—"
+    p = incremental["p_adjusted"] if incremental["p_adjusted"] is not None else incremental["p_value"]
+    return (f"j = {incremental['j']}: {incremental['gain']:+.3f} [{fmt(incremental['gain_ci_low'])}, "
+            f"{fmt(incremental['gain_ci_high'])}], p {fmt_p(p)}")
+
+
+def baseline_rows(horizon: dict[str, Any], r: int) -> list[dict[str, Any]]:
+    """The baselines at r (the logits' predictors and attention on the jumper): best lookback, AUROC, CI, p."""
+    rows = []
+    for key, stats in {"target_block_probability": horizon["behavioural"], **horizon["baselines"]}.items():
+        entry = stats["by_r"].get(str(r))
+        if entry is None:
+            continue
+        row = {"key": key, "kind": "mechanistic" if stats["target"] == "attention" else "behavioural",
+               "counts": f"{entry['n_violations']} / {entry['n_successes']}"}
+        if entry["status"] != "ok" or entry["best_j"] is None:
+            rows.append({**row, "insufficient": f"insufficient ({entry['n_violations']} violations, {entry['n_successes']} successes)"})
+            continue
+        j = entry["best_j"]
+        rows.append({**row, "insufficient": None, "best_j": j, "direction": entry["direction"] or "—",
+                     "auroc_text": fmt_ci(entry["auroc"][j], entry["ci_low"][j], entry["ci_high"][j]),
+                     "j0_text": fmt_ci(entry["auroc"][0], entry["ci_low"][0], entry["ci_high"][0]), "p_text": fmt_p(entry["p_value"])})
+    return rows
 
 
 def versus_logits(horizon: dict[str, Any], r: int) -> dict[str, Any]:
@@ -228,6 +259,7 @@ def stratum(horizon: dict[str, Any], r: int, top: int = TOP_ROWS) -> dict[str, A
     return {
         "r": r, "violations": counts["violations"], "successes": counts["successes"], "primary": primary, "rows": rows,
         "tested": len(horizon["metrics"]), "behavioural": _behavioural(horizon, r), "shuffled": _shuffled(horizon, r),
+        "baselines": baseline_rows(horizon, r),
         "versus": versus_logits(horizon, r),
     }
 
@@ -339,6 +371,7 @@ def _context(run: dict[str, Any], figures: dict[str, Path] | None, *, figure_sec
         "figures": _figures(figures), "versions": _versions(result, summary, horizon),
         "timings": _timings(result, summary, horizon, figure_seconds),
         "guard_hits": {k: v for k, v in summary.get("guard_hits", {}).items() if v},
+        "mechanism": run.get("mechanism"),
     }
 
 
@@ -355,6 +388,7 @@ def _confirmatory(horizon: dict[str, Any]) -> list[dict[str, Any]]:
             "n_violations": test["n_violations"], "n_successes": test["n_successes"],
             "j": "—" if test["j"] is None else test["j"], "auroc_text": fmt_ci(test["auroc"], test["ci_low"], test["ci_high"]),
             "min_effect": test["min_effect_auroc"], "versus": versus, "reasons": "; ".join(test["reasons"]) or "—",
+            "incremental": incremental_text(test["incremental"]),
         })
     return rows
 
