@@ -67,7 +67,8 @@ def confirmatory_entry(held: SeparationResult, chosen_j: int | None, *, directio
     entry: dict[str, Any] = {
         "status": held.status, "n_violations": held.n_violations, "n_successes": held.n_successes,
         "p_value": _number(held.p_value), "j": chosen_j, "auroc": None, "ci_low": None, "ci_high": None,
-        "oriented_auroc": None, "min_effect_auroc": min_effect, "versus": [], "verdict": "insufficient", "reasons": [],
+        "oriented_auroc": None, "min_effect_auroc": min_effect, "versus": [], "incremental": None, "verdict": "insufficient",
+        "reasons": [],
     }
     if held.status != "ok" or held.p_value is None or not np.isfinite(held.p_value):
         entry["reasons"].append(
@@ -161,7 +162,8 @@ def headline(horizon: dict[str, Any], name: str) -> list[str]:
                 )
                 why = f" ({'; '.join(test['reasons'])})" if test["reasons"] else ""
                 sentences.append(f"r = {r}: registered hypothesis {word}{why}: {name} {direction} before violations, "
-                                 f"one-sided permutation p = {_fmt(test['p_value'], 4)} on {held}{at}{logits}.")
+                                 f"one-sided permutation p = {_fmt(test['p_value'], 4)} on {held}{at}{logits}."
+                                 + _incremental_clause(test.get("incremental"), "Beyond its context-only value and the logits"))
         if entry["status"] != "ok":
             sentences.append(f"r = {r}: too few exploratory events to describe ({entry['n_violations']} violations, "
                              f"{entry['n_successes']} successes).")
@@ -182,7 +184,20 @@ def headline(horizon: dict[str, Any], name: str) -> list[str]:
                           f"{_fmt(context['auroc'])} [{_fmt(context['ci_low'])}, {_fmt(context['ci_high'])}]")
         versus = entry.get("versus_behaviour")
         if versus:
-            described += (f"; against the model's own target-block probability at j = {versus['j']}: {versus['verdict']} "
-                          f"({_fmt(versus['metric_auroc'])} vs {_fmt(versus['behavioural_auroc'])})")
-        sentences.append(described + ".")
+            described += (f"; against the model's own target-block probability (a band simultaneous over lookbacks): "
+                          f"{versus['verdict']}" + (f" at j = {', '.join(map(str, versus['better_at']))}" if versus["better_at"] else ""))
+        sentences.append(described + "." + _incremental_clause(
+            entry.get("incremental"), "Beyond its context-only value, the behavioural predictors and attention on the jumper"))
     return sentences
+
+
+def _incremental_clause(incremental: dict[str, Any] | None, beyond: str) -> str:
+    """One sentence on the nested-model test (``analysis.incremental``), or nothing when absent."""
+    if not incremental or incremental["gain"] is None:
+        return ""
+    p = incremental["p_adjusted"] if incremental["p_adjusted"] is not None else incremental["p_value"]
+    adds = incremental["gain_ci_low"] is not None and incremental["gain_ci_low"] > 0 and p is not None and p < 0.05
+    return (f" {beyond} (j = {incremental['j']}, {incremental['events']} events) it "
+            f"{'adds' if adds else 'adds nothing measurable'}: cross-validated AUROC {_fmt(incremental['auroc_reduced'])} → "
+            f"{_fmt(incremental['auroc_full'])}, gain {_fmt(incremental['gain'])} [{_fmt(incremental['gain_ci_low'])}, "
+            f"{_fmt(incremental['gain_ci_high'])}], likelihood-ratio p = {_fmt(p, 4)}.")

@@ -30,6 +30,7 @@ import torch
 from ..data.compliance import find_rule_events
 from ..data.graph import Graph
 from ..model import TransformerLM
+from .behaviour import PassBehaviour
 
 TARGETS = ("qkt", "avwo")
 
@@ -42,6 +43,7 @@ class PassTargets:
 
     qkt: torch.Tensor  # [E, L, H, w, w]
     avwo: torch.Tensor  # [E, L, H, w, d_model]
+    last_attention: torch.Tensor | None = None  # [E, L, H, w]: the last position's attention weights
 
     def __getitem__(self, name: str) -> torch.Tensor:
         return getattr(self, name)
@@ -58,12 +60,14 @@ def continue_with_targets(
     temperature: float = 0.0,
     generator: torch.Generator | None = None,
     autocast: Callable[[], AbstractContextManager] = nullcontext,
+    behaviour: PassBehaviour | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Generate ``passes`` tokens after each full-window prompt [E, w] (int64, on the model's
     device). ``target_members`` [E, vocab] bool marks each event's target-block vertices.
 
     Returns (generated tokens int64 [E, passes], probability of the target block at each pass
-    float32 [E, passes]); calls ``on_pass(k, targets)`` for k = 1..passes.
+    float32 [E, passes]); calls ``on_pass(k, targets)`` for k = 1..passes, and ``behaviour``
+    records the other baselines of each pass (``analysis.behaviour``).
     """
     w_o, _ = model.attention_output_weights()  # [L, H, d_head, d_model]
     window = prompts.clone()
@@ -73,6 +77,8 @@ def continue_with_targets(
         logits, targets = forward_targets(model, window, w_o, autocast, with_targets=on_pass is not None)
         probabilities = torch.softmax(logits, dim=-1)
         target_probability[:, k - 1] = (probabilities * target_members).sum(dim=-1)
+        if behaviour is not None:
+            behaviour.record(k, probabilities, window[:, -1], None if targets is None else targets.last_attention)
         if temperature > 0:
             token = torch.multinomial(torch.softmax(logits / temperature, dim=-1), 1, generator=generator)[:, 0]
         else:
@@ -103,7 +109,7 @@ def forward_targets(
     if w_o is None:
         w_o, _ = model.attention_output_weights()
     avwo = out.attention.float() @ out.values.float() @ w_o  # [E, L, H, w, d_model]
-    return logits, PassTargets(qkt=out.qkt.float(), avwo=avwo)
+    return logits, PassTargets(qkt=out.qkt.float(), avwo=avwo, last_attention=out.attention[..., -1, :].float())
 
 
 @dataclass(frozen=True)

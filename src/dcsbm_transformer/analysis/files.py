@@ -239,18 +239,41 @@ class ContextOnly(_Strict):
 
 
 class VersusBehaviour(_Strict):
-    """Paired DeLong comparison with the behavioural predictor at the metric's best lookback,
-    each oriented in the direction it separates there (AUROC of the metric's side minus that of
-    the model's target-block probability on its side)."""
+    """The metric against the model's target-block probability at every lookback j >= 1, with a
+    simultaneous band (max-|t| over j, DeLong covariance across lookbacks): its error rate holds
+    after the lookback is chosen. Each side oriented in the direction it separates; the row shows
+    the lookback with the largest |t|."""
 
     j: int
     metric_auroc: Number  # oriented: > 0.5 means the metric separates in its direction
     behavioural_auroc: Number  # oriented the same way for the behavioural predictor
     delta: Number
-    ci_low: Number
+    ci_low: Number  # simultaneous band at j
     ci_high: Number
-    p_value: Number
+    p_value: Number  # adjusted for the choice of lookback: P(max_k |Z_k| >= |t_j|)
     verdict: str  # "better than the logits" | "no better than the logits" | "worse than the logits"
+    better_at: list[int]  # lookbacks where the band lies above 0
+    worse_at: list[int]  # lookbacks where it lies below 0
+    critical: Number  # the band's critical value c (|t| quantile of the max over lookbacks)
+
+
+class Incremental(_Strict):
+    """Nested logistic models within jumper at lookback j (``analysis.incremental``): the metric beyond its bases."""
+
+    j: int
+    events: int
+    violations: int
+    bases: list[str]
+    lr_statistic: Number
+    p_value: Number  # likelihood-ratio chi-square(1)
+    p_adjusted: Number  # Holm across the metrics tested for incremental value in this r (the registered test: its own p)
+    coefficient: Number  # per standard deviation of the metric, log-odds
+    auroc_reduced: Number  # cross-validated, jumper-stratified
+    auroc_full: Number
+    gain: Number  # auroc_full - auroc_reduced, paired DeLong 95% CI
+    gain_ci_low: Number
+    gain_ci_high: Number
+    note: str
 
 
 class Separation(_Strict):
@@ -280,6 +303,7 @@ class Separation(_Strict):
     confident_horizon_lower: int | None
     context_only: ContextOnly | None
     versus_behaviour: VersusBehaviour | None
+    incremental: Incremental | None = None  # the primary and every metric significant after Holm
 
 
 class MetricStatistics(_Strict):
@@ -345,6 +369,7 @@ class ConfirmatoryTest(_Strict):
     oriented_auroc: Number  # in the registered direction
     min_effect_auroc: float
     versus: list[VersusBaseline]
+    incremental: Incremental | None  # the registered incremental test: beyond its context value and the logits, at j
     verdict: str  # "confirmed" | "inconclusive" | "rejected" | "insufficient"
     reasons: list[str]
 
@@ -390,6 +415,9 @@ class Horizon(_Strict):
     counts_by_r: dict[str, dict[str, int]]  # r -> {"violations", "successes"}
     primary: PrimaryResult
     behavioural: MetricStatistics  # the model's own target-block probability (metric "target_block_probability")
+    # the other baselines (analysis.behaviour): rule_feasible_mass, output_entropy, oracle_kl (target "logits") and
+    # attention_jumper.layer_<L>.head_<H> (target "attention"); two-sided, not in the exploratory family
+    baselines: dict[str, MetricStatistics]
     metrics: dict[str, MetricStatistics]  # every non-constant metric array (the exploratory family + the primary's)
     constant: list[str]  # arrays constant by construction: not tested
     top: dict[str, list[str]]  # r -> keys ordered by strength (significant first, then oriented AUROC at best_j)

@@ -39,11 +39,13 @@ from ..experiment import git_commit
 from ..reproducibility import numpy_rng
 from ..storage import read_npz
 from ..registration import RegistrationCheck
+from .behaviour import ATTENTION_PREFIX, BEHAVIOURAL as BEHAVIOURAL_PREDICTORS
 from .confirmatory import confirmatory_entry, headline, held_out_events
+from .incremental import incremental_value
 from .files import CONTEXT_PREFIX, HORIZON_FILE, TOKEN_METRICS_FILE, read_horizon, write_horizon
 from .statistics import (
-    SeparationResult, auroc_ci, auroc_difference, holm, holm_floor, permutations_needed, separation_family, stratified_auroc,
-    stratum_mask,
+    SeparationResult, auroc_ci, holm, holm_floor, permutations_needed, separation_family, simultaneous_difference,
+    stratified_auroc, stratum_mask,
 )
 
 KEY = re.compile(r"^(?P<target>qkt|avwo)\.layer_(?P<layer>\d+)\.head_(?P<head>\d+)\.(?P<metric>\w+)$")
@@ -54,6 +56,71 @@ TARGET_NAMES = {"qkt": "QKᵀ", "avwo": "AVWₒ"}
 def metric_arrays(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """The per-pass metric arrays of a token_metrics.npz (``<target>.layer_<L>.head_<H>.<metric>``)."""
     return {key: values for key, values in arrays.items() if KEY.match(key)}
+
+
+def baseline_arrays(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The baselines of a token_metrics.npz other than the target-block probability: the behavioural
+    predictors and attention on the jumper per layer and head (``analysis.behaviour``)."""
+    return {key: values for key, values in arrays.items()
+            if key in BEHAVIOURAL_PREDICTORS[1:] or key.startswith(ATTENTION_PREFIX + ".")}
+
+
+def baseline_identity(key: str) -> dict[str, Any]:
+    """target / layer / head / metric of a baseline row (layer and head −1 for the output's predictors)."""
+    if key.startswith(ATTENTION_PREFIX + "."):
+        _, layer, head = key.split(".")
+        return {"target": "attention", "layer": int(layer.removeprefix("layer_")), "head": int(head.removeprefix("head_")),
+                "metric": "attention_to_jumper"}
+    return {"target": "logits", "layer": -1, "head": -1, "metric": key}
+
+
+INCREMENTAL_BASES = ("target_block_probability", "rule_feasible_mass", "output_entropy")
+REGISTERED_BASES = ("target_block_probability",)
+
+
+def incremental_bases(arrays: dict[str, np.ndarray], key: str, rows: np.ndarray, j: int,
+                      behavioural: tuple[str, ...] = INCREMENTAL_BASES, attention: bool = True) -> dict[str, np.ndarray]:
+    """What a metric must add to: its context-only value, the behavioural predictors and attention
+    on the jumper of its own layer and head, each at lookback j, for the events ``rows``."""
+    bases = {}
+    if f"{CONTEXT_PREFIX}{key}" in arrays:
+        bases["context-only value"] = np.asarray(arrays[f"{CONTEXT_PREFIX}{key}"], dtype=np.float64)[rows]
+    for name in behavioural:
+        if name in arrays:
+            bases[name] = np.asarray(arrays[name], dtype=np.float64)[rows, j]
+    parts = KEY.match(key)
+    jumper_attention = f"{ATTENTION_PREFIX}.layer_{parts['layer']}.head_{parts['head']}" if parts else None
+    if attention and jumper_attention in arrays:
+        values = np.asarray(arrays[jumper_attention], dtype=np.float64)[rows, j]
+        if np.isfinite(values).any():
+            bases[jumper_attention] = values
+    return bases
+
+
+def incremental_entry(result: dict[str, Any], j: int, note: str) -> dict[str, Any]:
+    return {"j": j, **{k: (_number(v) if isinstance(v, float) else v) for k, v in result.items()}, "p_adjusted": None, "note": note}
+
+
+def _incremental_family(arrays: dict[str, np.ndarray], y, g, r, metric_stats: dict, keys: list[str],
+                        rng: np.random.Generator) -> None:
+    """The incremental-value test of each key at its best lookback (exploratory events), Holm-adjusted per r."""
+    for rv in sorted({int(v) for v in np.unique(r)}):
+        rows = stratum_mask(r, rv)
+        tested = []
+        for key in keys:
+            entry = metric_stats[key]["by_r"].get(str(rv))
+            if entry is None or entry["status"] != "ok" or entry["best_j"] is None:
+                continue
+            j = entry["best_j"]
+            result = incremental_value(np.asarray(arrays[key], dtype=np.float64)[rows, j],
+                                       incremental_bases(arrays, key, rows, j), y[rows], g[rows], rng=rng)
+            entry["incremental"] = incremental_entry(
+                result, j, "exploratory: at the metric's best lookback (chosen after looking, so the p is pointwise there), "
+                "Holm-adjusted across the metrics tested")
+            tested.append(entry["incremental"])
+        p = np.array([np.nan if t["p_value"] is None else t["p_value"] for t in tested])
+        for entry, value in zip(tested, holm(p) if p.size else []):
+            entry["p_adjusted"] = _number(value)
 
 
 def primary_key(config: ExperimentConfig) -> str:
@@ -109,34 +176,41 @@ def _context_only(context: np.ndarray | None, y, g, min_events: int) -> dict | N
 
 
 def _versus_behaviour(x: np.ndarray, behaviour: np.ndarray, behaviour_auroc: np.ndarray, y, g, result: SeparationResult,
-                      direction: str | None) -> dict | None:
-    """Paired DeLong comparison with the behavioural predictor at the metric's best lookback.
+                      direction: str | None, rng: np.random.Generator) -> dict | None:
+    """The metric against the model's target-block probability at every lookback j >= 1, with a
+    band that holds *after* the lookback is chosen (``statistics.simultaneous_difference``).
 
-    Each side is oriented in the direction it separates: the metric in ``direction``, the logits
-    in the direction their own AUROC takes at that lookback (so a metric is never called better
-    than logits that separate well, only the other way round from the usual)."""
-    if result.status != "ok" or result.best_j is None:
+    The metric is oriented in ``direction`` (the side it separates on), the logits at each j in the
+    direction their own AUROC takes there. "better than the logits" when the simultaneous band of
+    the difference lies above 0 at some j >= 1, "worse" when below 0 at some j and above at none;
+    the row reports the lookback with the largest |t|. A pointwise test at the best lookback would
+    call equal information "better" far above its nominal rate (see tests/test_versus_logits.py)."""
+    if result.status != "ok" or result.best_j is None or x.shape[1] < 2:
         return None
-    j = result.best_j
     sign = _oriented(direction)
-    metric = sign * x[:, j : j + 1]
-    logits_sign = 1.0 if np.isfinite(behaviour_auroc[j]) and behaviour_auroc[j] > 0.5 else -1.0
-    logits = logits_sign * behaviour[:, j : j + 1]
-    compared = auroc_difference(metric, logits, y, g)
-    delta, low, high = (float(compared[name][0]) for name in ("delta", "ci_low", "ci_high"))
-    if not np.isfinite(delta):
+    logits_sign = np.where(np.isfinite(behaviour_auroc) & (behaviour_auroc < 0.5), -1.0, 1.0)
+    band = simultaneous_difference(sign * x[:, 1:], logits_sign[None, 1:] * behaviour[:, 1:], y, g, rng=rng)
+    t = np.abs(band["delta"]) / band["se"]
+    if not np.isfinite(t).any():
         return None
+    j = int(np.nanargmax(t)) + 1
     metric_auroc = 0.5 + sign * (result.auroc[j] - 0.5)
-    verdict = ("better than the logits" if low > 0 else "worse than the logits" if high < 0 else "no better than the logits")
+    better = [i + 1 for i in np.flatnonzero(band["low"] > 0)]
+    worse = [i + 1 for i in np.flatnonzero(band["high"] < 0)]
+    verdict = "better than the logits" if better else "worse than the logits" if worse else "no better than the logits"
+    delta = float(band["delta"][j - 1])
     return {
         "j": j,
         "metric_auroc": _number(metric_auroc),
         "behavioural_auroc": _number(metric_auroc - delta),
         "delta": _number(delta),
-        "ci_low": _number(low),
-        "ci_high": _number(high),
-        "p_value": _number(compared["p_value"][0]),
+        "ci_low": _number(band["low"][j - 1]),
+        "ci_high": _number(band["high"][j - 1]),
+        "p_value": _number(band["p_adjusted"][j - 1]),
         "verdict": verdict,
+        "better_at": better,
+        "worse_at": worse,
+        "critical": _number(band["critical"]),
     }
 
 
@@ -253,6 +327,8 @@ def compute_horizon(arrays: dict[str, np.ndarray], config: ExperimentConfig, sum
     family = dict(tested)
     family[primary] = metrics[primary]  # tested even when constant (then "insufficient"-like NaNs)
     family[BEHAVIOURAL] = arrays[BEHAVIOURAL]
+    baselines = baseline_arrays(arrays)
+    family.update(baselines)
     exploratory = [key for key in tested if key != primary or not registered]
     if not registered and primary not in exploratory:
         exploratory.append(primary)
@@ -273,9 +349,11 @@ def compute_horizon(arrays: dict[str, np.ndarray], config: ExperimentConfig, sum
             adjusted[key][rv] = value
         if registered:
             adjusted[primary][rv] = results[primary][rv].p_value if rv in results[primary] else None
-        adjusted[BEHAVIOURAL][rv] = results[BEHAVIOURAL][rv].p_value if rv in results[BEHAVIOURAL] else None
+        for key in (BEHAVIOURAL, *baselines):  # each baseline on its own: not part of the SVD metrics' family
+            adjusted[key][rv] = results[key][rv].p_value if rv in results[key] else None
 
     present = [rv for rv in r_values if rv in results[BEHAVIOURAL]]
+    versus_rng = numpy_rng(config.seed, a.stream, "versus-logits")
     behaviour_by_r = {rv: np.asarray(arrays[BEHAVIOURAL], dtype=np.float64)[stratum_mask(r, rv), :rv] for rv in present}
 
     def statistics_of(key: str, direction_of) -> dict[str, Any]:
@@ -286,11 +364,11 @@ def compute_horizon(arrays: dict[str, np.ndarray], config: ExperimentConfig, sum
             context_values = arrays.get(f"{CONTEXT_PREFIX}{key}")
             context = None
             versus = None
-            if key != BEHAVIOURAL:
+            if key != BEHAVIOURAL and key not in baselines:
                 context = _context_only(None if context_values is None else context_values[m], y[m], g[m], a.min_events)
                 x = np.asarray(family[key], dtype=np.float64)[m, :rv]
                 versus = _versus_behaviour(x, behaviour_by_r[rv], results[BEHAVIOURAL][rv].auroc, y[m], g[m], result,
-                                           direction_of(result))
+                                           direction_of(result), versus_rng)
             by_r[str(rv)] = _separation_entry(result, p_adjusted=adjusted[key].get(rv), alpha=a.alpha, context=context, versus=versus)
         return by_r
 
@@ -304,6 +382,9 @@ def compute_horizon(arrays: dict[str, np.ndarray], config: ExperimentConfig, sum
     metric_stats = {key: described(key, statistics_of(key, observed)) for key in tested if key != primary}
     primary_by_r = statistics_of(primary, lambda _: "higher before violations" if declared == "higher" else "lower before violations")
     metric_stats[primary] = described(primary, primary_by_r)
+    survivors = [key for key in metric_stats if any(e["significant"] for e in metric_stats[key]["by_r"].values())]
+    _incremental_family(arrays, y, g, r, metric_stats, list(dict.fromkeys([primary, *survivors])),
+                        numpy_rng(config.seed, a.stream, "incremental"))
     parts = KEY.match(primary)
     primary_entry = {
         "registered": registered, "key": primary, "target": parts["target"], "layer": int(parts["layer"]), "head": int(parts["head"]),
@@ -311,6 +392,7 @@ def compute_horizon(arrays: dict[str, np.ndarray], config: ExperimentConfig, sum
     }
     primary_entry["summary"] = primary_sentence(primary_entry, a.horizon_threshold, a.alpha, a.permutations)
     behavioural = {"target": "logits", "layer": -1, "head": -1, "metric": BEHAVIOURAL, "by_r": statistics_of(BEHAVIOURAL, observed)}
+    baseline_stats = {key: {**baseline_identity(key), "by_r": statistics_of(key, observed)} for key in baselines}
     top = {
         str(rv): sorted((k for k in metric_stats if k != primary), key=lambda k: _strength(metric_stats[k]["by_r"][str(rv)]))
         for rv in present
@@ -339,6 +421,7 @@ def compute_horizon(arrays: dict[str, np.ndarray], config: ExperimentConfig, sum
         "counts_by_r": counts,
         "primary": primary_entry,
         "behavioural": behavioural,
+        "baselines": baseline_stats,
         "metrics": metric_stats,
         "constant": constant,
         "top": top,
@@ -385,10 +468,18 @@ def _confirmatory(arrays: dict[str, np.ndarray], held: np.ndarray, primary: str,
             logits_sign = 1.0 if explored_logits.auroc[chosen_j] > 0.5 else -1.0
         x = np.asarray(part[primary], dtype=np.float64)[m, :rv]
         b = np.asarray(part[BEHAVIOURAL], dtype=np.float64)[m, :rv]
-        out[str(rv)] = confirmatory_entry(
+        entry = confirmatory_entry(
             held_result, chosen_j, direction=declared, x_held=x, baselines={BEHAVIOURAL: (b, logits_sign)},
             y=y[m], g=g[m], alpha=a.alpha, min_effect=a.min_effect_auroc,
         )
+        if chosen_j is not None and held_result.status == "ok":
+            bases = incremental_bases(part, primary, m, chosen_j, behavioural=REGISTERED_BASES, attention=False)
+            result = incremental_value(x[:, chosen_j], bases, y[m], g[m], rng=numpy_rng(config.seed, a.stream, "incremental-registered"))
+            entry["incremental"] = incremental_entry(
+                result, chosen_j, "registered: beyond its context-only value and the logits, held-out events, at the lookback "
+                "chosen on the exploratory events")
+            entry["incremental"]["p_adjusted"] = entry["incremental"]["p_value"]
+        out[str(rv)] = entry
     return out
 
 

@@ -29,6 +29,7 @@ import torch
 from ..data.graph import Graph
 from ..model import TransformerLM
 from ..reproducibility import torch_generator
+from .behaviour import PassBehaviour
 from .continuations import TARGETS, Labels, PassTargets, continue_with_targets, forward_targets, label_continuations
 from .events import AnalysisEvents
 from .metrics import METRICS, Spectrum, compute_metrics, spectrum
@@ -60,6 +61,8 @@ class Measurements:
     seconds: dict[str, float] = field(default_factory=dict)
     # metric name -> guard hits among the values kept in ``context`` (the window ending at s - 1)
     context_guard_hits: dict[str, int] = field(default_factory=dict)
+    # the other baselines (analysis.behaviour): name -> float32 [E, max r], NaN where undefined or no pass
+    behaviour: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 def events_per_chunk(model: TransformerLM, chunk_mb: float) -> int:
@@ -95,6 +98,7 @@ def measure(
     context = {key: np.full(len(events), np.nan, dtype=np.float32) for key in metrics}
     generated = np.empty((len(events), passes), dtype=np.int64)
     target_probability = np.empty((len(events), passes), dtype=np.float32)
+    behaviour: dict[str, np.ndarray] = {}
     members = torch.from_numpy(graph.block[None, :] == np.arange(graph.K)[:, None]).to(device)  # [K, n]
     generator = torch_generator(seed, stream, "sampling", device=device) if temperature > 0 else None
     chunk_events = events_per_chunk(model, chunk_mb)
@@ -112,11 +116,15 @@ def measure(
             before = torch.from_numpy(events.before[begin:end]).to(device)
             target_members = members[torch.from_numpy(events.target_block[begin:end]).to(device)]
             r = torch.from_numpy(np.asarray(events.r[begin:end], dtype=np.int64)).to(device)
+            recorder = PassBehaviour(graph, torch.cat([before, prompts[:, -1:]], dim=1),
+                                     torch.from_numpy(events.target_block[begin:end]).to(device), r, passes, layers, heads)
             tokens, probability, values, context_values = _measure_chunk(
                 model, prompts, before, target_members, passes, top_k, guards, temperature=temperature,
-                generator=generator, autocast=autocast, r=r, context_guards=context_guards,
+                generator=generator, autocast=autocast, r=r, context_guards=context_guards, behaviour=recorder,
             )
             generated[begin:end], target_probability[begin:end] = tokens, probability
+            for name, array in recorder.finish(tokens).items():
+                behaviour.setdefault(name, np.full((len(events), passes), np.nan, dtype=np.float32))[begin:end] = array
             for (target, name), array in values.items():  # [events, passes, layers, heads] -> one array per layer, head
                 for layer in range(layers):
                     for head in range(heads):
@@ -133,10 +141,12 @@ def measure(
     for values in metrics.values():
         values[beyond] = np.nan
     target_probability[beyond] = np.nan
+    for values in behaviour.values():
+        values[beyond] = np.nan
     seconds = {"measure_seconds": time.perf_counter() - started}
     return Measurements(
         labels, target_probability, metrics, context, {name: int(hits) for name, hits in guards.items()}, seconds,
-        {name: int(hits) for name, hits in context_guards.items()},
+        {name: int(hits) for name, hits in context_guards.items()}, behaviour,
     )
 
 

@@ -212,6 +212,7 @@ def token_metric_arrays(events, measured: Measurements) -> dict[str, np.ndarray]
         "tokens": labels.tokens,
         "context_tokens": events.before.astype(np.int32),
         **{key: by_lookback(values, np.nan) for key, values in measured.metrics.items()},
+        **{name: by_lookback(values, np.nan) for name, values in measured.behaviour.items()},
         **{f"{CONTEXT_PREFIX}{key}": values for key, values in measured.context.items()},
     }
 

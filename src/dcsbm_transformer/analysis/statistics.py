@@ -68,7 +68,7 @@ __all__ = [
     "ALTERNATIVES", "SeparationResult", "auroc", "auroc_ci", "auroc_difference", "delong", "holm", "horizons", "lookback_view",
     "perfect_separation_bound", "permuted_labels",
     "r_strata", "separation", "separation_family", "stratified_auroc", "stratum_mask", "constant_arrays",
-    "holm_floor", "permutations_needed",
+    "holm_floor", "permutations_needed", "simultaneous_difference",
 ]
 
 ALTERNATIVES = ("two-sided", "greater", "less")
@@ -336,6 +336,68 @@ def auroc_difference(first: np.ndarray, second: np.ndarray, violated: np.ndarray
         p = np.where(se > 0, 2 * norm.sf(np.abs(delta) / se), np.where(delta == 0, 1.0, 0.0))
     p = np.where(np.isnan(delta) | np.isnan(var), np.nan, p)
     return {"delta": delta, "var": var, "ci_low": delta - z * se, "ci_high": delta + z * se, "p_value": p}
+
+
+def simultaneous_difference(first: np.ndarray, second: np.ndarray, violated: np.ndarray, jumper: np.ndarray, *,
+                            rng: np.random.Generator, level: float = 0.95, draws: int = 20_000) -> dict:
+    """Paired AUROC differences ``D_j = A(first_j) − A(second_j)`` at every column j with a
+    *simultaneous* band: its error rate holds whichever column is looked at afterwards.
+
+    The within-jumper DeLong structural components give the whole covariance of ``D`` across
+    columns, not only each variance: in jumper ``s`` with placements ``d10 = V10(first) − V10(second)``
+    [n_v, C] and ``d01`` [n_s, C], ``Cov_s(D) = cov(d10)/n_v + cov(d01)/n_s`` (DeLong et al. 1988,
+    their covariance of correlated AUROCs, here between lookbacks as well as predictors), and
+    strata combine as in :func:`stratified_auroc` (``D = sum_s w_s D_s``, ``Cov = sum_s w_s² Cov_s``).
+    With ``T_j = D_j / se_j``, the critical value ``c`` is the ``level`` quantile of
+    ``max_j |Z_j|`` for ``Z ~ N(0, corr(D))`` (``draws`` Monte-Carlo draws from ``rng``): the band
+    ``D_j ± c·se_j`` covers every true difference at once with probability ``level`` (asymptotically;
+    the max-|t| construction of Hothorn, Bretz & Westfall 2008), and the adjusted p of column j is
+    ``P(max_k |Z_k| >= |T_j|)``. Only events finite in every column of both predictors are used
+    (so the covariance is of one sample). Returns ``delta``, ``se``, ``low``, ``high``, ``p_adjusted``
+    ``[C]``, ``critical`` and ``events`` (the count used).
+    """
+    x1, _ = _as_2d(first)
+    x2, _ = _as_2d(second)
+    if x1.shape != x2.shape:
+        raise ValueError(f"the two predictors must have the same shape, got {x1.shape} and {x2.shape}")
+    keep = np.isfinite(x1).all(axis=1) & np.isfinite(x2).all(axis=1)
+    x1, x2 = x1[keep], x2[keep]
+    y, g = np.asarray(violated, dtype=bool)[keep], np.asarray(jumper)[keep]
+    columns = x1.shape[1]
+    num, den = np.zeros(columns), 0.0
+    cov_parts = []
+    for stratum in np.unique(g):
+        sel = g == stratum
+        ys = y[sel]
+        nv, ns = int(ys.sum()), int((~ys).sum())
+        if nv < 2 or ns < 2:
+            continue
+        a10, a01, _, _, _, _ = _placements(x1[sel], ys)
+        b10, b01, _, _, _, _ = _placements(x2[sel], ys)
+        d10, d01 = (a10 - b10)[ys], (a01 - b01)[~ys]
+        num += nv * ns * d10.mean(axis=0)
+        den += nv * ns
+        cov_parts.append((nv * ns, np.atleast_2d(np.cov(d10, rowvar=False)) / nv + np.atleast_2d(np.cov(d01, rowvar=False)) / ns))
+    nan = np.full(columns, np.nan)
+    if den == 0:
+        return {"delta": nan, "se": nan, "low": nan, "high": nan, "p_adjusted": nan, "critical": float("nan"), "events": int(keep.sum())}
+    delta = num / den
+    cov = sum((weight / den) ** 2 * part for weight, part in cov_parts)
+    se = np.sqrt(np.clip(np.diag(cov), 0.0, None))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        corr = cov / np.outer(se, se)
+    corr = np.where(np.isfinite(corr), corr, 0.0)
+    np.fill_diagonal(corr, 1.0)
+    # max |Z| over columns under the null: Z = L e, L a square root of corr (eigh: corr may be singular)
+    values, vectors = np.linalg.eigh(corr)
+    root = vectors * np.sqrt(np.clip(values, 0.0, None))
+    maxima = np.abs(rng.standard_normal((draws, columns)) @ root.T).max(axis=1)
+    critical = float(np.quantile(maxima, level))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        t = np.abs(delta) / se
+        p_adjusted = np.where(se > 0, (1 + (maxima[None, :] >= t[:, None]).sum(axis=1)) / (1 + draws), np.nan)
+    return {"delta": delta, "se": se, "low": delta - critical * se, "high": delta + critical * se,
+            "p_adjusted": p_adjusted, "critical": critical, "events": int(keep.sum())}
 
 
 def auroc_ci(a: np.ndarray, var: np.ndarray, level: float = 0.95) -> tuple[np.ndarray, np.ndarray]:

@@ -116,7 +116,8 @@ class RuleAwareWalker:
 
     # ---- rule bookkeeping -------------------------------------------------------------
 
-    def _add_rules(self, required: np.ndarray, vertex: np.ndarray, step: int) -> None:
+    def add_rules(self, required: np.ndarray, vertex: np.ndarray, step: int) -> None:
+        """Record in ``required`` [R, length] the target block and deadline of every rule ``vertex`` [R] triggers at ``step``."""
         deadline = step + self.rule_r[vertex]
         new = (self.rule_r[vertex] > 0) & (deadline < self.length)
         rows = np.flatnonzero(new)
@@ -164,6 +165,26 @@ class RuleAwareWalker:
         chosen = np.maximum(candidates[np.arange(len(rows)), column], 0)
         return chosen, count == 0
 
+    # ---- the true next-step distribution (an oracle for analysis) ---------------------
+
+    def pending_rules(self, history: np.ndarray) -> np.ndarray:
+        """int16 [R, length]: the target block each step of ``history`` [R, steps] walks must be
+        in (−1: none), from the rules its jumpers triggered (deadlines within ``length``)."""
+        required = np.full((history.shape[0], self.length), -1, dtype=np.int16)
+        for step in range(history.shape[1]):  # a loop over steps, batched across walks
+            self.add_rules(required, history[:, step].astype(np.int64), step)
+        return required
+
+    def allowed_successors(self, required: np.ndarray, current: np.ndarray, step: int) -> tuple[np.ndarray, np.ndarray]:
+        """(candidates int64 [R, max_degree] (−1 padding), allowed bool [R, max_degree]): the
+        out-neighbours of ``current`` [R] and whether each keeps every pending rule of
+        ``required`` satisfiable when taken at ``step`` — exactly the moves the walk generator
+        chooses among, uniformly."""
+        candidates = self.neighbours[current]
+        rows = np.arange(len(current))[:, None]
+        allowed = (candidates >= 0) & self._allowed(required, rows, np.maximum(candidates, 0), step)
+        return candidates, allowed
+
     # ---- generation -------------------------------------------------------------------
 
     def _walk_once(self, starts: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -171,7 +192,7 @@ class RuleAwareWalker:
         walks = np.empty((count, length), dtype=np.int32)
         walks[:, 0] = starts
         required = np.full((count, length), -1, dtype=np.int16)
-        self._add_rules(required, starts.astype(np.int64), 0)
+        self.add_rules(required, starts.astype(np.int64), 0)
         stuck = np.zeros(count, dtype=bool)
         every = np.arange(count)
         for step in range(1, length):
@@ -184,7 +205,7 @@ class RuleAwareWalker:
                 proposal[rejected] = chosen
                 stuck[rejected[dead]] = True
             walks[:, step] = proposal
-            self._add_rules(required, proposal, step)
+            self.add_rules(required, proposal, step)
         return walks, stuck
 
     def walk(self, starts: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, int]:
