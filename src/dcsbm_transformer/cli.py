@@ -28,6 +28,7 @@ from .training.checkpoint import CheckpointError, CheckpointWriteError
 from .training.faults import hooks_from_environment
 from .analysis.events import AnalysisEventsError
 from .analysis.run import AnalysisNameError, AnalysisRefused, analyze_run
+from .mechanism.run import MechanismRequestError, mechanism_run
 from .comparison import ComparisonError, add_report_parser
 from .training.lock import RunLockedError
 from .training.trainer import CompileError
@@ -87,7 +88,7 @@ def command_run(args: argparse.Namespace) -> int:
         compile=args.compile,
         cache_root=Path(args.cache_dir) if args.cache_dir else None,
     )
-    run_pipeline(config, options, analyze=not args.no_analyze, hooks=hooks_from_environment())
+    run_pipeline(config, options, analyze=not args.no_analyze, mechanism=not args.no_mechanism, hooks=hooks_from_environment())
     return 0
 
 
@@ -127,6 +128,24 @@ def command_analyze(args: argparse.Namespace) -> int:
         analyze_run(folder, events=args.events, analysis=analysis, name=args.name, overrides=overrides,
                     device=args.device, precision=args.precision, include_failed=args.include_failed)
     except AnalysisNameError as error:
+        raise UsageError(str(error)) from None
+    return 0
+
+
+def command_mechanism(args: argparse.Namespace) -> int:
+    folder = Path(args.results_dir)
+    if not folder.is_dir():
+        raise UsageError(f"{folder}: no such run folder (pass results/<experiment_id>)")
+    if args.events is not None and args.events < 1:
+        raise UsageError(f"--events must be a positive number of rule events, got {args.events}")
+    try:
+        resolve_device(args.device)
+    except ValueError as error:
+        raise UsageError(str(error)) from None
+    try:
+        mechanism_run(folder, events=args.events, layers=args.layers, include_failed=args.include_failed,
+                      analysis=args.analysis, device=args.device)
+    except (MechanismRequestError, FileNotFoundError) as error:  # FileNotFoundError: not a run folder (load_run says why)
         raise UsageError(str(error)) from None
     return 0
 
@@ -239,6 +258,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--compile", action="store_true", help="torch.compile the training forward pass")
     run.add_argument("--cache-dir", default=None, help="data cache (default: $DCSBM_CACHE_DIR or ./.cache)")
     run.add_argument("--no-analyze", action="store_true", help="stop after training and the gate (no analysis, no report)")
+    run.add_argument("--no-mechanism", action="store_true", help="skip the interventions (dcsbm mechanism) after the analysis")
     run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                      help="set a dotted config key (value as JSON), e.g. --set training.max_epochs=20; repeatable")
     run.set_defaults(handler=command_run)
@@ -260,6 +280,18 @@ def build_parser() -> argparse.ArgumentParser:
                          help="an analysis.* key for this analysis (value as JSON), e.g. --set analysis.temperature=1; repeatable. "
                          "A new primary is exploratory: the registered one was fixed when the run was created")
     analyze.set_defaults(handler=command_analyze)
+
+    mechanism = commands.add_parser(
+        "mechanism", help="interventions on an analysis's events: knock out / mean-ablate the jumper, patch it (mechanism.json, report section)"
+    )
+    mechanism.add_argument("results_dir", metavar="RESULTS_DIR", help="one run's folder: results/<experiment_id>, analysed")
+    mechanism.add_argument("--events", type=int, default=None, help="events to measure (default: every event of the analysis)")
+    mechanism.add_argument("--layers", type=int, nargs="+", default=None, metavar="L",
+                           help="layers to intervene on, one at a time and then together (default: every layer)")
+    mechanism.add_argument("--include-failed", action="store_true", help="measure a run whose gate did not pass (labelled exploratory)")
+    mechanism.add_argument("--analysis", default=None, metavar="NAME", help="the analysis whose events to use (default: the run's default analysis)")
+    mechanism.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="auto = CUDA when present")
+    mechanism.set_defaults(handler=command_mechanism)
 
     sweep = commands.add_parser(
         "sweep", help="run every point of a sweep file (train, gate, analyze) through submitit; reruns skip done points and resume the rest"

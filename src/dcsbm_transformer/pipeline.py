@@ -1,5 +1,6 @@
 """The main job, ``dcsbm run``: train → gate → analyze → report, each stage resumed or skipped
-when it is already done.
+when it is already done; after the analysis, the interventions (``mechanism_run``: mechanism.json
+and the report's mechanism section) unless ``mechanism=False`` (``dcsbm run --no-mechanism``).
 
 Training resumes from its checkpoints and a finished run is not retrained; the analysis uses the
 given config's ``analysis`` block, reusing the analysis folder made with the same settings and
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from .analysis.run import analyze_run
+from .mechanism.run import mechanism_run
 from .config import ExperimentConfig
 from .experiment import RunOptions, run_directory, run_experiment
 from .training.trainer import TrainingHooks
@@ -30,6 +32,7 @@ class PipelineOutcome:
     result: dict[str, Any]
     analysis: dict[str, Any] | None
     analysis_skipped: str | None  # why the analysis did not run, in words
+    mechanism: dict[str, Any] | None = None  # mechanism.json (None: not asked, or no analysis)
 
 
 def run_pipeline(
@@ -37,6 +40,7 @@ def run_pipeline(
     options: RunOptions = RunOptions(),
     *,
     analyze: bool = True,
+    mechanism: bool = True,
     hooks: TrainingHooks | None = None,
     echo: Callable[[str], None] = print,
 ) -> PipelineOutcome:
@@ -52,4 +56,5 @@ def run_pipeline(
         return PipelineOutcome(run_dir, result, None, reason)
     # The analysis block of the config given (not the run folder's copy): a changed block is a new analysis beside the old.
     summary = analyze_run(run_dir, analysis=config.analysis, device=options.device, precision=options.precision, echo=echo)
-    return PipelineOutcome(run_dir, result, summary, None)
+    measured = mechanism_run(run_dir, analysis=summary["analysis_name"], device=options.device, echo=echo) if mechanism else None
+    return PipelineOutcome(run_dir, result, summary, None, measured)
