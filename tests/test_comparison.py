@@ -28,14 +28,15 @@ EVENTS = 400
 FAILURE = "rule 1 (vertex 17, block 1→0, r=12) 0.41 < 0.8"
 
 
-def make_config(scale: float, seed: int, direction: str = "higher"):
+def make_config(scale: float, seed: int, direction: str = "higher", avwo_direction: str | None = None):
     return config_from_dict({
         "seed": seed,
         "graph": {"n": 32, "K": 2, "p_in": 0.9, "p_out": 0.2, "jumpers_per_block": 1, "jump_scales": [scale]},
         "walks": {"walk_length": 32, "train_walks": 3200, "eval_walks": 200},
         "model": {"context_window": 8, "d_model": 16, "n_layers": 1, "n_heads": 1},
         "training": {"max_epochs": 3},
-        "analysis": {"permutations": 100, "min_events": 20, "primary": {"direction": direction}},
+        "analysis": {"permutations": 100, "min_events": 20, "primary": {"direction": direction},
+                     "avwo_direction": avwo_direction or direction},
     })
 
 
@@ -285,6 +286,43 @@ def test_a_copied_run_folder_counts_once(runs, tmp_path):
     found = find_runs([folders["analysed_a"], tmp_path / "renamed"])
     assert found[0].duplicate_of is None and found[1].duplicate_of == str(folders["analysed_a"])
     assert "same experiment as" in found[1].note and "not the config's experiment id" in found[1].note
+
+
+def test_avwo_is_read_in_the_registered_secondary_direction_not_the_primarys(tmp_path):
+    config = make_config(1.0, 6, direction="lower", avwo_direction="higher")
+    folder = write_run(tmp_path, config, result=result_payload(config, passed=True), reaches=(4, 2))
+    page = report([tmp_path], [], tmp_path / "out", echo=lambda _: None)
+    entry = json.loads((page.parent / "comparison.json").read_text())["runs"][0]
+    stored = read_horizon(folder / ANALYSIS_DIR / "default")["metrics"][AVWO]["by_r"]["8"]
+    assert entry["horizons"]["8"]["avwo"]["direction"] == "higher" and entry["horizons"]["8"]["qkt"]["direction"] == "lower"
+    assert entry["horizons"]["8"]["avwo"]["horizon"] == stored["horizon"] == 0  # planted lower: none in the declared direction
+    assert entry["horizons"]["8"]["avwo_direction_source"] == "declared in the analysis (no registration)"
+    # a registration fixes it, whatever the analysis says later
+    (folder / "preregistration.json").write_text(json.dumps(registration_payload(make_config(1.0, 6, "lower", "lower"))))
+    page = report([tmp_path], [], tmp_path / "again", echo=lambda _: None)
+    entry = json.loads((page.parent / "comparison.json").read_text())["runs"][0]
+    assert entry["horizons"]["8"]["avwo"]["horizon"] == stored["horizon_lower"] == 2
+    assert entry["horizons"]["8"]["avwo_direction_source"] == "registered"
+
+
+def test_every_point_carries_its_counts_and_insufficient_strata_are_marked(runs, written):
+    _, folders = runs
+    _, comparison, page, _ = written
+    entry = _entry(comparison, folders["analysed_a"])["horizons"]["4"]["qkt"]
+    assert entry["n_violations"] > 0 and entry["horizon_over_r"] == pytest.approx(entry["horizon"] / 4, abs=1e-4)
+    table = page.split('id="horizon-table"')[1].split("</table>")[0]
+    assert f"{entry['n_violations']}/{entry['n_successes']}" in table and "= 0.75 r" in table
+
+
+def test_the_gate_figure_counts_a_multi_r_run_once_per_r_by_its_own_rules(tmp_path):
+    raw = make_config(0.5, 1).to_dict()
+    raw["graph"]["jump_scales"] = [0.5, 1.0]
+    config = config_from_dict(raw)
+    result = result_payload(config, passed=False, compliance=(0.95, 0.41))  # the r = 4 rule passes, the r = 8 rule does not
+    write_run(tmp_path, config, result=result)
+    page = report([tmp_path], [], tmp_path / "out", echo=lambda _: None)
+    entry = json.loads((page.parent / "comparison.json").read_text())["runs"][0]
+    assert entry["gate"]["passed_by_r"] == {"4": True, "8": False}
 
 
 def test_a_lower_primary_reads_the_lower_horizons(tmp_path):

@@ -297,3 +297,31 @@ def test_the_readme_python_example_runs_as_written(trained):
     code = re.search(r"```python\n(.*?)```", block, re.S).group(1)
     namespace = run_example(code, trained[2])
     assert abs(namespace["again"] - namespace["row"].auroc) < 1e-9
+
+
+# ---- sensitivity ------------------------------------------------------------------------------------
+
+
+def test_edge_clean_view_sets_aside_the_lookbacks_after_a_generated_non_edge():
+    from dcsbm_transformer.analysis.horizon import edge_clean_view
+
+    values = np.arange(12, dtype=np.float32).reshape(3, 4)  # lookback order, r = 4: column j is pass 4 - j
+    clean = edge_clean_view(values, np.array([0, 2, 4]), np.array([4, 4, 4]))
+    assert np.array_equal(clean[0], values[0])  # every edge valid
+    assert np.isnan(clean[1, :3]).all() and clean[1, 3] == values[1, 3]  # non-edge at pass 2: passes 2..4 (j <= 2) set aside
+    assert np.isnan(clean[2, 0]) and np.array_equal(clean[2, 1:], values[2, 1:])  # at pass 4: only j = 0
+
+
+def test_dcsbm_run_adds_a_sampled_second_estimate_and_the_report_says_whether_the_answer_holds(trained, copy):
+    config, options, _, summary = trained
+    greedy = config.model_copy(update={"analysis": config.analysis.model_copy(update={"temperature": 0.0, "sensitivity_events": 60})})
+    outcome = run_pipeline(greedy, RunOptions(results_root=copy.parent, cache_root=options.cache_root), mechanism=False, echo=quiet)
+    assert outcome.analysis["continuations"] == "greedy (argmax)"
+    assert outcome.sensitivity["continuations"] == "sampled at temperature 1.0" and outcome.sensitivity["counts"]["events"] == 60
+    assert outcome.sensitivity["analysis_name"] in index_names(copy) and summary["analysis_name"] in index_names(copy)
+    directory = copy / ANALYSIS_DIR / outcome.analysis["analysis_name"]
+    page = (directory / "report.html").read_text()
+    assert 'id="sensitivity"' in page and "sampled continuations, temperature 1" in page
+    edge = read_horizon(directory)["sensitivity"]["edge_clean"]
+    assert edge["events_with_an_invalid_edge"] == int(((load_run(copy).analysis(directory.name).events["first_bad_edge_pass"] > 0)).sum())
+    assert "edge-clean events only" in page

@@ -152,6 +152,11 @@ class AnalysisConfig(_Section):
         0.0, ge=0.0, description="0 = greedy (argmax) continuations, as the gate; > 0 samples, labelled in every output"
     )
     primary: PrimaryHypothesis = PrimaryHypothesis()
+    avwo_direction: Literal["higher", "lower"] = Field(
+        "higher",
+        description="the declared secondary hypothesis: the primary's metric on AVWₒ (same layer and head) is this side "
+        "before violations; registered with the primary, and the comparison reads AVWₒ horizons in this direction",
+    )
     permutations: StrictInt = Field(10_000, ge=0, description="label shuffles (within jumper) per permutation test; 0 = none")
     min_events: StrictInt = Field(20, ge=2, description="fewer violations or successes than this in an r stratum: 'insufficient'")
     horizon_threshold: StrictFloat = Field(0.75, gt=0.5, lt=1.0, description="AUROC a lookback must exceed to count in a horizon")
@@ -160,6 +165,14 @@ class AnalysisConfig(_Section):
         0.5, ge=0.0, lt=1.0,
         description="share of the analysis events (per jumper, seeded) held out for the registered test alone; "
         "everything else is computed on the rest. 0 = no held-out set (then no confirmatory verdict)",
+    )
+    sensitivity_temperature: StrictFloat = Field(
+        1.0, ge=0.0,
+        description="dcsbm run also analyses sampled continuations at this temperature (a second estimate on the same "
+        "model, exploratory), and the main report says whether the primary's answer holds there; 0 = not",
+    )
+    sensitivity_events: StrictInt = Field(
+        4000, ge=1, description="rule events of the sampled sensitivity analysis (sampling breaks rules often: fewer suffice)"
     )
     min_effect_auroc: StrictFloat = Field(
         0.6, gt=0.5, lt=1.0,

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .analysis.files import ANALYSIS_DIR
+from .analysis.report import write_report
 from .analysis.run import analyze_run
 from .mechanism.run import mechanism_run
 from .config import ExperimentConfig
@@ -33,6 +35,7 @@ class PipelineOutcome:
     analysis: dict[str, Any] | None
     analysis_skipped: str | None  # why the analysis did not run, in words
     mechanism: dict[str, Any] | None = None  # mechanism.json (None: not asked, or no analysis)
+    sensitivity: dict[str, Any] | None = None  # the sampled analysis's summary (None: not made)
 
 
 def run_pipeline(
@@ -56,5 +59,19 @@ def run_pipeline(
         return PipelineOutcome(run_dir, result, None, reason)
     # The analysis block of the config given (not the run folder's copy): a changed block is a new analysis beside the old.
     summary = analyze_run(run_dir, analysis=config.analysis, device=options.device, precision=options.precision, echo=echo)
+    sampled = _sampled_sensitivity(run_dir, config, options, echo)
     measured = mechanism_run(run_dir, analysis=summary["analysis_name"], device=options.device, echo=echo) if mechanism else None
-    return PipelineOutcome(run_dir, result, summary, None, measured)
+    if sampled is not None and not mechanism:  # the main report compares with the sampled analysis: draw it again
+        write_report(run_dir / ANALYSIS_DIR / summary["analysis_name"])
+    return PipelineOutcome(run_dir, result, summary, None, measured, sampled)
+
+
+def _sampled_sensitivity(run_dir: Path, config: ExperimentConfig, options: RunOptions, echo) -> dict[str, Any] | None:
+    """The same analysis with continuations sampled at ``analysis.sensitivity_temperature`` (a second
+    estimate on the same model, exploratory; its own folder), when that differs from the main one's."""
+    a = config.analysis
+    if a.sensitivity_temperature <= 0 or a.sensitivity_temperature == a.temperature:
+        return None
+    block = a.model_copy(update={"temperature": a.sensitivity_temperature, "events": a.sensitivity_events})
+    echo(f"sensitivity: {a.sensitivity_events} events with continuations sampled at temperature {a.sensitivity_temperature:g}")
+    return analyze_run(run_dir, analysis=block, device=options.device, precision=options.precision, echo=echo)

@@ -5,7 +5,8 @@ It fixes, from the config the run was created with, the one confirmatory hypothe
 will be judged:
 
 * the **primary hypothesis** (``analysis.primary``: target, layer — resolved, −1 = last —, head,
-  metric with its registry version, direction before violations);
+  metric with its registry version, direction before violations) and the **secondary** one (the
+  same metric on AVWₒ, ``analysis.avwo_direction``: the direction its horizon is read in);
 * the **analysis it is tested in** (events, stream, top_k, temperature, permutations,
   min_events, horizon threshold) — an analysis with other values of these is exploratory;
 * the **decision rule**: α; the held-out share of the events (``confirmatory_fraction``, split
@@ -67,6 +68,13 @@ class DecisionRule(_Strict):
     verdicts: dict[str, str]
 
 
+class Secondary(_Strict):
+    """The declared secondary hypothesis: the primary's metric on AVWₒ at the same layer and head."""
+
+    key: str
+    direction: str
+
+
 class Registration(_Strict):
     schema_version: int = REGISTRATION_SCHEMA_VERSION
     experiment_id: str
@@ -74,6 +82,7 @@ class Registration(_Strict):
     registered_at: str = Field(description="UTC time the run folder was created, before training and any analysis")
     statement: str
     primary: RegisteredPrimary
+    secondary: Secondary
     analysis: dict[str, Any] = Field(description="the analysis settings the registered test is made in")
     decision: DecisionRule
 
@@ -92,6 +101,13 @@ def primary_of(config: ExperimentConfig) -> dict[str, Any]:
         "target": p.target, "layer": layer, "head": p.head, "metric": p.metric, "metric_version": _metric_version(p.metric),
         "direction": p.direction, "key": f"{p.target}.layer_{layer}.head_{p.head}.{p.metric}",
     }
+
+
+def secondary_of(config: ExperimentConfig) -> dict[str, Any]:
+    """The declared secondary hypothesis of ``config``: the primary's metric on AVWₒ, ``analysis.avwo_direction``."""
+    primary = primary_of(config)
+    return {"key": f"avwo.layer_{primary['layer']}.head_{primary['head']}.{primary['metric']}",
+            "direction": config.analysis.avwo_direction}
 
 
 def registered_analysis(config: ExperimentConfig) -> dict[str, Any]:
@@ -128,6 +144,7 @@ def registration_payload(config: ExperimentConfig, registered_at: str | None = N
         "registered_at": registered_at or datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "statement": config.analysis.primary.describe(),
         "primary": primary,
+        "secondary": secondary_of(config),
         "analysis": registered_analysis(config),
         "decision": decision_rule(config),
     }

@@ -186,6 +186,13 @@ def headline(horizon: dict[str, Any], name: str) -> list[str]:
         if versus:
             described += (f"; against the model's own target-block probability (a band simultaneous over lookbacks): "
                           f"{versus['verdict']}" + (f" at j = {', '.join(map(str, versus['better_at']))}" if versus["better_at"] else ""))
+        edge_clean = (horizon.get("sensitivity") or {}).get("edge_clean")
+        if edge_clean and edge_clean["holds"] is False:
+            verdicts = edge_clean["confirmatory_verdicts"]
+            described += (f". On edge-clean events only ({edge_clean['events_with_an_invalid_edge']} events had generated a "
+                          "non-edge before the deadline) the answer differs: "
+                          + (f"registered verdict {verdicts.get(r, '—')}" if verdicts else
+                             f"exploratory p = {_fmt((edge_clean['exploratory'].get(r) or {}).get('p_value'), 4)}"))
         sentences.append(described + "." + _incremental_clause(
             entry.get("incremental"), "Beyond its context-only value, the behavioural predictors and attention on the jumper"))
     return sentences

@@ -410,6 +410,9 @@ class Horizon(_Strict):
     split: Split
     confirmatory: dict[str, ConfirmatoryTest] | None  # r -> the registered test; None in an exploratory analysis
     headline: list[str]  # the plain-language verdict, two or three sentences
+    # the primary on edge-clean events only (every generated edge valid up to the lookback): its exploratory
+    # separation, the registered verdict there, and whether the answer holds; None without first_bad_edge_pass
+    sensitivity: dict[str, Any] | None
     holm: HolmFamily
     r_values: list[int]
     counts_by_r: dict[str, dict[str, int]]  # r -> {"violations", "successes"}

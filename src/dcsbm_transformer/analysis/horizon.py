@@ -74,6 +74,14 @@ def baseline_identity(key: str) -> dict[str, Any]:
     return {"target": "logits", "layer": -1, "head": -1, "metric": key}
 
 
+INCREMENTAL_TOP = 10  # Holm survivors per r tested for incremental value (12 logistic fits each), strongest first
+
+
+def _top_of(metric_stats: dict[str, Any], primary: str, rv: int) -> list[str]:
+    """The exploratory arrays at r, strongest first (significant first, then the oriented AUROC at the best lookback)."""
+    return sorted((k for k in metric_stats if k != primary), key=lambda k: _strength(metric_stats[k]["by_r"][str(rv)]))
+
+
 INCREMENTAL_BASES = ("target_block_probability", "rule_feasible_mass", "output_entropy")
 REGISTERED_BASES = ("target_block_probability",)
 
@@ -382,7 +390,9 @@ def compute_horizon(arrays: dict[str, np.ndarray], config: ExperimentConfig, sum
     metric_stats = {key: described(key, statistics_of(key, observed)) for key in tested if key != primary}
     primary_by_r = statistics_of(primary, lambda _: "higher before violations" if declared == "higher" else "lower before violations")
     metric_stats[primary] = described(primary, primary_by_r)
-    survivors = [key for key in metric_stats if any(e["significant"] for e in metric_stats[key]["by_r"].values())]
+    # the primary and the strongest Holm survivors of each r (the top list is ordered by strength)
+    survivors = [key for rv in present for key in _top_of(metric_stats, primary, rv)[:INCREMENTAL_TOP]
+                 if metric_stats[key]["by_r"][str(rv)]["significant"]]
     _incremental_family(arrays, y, g, r, metric_stats, list(dict.fromkeys([primary, *survivors])),
                         numpy_rng(config.seed, a.stream, "incremental"))
     parts = KEY.match(primary)
@@ -393,14 +403,12 @@ def compute_horizon(arrays: dict[str, np.ndarray], config: ExperimentConfig, sum
     primary_entry["summary"] = primary_sentence(primary_entry, a.horizon_threshold, a.alpha, a.permutations)
     behavioural = {"target": "logits", "layer": -1, "head": -1, "metric": BEHAVIOURAL, "by_r": statistics_of(BEHAVIOURAL, observed)}
     baseline_stats = {key: {**baseline_identity(key), "by_r": statistics_of(key, observed)} for key in baselines}
-    top = {
-        str(rv): sorted((k for k in metric_stats if k != primary), key=lambda k: _strength(metric_stats[k]["by_r"][str(rv)]))
-        for rv in present
-    }
+    top = {str(rv): _top_of(metric_stats, primary, rv) for rv in present}
     counts = {str(rv): {"violations": int(y[r == rv].sum()), "successes": int((~y[r == rv]).sum())} for rv in present}
     confirmatory = (
         _confirmatory(everything, held, primary, declared, results, config) if registered and held.any() else None
     )
+    sensitivity = _edge_clean_sensitivity(everything, held, primary, declared, registered, results, confirmatory, config)
     exploratory_reason = summary["exploratory_reason"] or ("; ".join(check.reasons) if not registered else None)
     payload = {
         "experiment_id": summary["experiment_id"],
@@ -413,6 +421,7 @@ def compute_horizon(arrays: dict[str, np.ndarray], config: ExperimentConfig, sum
         "split": _split(everything, held, a.confirmatory_fraction, f"{a.stream}/split"),
         "confirmatory": confirmatory,
         "headline": [],
+        "sensitivity": sensitivity,
         "holm": {
             "family_size": len(exploratory), "permutations_requested": a.permutations, "permutations_used": permutations,
             "floor": holm_floor(len(exploratory), permutations) if permutations > 0 else None,
@@ -444,6 +453,57 @@ def _split(arrays: dict[str, np.ndarray], held: np.ndarray, fraction: float, str
         }
     return {"confirmatory_fraction": fraction, "stream": stream, "exploratory_events": int((~held).sum()),
             "confirmatory_events": int(held.sum()), "counts_by_r": by_r}
+
+
+def edge_clean_view(values: np.ndarray, first_bad_edge_pass: np.ndarray, r: np.ndarray) -> np.ndarray:
+    """``values`` [E, lookbacks] with NaN where the continuation had already generated a non-edge:
+    at lookback j (pass k = r − j) an event counts only if its passes 1..k all followed edges
+    (``first_bad_edge_pass`` 0 = never, else the pass number of the first non-edge)."""
+    x = np.array(values, dtype=np.float64, copy=True)
+    bad = np.asarray(first_bad_edge_pass)[:, None]
+    k = np.asarray(r)[:, None] - np.arange(x.shape[1])[None, :]
+    x[(bad >= 1) & (bad <= k)] = np.nan
+    return x
+
+
+def _edge_clean_sensitivity(everything: dict[str, np.ndarray], held: np.ndarray, primary: str, declared: str, registered: bool,
+                            results: dict, confirmatory: dict | None, config: ExperimentConfig) -> dict[str, Any] | None:
+    """The primary again on edge-clean events only (after an invalid edge the window already holds a
+    mistake the model made): its exploratory separation and, in the registered analysis, the registered
+    verdict; ``holds`` says whether the answer is the same. None without ``first_bad_edge_pass``."""
+    if "first_bad_edge_pass" not in everything:
+        return None
+    a = config.analysis
+    bad = np.asarray(everything["first_bad_edge_pass"])
+    clean = dict(everything)
+    clean[primary] = edge_clean_view(everything[primary], bad, everything["event_r"])
+    part = _events_subset(clean, ~held)
+    alternative = ("greater" if declared == "higher" else "less") if registered else "two-sided"
+    separated = separation_family(
+        {primary: part[primary]}, part["violated"], part["event_jumper"], part["event_r"], permutations=a.permutations,
+        rng=numpy_rng(config.seed, a.stream, "edge-clean"), min_events=a.min_events, threshold=a.horizon_threshold,
+        alternatives={primary: alternative},
+    )[primary]
+    exploratory = {}
+    holds = []
+    for rv, result in separated.items():
+        j = result.best_j
+        exploratory[str(rv)] = {
+            "status": result.status, "n_violations": result.n_violations, "n_successes": result.n_successes, "best_j": j,
+            "auroc": _number(result.auroc[j]) if j is not None else None, "ci_low": _number(result.ci_low[j]) if j is not None else None,
+            "ci_high": _number(result.ci_high[j]) if j is not None else None, "p_value": _number(result.p_value),
+        }
+        before = results[primary].get(rv)
+        if before is not None and before.p_value is not None and result.p_value is not None and not registered:
+            holds.append((before.p_value < a.alpha) == (result.p_value < a.alpha) and before.direction == result.direction)
+    verdicts = None
+    if confirmatory is not None:
+        again = _confirmatory(clean, held, primary, declared, results, config)
+        verdicts = {rv: test["verdict"] for rv, test in again.items()}
+        holds = [verdicts.get(rv) == test["verdict"] for rv, test in confirmatory.items()]
+    dropped = int(((bad >= 1) & (bad <= np.asarray(everything["event_r"]))).sum())
+    return {"edge_clean": {"events_with_an_invalid_edge": dropped, "exploratory": exploratory, "confirmatory_verdicts": verdicts,
+                           "holds": None if not holds else bool(all(holds))}}
 
 
 def _confirmatory(arrays: dict[str, np.ndarray], held: np.ndarray, primary: str, declared: str,

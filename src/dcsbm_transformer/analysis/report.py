@@ -26,7 +26,7 @@ from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
 from ..storage import atomic_write_bytes
 from .figures import draw_figures, metric_label
-from .files import HORIZON_FILE, SUMMARY_FILE, TOKEN_METRICS_FILE, read_horizon
+from .files import HORIZON_FILE, SUMMARY_FILE, TOKEN_METRICS_FILE, read_horizon, read_index
 from .horizon import TARGET_NAMES
 
 REPORT_FILE = "report.html"
@@ -114,7 +114,8 @@ def read_analysis(analysis_dir: Path) -> dict[str, Any]:
         raise FileNotFoundError(f"{analysis / HORIZON_FILE} is missing or invalid: run `dcsbm analyze` again to (re)compute it")
     from ..mechanism.report import mechanism_section  # the floor above draws its own section (None without mechanism.json)
 
-    return {"config": config, "result": result, "summary": summary, "horizon": horizon, "mechanism": mechanism_section(analysis)}
+    return {"config": config, "result": result, "summary": summary, "horizon": horizon, "mechanism": mechanism_section(analysis),
+            "sibling": sampled_sibling(analysis)}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -359,6 +360,7 @@ def _context(run: dict[str, Any], figures: dict[str, Path] | None, *, figure_sec
         "exploratory": exploratory, "exploratory_reason": reason,
         "gate_failed": not gate["passed"], "headline": horizon["headline"], "registration": registration,
         "registered": horizon["primary"]["registered"], "confirmatory": _confirmatory(horizon), "split": horizon["split"],
+        "sensitivity": _sensitivity(horizon, run.get("sibling")),
         "primary_summary": horizon["primary"]["summary"], "primary_statement": horizon["primary"]["statement"],
         "primary_key": horizon["primary"]["key"], "config": _config_brief(config, result, summary, horizon),
         "gate": gate, "counts": _counts(summary), "strata": [stratum(horizon, r) for r in horizon["r_values"]],
@@ -373,6 +375,75 @@ def _context(run: dict[str, Any], figures: dict[str, Path] | None, *, figure_sec
         "guard_hits": {k: v for k, v in summary.get("guard_hits", {}).items() if v},
         "mechanism": run.get("mechanism"),
     }
+
+
+SAMPLED_MAY_DIFFER = ("temperature", "events")  # what the sampled sensitivity analysis changes (analysis.sensitivity_*)
+
+
+def _without_temperature(settings: dict[str, Any]) -> dict[str, Any]:
+    block = {k: v for k, v in settings["analysis"].items() if k not in SAMPLED_MAY_DIFFER}
+    return {**{k: v for k, v in settings.items() if k not in (*SAMPLED_MAY_DIFFER, "analysis")}, "analysis": block}
+
+
+def sampled_sibling(analysis_dir: Path) -> dict[str, Any] | None:
+    """The analysis of the same run with the same settings but another temperature (the sampled
+    second estimate ``dcsbm run`` makes), compared with this one: per r, the primary's exploratory
+    best AUROC and p there, and whether the answer (significance and direction) is the same."""
+    analysis_dir = Path(analysis_dir)
+    run_dir = analysis_dir.parent.parent
+    try:
+        mine = json.loads((analysis_dir / SUMMARY_FILE).read_text())["settings"]
+        entries = read_index(run_dir)
+    except (OSError, ValueError, KeyError):
+        return None
+    for entry in entries:
+        other_dir = run_dir / "analysis" / entry["name"]
+        if other_dir == analysis_dir:
+            continue
+        try:
+            theirs = json.loads((other_dir / SUMMARY_FILE).read_text())["settings"]
+        except (OSError, ValueError, KeyError):
+            continue
+        if theirs["temperature"] == mine["temperature"] or _without_temperature(theirs) != _without_temperature(mine):
+            continue
+        horizon = read_horizon(other_dir)
+        if horizon is None:
+            continue
+        return {"name": entry["name"], "temperature": theirs["temperature"], "horizon": horizon}
+    return None
+
+
+def _sensitivity(horizon: dict[str, Any], sibling: dict[str, Any] | None) -> list[dict[str, str]]:
+    """Rows of the sensitivity table: edge-clean events, and sampled continuations when analysed."""
+    alpha = horizon["settings"]["alpha"]
+    rows = []
+    edge = (horizon.get("sensitivity") or {}).get("edge_clean")
+    for r, entry in horizon["primary"]["by_r"].items():
+        base = f"{fmt_ci(entry['auroc'][entry['best_j']], entry['ci_low'][entry['best_j']], entry['ci_high'][entry['best_j']])} at j = {entry['best_j']}" \
+            if entry["status"] == "ok" and entry["best_j"] is not None else entry["status"]
+        if edge is not None:
+            e = edge["exploratory"].get(r)
+            verdicts = edge["confirmatory_verdicts"] or {}
+            text = "—" if e is None or e["best_j"] is None else f"{fmt_ci(e['auroc'], e['ci_low'], e['ci_high'])} at j = {e['best_j']}, p {fmt_p(e['p_value'])}"
+            rows.append({"r": r, "case": f"edge-clean events only ({edge['events_with_an_invalid_edge']} events with an earlier non-edge set aside at the lookbacks after it)",
+                         "primary": text, "verdict": verdicts.get(r, "—"), "all_events": base,
+                         "holds": "—" if edge["holds"] is None else ("yes" if edge["holds"] else "NO")})
+        if sibling is not None:
+            other = sibling["horizon"]["primary"]["by_r"].get(r)
+            if other is None or other["status"] != "ok" or other["best_j"] is None:
+                text, holds = "insufficient" if other is None else other["status"], "—"
+            else:
+                j = other["best_j"]
+                p_here = entry["p_value"] if horizon["primary"]["registered"] else entry["p_adjusted"]
+                p_there = other["p_adjusted"]
+                text = f"{fmt_ci(other['auroc'][j], other['ci_low'][j], other['ci_high'][j])} at j = {j}, adjusted p {fmt_p(p_there)}"
+                same = (p_here is not None and p_there is not None and (p_here < alpha) == (p_there < alpha)
+                        and entry["direction"] == other["direction"])
+                holds = "yes" if same else "NO"
+            rows.append({"r": r, "case": f"sampled continuations, temperature {sibling['temperature']:g} (analysis/{sibling['name']}, exploratory, "
+                         f"{other['n_violations'] if other else 0} violations)", "primary": text, "verdict": "exploratory",
+                         "all_events": base, "holds": holds})
+    return rows
 
 
 def _confirmatory(horizon: dict[str, Any]) -> list[dict[str, Any]]:

@@ -144,17 +144,25 @@ def draw_compliance(entries: list[dict[str, Any]], threshold: float | None) -> b
 
 
 def draw_gate(entries: list[dict[str, Any]]) -> bytes | None:
-    """Share of finished runs that passed the gate per (series, r/w); a run with several r is
-    counted at each of its r/w values."""
+    """Share of finished runs that passed the gate per (series, r/w). A run with several r is
+    counted once at each of its r/w values, as passed there when the rules of that r passed (edge
+    compliance and each of those rules above the thresholds), not by the whole run's verdict."""
     shown = [e for e in entries if e["in_compliance_figures"] and e["gate"] and e["gate"]["finished"]]
     if not shown:
         return None
     colours = _colours(shown)
     counts: dict[tuple[str, float], list[int]] = defaultdict(lambda: [0, 0])
     for e in shown:
-        for x in e["parameters"]["r_over_w"]:
-            counts[(e["series"], float(x))][0] += int(e["gate"]["passed"])
-            counts[(e["series"], float(x))][1] += 1
+        by_r = e["gate"].get("passed_by_r") or {}
+        rw = e["compliance"]["by_r"] if e["compliance"] else {}
+        for r, passed in by_r.items():
+            if passed is None:
+                continue
+            x = float(rw[r]["r_over_w"])
+            counts[(e["series"], x)][0] += int(passed)
+            counts[(e["series"], x)][1] += 1
+    if not counts:
+        return None
     xs = [x for _, x in counts]
     offsets = _offsets(colours, max(xs) - min(xs))
     figure = Figure(figsize=(6, 4.2))
@@ -178,37 +186,55 @@ def draw_gate(entries: list[dict[str, Any]]) -> bytes | None:
 
 
 def _horizon_points(entries: list[dict[str, Any]]):
-    """(series, r/w, {qkt: (horizon, confident), avwo: ...}) for every analysed run and r."""
+    """(series, r/w, r, {qkt: target entry, avwo: ...}) for every analysed run and r."""
     for e in entries:
         if not e["in_horizon_figures"] or not e["horizons"]:
             continue
-        for v in e["horizons"].values():
-            yield e["series"], float(v["r_over_w"]), {t: (v[t]["horizon"], v[t]["confident_horizon"]) for t in TARGETS}
+        for r, v in e["horizons"].items():
+            yield e["series"], float(v["r_over_w"]), int(r), {t: v[t] for t in TARGETS}
+
+
+HORIZON_ROWS = (("horizon", "predictive horizon", "lookback j (tokens before the deadline)"),
+                ("confident_horizon", "confident horizon", "lookback j (tokens before the deadline)"),
+                ("horizon_over_r", "predictive horizon / r", "share of the jump length r"))
 
 
 def draw_horizons(entries: list[dict[str, Any]]) -> bytes | None:
-    """Rows: predictive, confident horizon; columns: QKᵀ, AVWₒ, QKᵀ − AVWₒ (paired within a run)."""
+    """Rows: predictive and confident horizon (in tokens), predictive horizon / r; columns: QKᵀ,
+    AVWₒ, QKᵀ − AVWₒ (paired within a run). Each point carries its violation count; a stratum too
+    small to test is drawn as an ×  at 0 with its counts, never dropped (the best-learned runs have
+    the fewest violations)."""
     points = list(_horizon_points(entries))
     if not points:
         return None
     colours = _colours([e for e in entries if e["in_horizon_figures"] and e["horizons"]])
-    xs = [x for _, x, _ in points]
+    xs = [x for _, x, _, _ in points]
     offsets = _offsets(colours, max(xs) - min(xs))
-    figure = Figure(figsize=(14, 7.6))
-    axes = figure.subplots(2, 3, sharex=True)
-    for row, (which, name) in enumerate(((0, "predictive horizon"), (1, "confident horizon"))):
+    figure = Figure(figsize=(14, 11))
+    axes = figure.subplots(3, 3, sharex=True)
+    for row, (field, name, unit) in enumerate(HORIZON_ROWS):
         for col, target in enumerate((*TARGETS, "difference")):
             axis = axes[row, col]
             groups: dict[tuple[str, float], list[float]] = defaultdict(list)
-            for label, x, values in points:
+            for label, x, r, values in points:
+                xe = x + offsets[label]
+                sides = [values[t] for t in (TARGETS if target == "difference" else (target,))]
+                if any(side["status"] == "insufficient" for side in sides):
+                    side = next(side for side in sides if side["status"] == "insufficient")
+                    axis.plot([xe], [0.0], marker="x", linestyle="", color=colours[label], zorder=3)
+                    axis.annotate(f"insufficient\n{side['n_violations']}/{side['n_successes']}", (xe, 0.0),
+                                  textcoords="offset points", xytext=(4, -14), fontsize=6, color="0.35")
+                    continue
                 if target == "difference":
-                    a, b = values["qkt"][which], values["avwo"][which]
+                    a, b = values["qkt"][field], values["avwo"][field]
                     y = None if a is None or b is None else a - b
                 else:
-                    y = values[target][which]
+                    y = values[target][field]
                 if y is None:
                     continue
-                axis.plot([x + offsets[label]], [y], marker="o", linestyle="", color=colours[label], alpha=0.8, zorder=3)
+                axis.plot([xe], [y], marker="o", linestyle="", color=colours[label], alpha=0.8, zorder=3)
+                axis.annotate(f"n={sides[0]['n_violations']}", (xe, y), textcoords="offset points", xytext=(4, 3), fontsize=6,
+                              color="0.35")
                 groups[(label, x)].append(float(y))
             _summaries(axis, groups, colours, offsets, bounds=(None, None) if target == "difference" else (0.0, None))
             _rw_axis(axis, xs)
@@ -217,8 +243,8 @@ def draw_horizons(entries: list[dict[str, Any]]) -> bytes | None:
                 axis.set_title(f"{name}: QKᵀ − AVWₒ (same run, same r)", fontsize=9)
             else:
                 axis.set_title(f"{name}: {TARGET_NAMES[target]}", fontsize=9)
-            axis.set_ylabel("lookback j (tokens before the deadline)", fontsize=8)
-    same_scale = [axes[row, col] for row in range(2) for col in range(2)]  # QKᵀ and AVWₒ on one scale
+            axis.set_ylabel(unit, fontsize=8)
+    same_scale = [axes[row, col] for row in range(2) for col in range(2)]  # QKᵀ and AVWₒ on one scale (in tokens)
     low = min(axis.get_ylim()[0] for axis in same_scale)
     high = max(axis.get_ylim()[1] for axis in same_scale)
     for axis in same_scale:

@@ -91,9 +91,11 @@ def _primary_rows(entry: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def _horizon_text(v: dict[str, Any]) -> str:
+    counts = "" if v["n_violations"] is None else f"; {v['n_violations']}/{v['n_successes']}"
     if v["status"] != "ok":
-        return v["status"]
-    return f"{v['horizon']} ({v['confident_horizon']})"
+        return f"{v['status']}{counts}"
+    share = "" if v["horizon_over_r"] is None else f" = {v['horizon_over_r']:g} r"
+    return f"{v['horizon']}{share} ({v['confident_horizon']}), {v['direction']}{counts}"
 
 
 def _horizon_rows(entry: dict[str, Any]) -> list[dict[str, Any]]:

@@ -23,6 +23,7 @@ from typing import Any
 
 from ..analysis.files import ANALYSIS_DIR, HORIZON_FILE, SUMMARY_FILE, read_horizon, read_index
 from ..config import ExperimentConfig, load_config
+from ..registration import read_registration
 from ..training.results import RESULT_FILE, read_result
 
 CONFIG_FILE = "config.json"
@@ -51,6 +52,7 @@ class Run:
     horizon_error: str | None
     duplicate_of: str | None = field(default=None)  # set by ``mark_duplicates``
     analysis_name: str | None = None  # the analysis folder under analysis/ this entry shows (None: not analysed)
+    registration: dict[str, Any] | None = None  # preregistration.json (None: none, or unreadable)
     summary: dict[str, Any] | None = None  # that analysis's summary.json: its own settings
 
     @property
@@ -147,8 +149,13 @@ def read_runs(folder: Path, analysis: str | None = None) -> list[Run]:
         if result is None:
             result_error = "not valid JSON or not the current result.json format"
 
+    try:
+        registration = read_registration(folder)
+    except ValueError:
+        registration = None
+
     def bare(error: str | None) -> Run:
-        return Run(folder, config, config_error, result, result_error, None, error)
+        return Run(folder, config, config_error, result, result_error, None, error, registration=registration)
 
     try:
         entries = read_index(folder)
@@ -176,7 +183,7 @@ def read_runs(folder: Path, analysis: str | None = None) -> list[Run]:
         except (OSError, ValueError):
             horizon, horizon_error = None, horizon_error or f"analysis/{entry['name']}/summary.json unreadable"
         runs.append(Run(folder, config, config_error, result, result_error, horizon, horizon_error,
-                        analysis_name=entry["name"], summary=summary))
+                        analysis_name=entry["name"], summary=summary, registration=registration))
     return runs
 
 

@@ -23,12 +23,13 @@ from typing import Any
 from .runs import Run
 
 HORIZON_RULE = (
-    "For each run, the QKᵀ and AVWₒ horizons are those of the run's pre-registered primary metric "
-    "(analysis.primary: metric, layer, head and direction fixed in the config before any data existed), "
-    "evaluated on QKᵀ and on AVWₒ at the same layer and head and read in the primary's declared direction: "
-    "the predictive horizon (furthest lookback j ≥ 1 with AUROC beyond the threshold) and the confident "
-    "horizon (largest J with the 95% CI beyond the threshold at every j in 1..J). No other metric, layer "
-    "or head is searched, so neither target is picked after looking."
+    "For each analysis, the QKᵀ and AVWₒ horizons are those of the run's primary metric (analysis.primary: metric, "
+    "layer, head), evaluated on QKᵀ and on AVWₒ at the same layer and head: QKᵀ read in the primary's direction, AVWₒ "
+    "in the direction of the registered secondary hypothesis (analysis.avwo_direction, fixed when the run was created; "
+    "an unregistered run's own declaration, labelled). The predictive horizon is the furthest lookback j ≥ 1 with AUROC "
+    "beyond the threshold, also given as a share of r; the confident horizon the largest J with the 95% CI beyond the "
+    "threshold at every j in 1..J. No other metric, layer or head is searched, so neither target is picked after "
+    "looking. Every point carries its violation count; a stratum with too few events is marked insufficient, not dropped."
 )
 TARGETS = ("qkt", "avwo")
 TARGET_NAMES = {"qkt": "QKᵀ", "avwo": "AVWₒ"}
@@ -113,10 +114,16 @@ def gate(run: Run) -> dict[str, Any] | None:
     if run.result is None:
         return None
     training = run.result["training"]
+    rule_threshold = run.config.gate.rule_threshold if run.config else None
+    edge_ok = (training["final_edge_compliance"] is not None and run.config is not None
+               and training["final_edge_compliance"] > run.config.gate.edge_threshold)
+    by_r = {}
+    for r, values in (compliance(run) or {}).get("by_r", {}).items():  # each r judged on its own rules
+        by_r[r] = None if values["worst"] is None or rule_threshold is None else bool(edge_ok and values["worst"] > rule_threshold)
     return {
         "finished": run.finished, "passed": training["gate_passed"], "epoch": training["gate_epoch"],
         "epochs_trained": training["epochs_trained"], "max_epochs": run.config.training.max_epochs if run.config else None,
-        "failure_reason": training["failure_reason"],
+        "failure_reason": training["failure_reason"], "passed_by_r": by_r,
     }
 
 
@@ -157,8 +164,11 @@ def primary(run: Run) -> dict[str, Any] | None:
 
 
 def _horizon_of(horizon: dict[str, Any], key: str, r: str, direction: str) -> dict[str, Any]:
-    """One target's horizons at r, read in ``direction``; ``status`` says when there are none."""
-    empty = {"key": key, "horizon": None, "confident_horizon": None, "best_j": None, "auroc": [], "ci_low": [], "ci_high": []}
+    """One target's horizons at r, read in ``direction``, with the class counts and the horizons as
+    a share of r; ``status`` says when there are none ("insufficient": too few events, counts kept)."""
+    empty = {"key": key, "direction": direction, "horizon": None, "confident_horizon": None, "horizon_over_r": None,
+             "confident_over_r": None, "best_j": None, "n_violations": None, "n_successes": None,
+             "auroc": [], "ci_low": [], "ci_high": []}
     if key in horizon["constant"]:
         return {**empty, "status": "constant (not tested)"}
     metric = horizon["primary"] if key == horizon["primary"]["key"] else horizon["metrics"].get(key)
@@ -166,11 +176,24 @@ def _horizon_of(horizon: dict[str, Any], key: str, r: str, direction: str) -> di
     if entry is None:
         return {**empty, "status": "missing from horizon.json"}
     suffix = "" if direction == "higher" else "_lower"
+    horizon_j, confident = entry[f"horizon{suffix}"], entry[f"confident_horizon{suffix}"]
     return {
-        "key": key, "status": entry["status"], "horizon": entry[f"horizon{suffix}"],
-        "confident_horizon": entry[f"confident_horizon{suffix}"], "best_j": entry["best_j"],
+        **empty, "status": entry["status"], "horizon": horizon_j, "confident_horizon": confident,
+        "horizon_over_r": None if horizon_j is None else round(horizon_j / int(r), 4),
+        "confident_over_r": None if confident is None else round(confident / int(r), 4),
+        "best_j": entry["best_j"], "n_violations": entry["n_violations"], "n_successes": entry["n_successes"],
         "auroc": entry["auroc"], "ci_low": entry["ci_low"], "ci_high": entry["ci_high"],
     }
+
+
+def secondary_direction(run: Run) -> tuple[str, str]:
+    """(direction, source) the AVWₒ horizon is read in: the run's registered secondary hypothesis,
+    else the analysis's own ``avwo_direction`` (labelled: not registered)."""
+    registered = run.registration
+    if registered is not None:
+        return registered["secondary"]["direction"], "registered"
+    settings = (run.summary or {}).get("settings", {}).get("analysis", {})
+    return settings.get("avwo_direction", "higher"), "declared in the analysis (no registration)"
 
 
 def horizons(run: Run) -> dict[str, dict[str, Any]] | None:
@@ -178,11 +201,14 @@ def horizons(run: Run) -> dict[str, dict[str, Any]] | None:
     if run.horizon is None:
         return None
     p = run.horizon["primary"]
+    avwo_direction, source = secondary_direction(run)
+    directions = {"qkt": p["direction"], "avwo": avwo_direction}
     out = {}
     for r in p["by_r"]:
         out[r] = {
             "r_over_w": _rw(int(r), run.config.model.context_window) if run.config else None,
-            **{target: _horizon_of(run.horizon, f"{target}.layer_{p['layer']}.head_{p['head']}.{p['metric']}", r, p["direction"])
+            "avwo_direction_source": source,
+            **{target: _horizon_of(run.horizon, f"{target}.layer_{p['layer']}.head_{p['head']}.{p['metric']}", r, directions[target])
                for target in TARGETS},
         }
     return out
