@@ -434,12 +434,16 @@ def _sensitivity(horizon: dict[str, Any], sibling: dict[str, Any] | None) -> lis
                 text, holds = "insufficient" if other is None else other["status"], "—"
             else:
                 j = other["best_j"]
-                p_here = entry["p_value"] if horizon["primary"]["registered"] else entry["p_adjusted"]
                 p_there = other["p_adjusted"]
                 text = f"{fmt_ci(other['auroc'][j], other['ci_low'][j], other['ci_high'][j])} at j = {j}, adjusted p {fmt_p(p_there)}"
-                same = (p_here is not None and p_there is not None and (p_here < alpha) == (p_there < alpha)
-                        and entry["direction"] == other["direction"])
-                holds = "yes" if same else "NO"
+                found_there = p_there is not None and p_there < alpha and other["direction"] == f"{horizon['primary']['direction']} before violations"
+                test = (horizon["confirmatory"] or {}).get(r)
+                if test is not None:  # the registered answer: is there an effect in the registered direction?
+                    found_here = test["verdict"] in ("confirmed", "inconclusive")
+                else:
+                    found_here = (entry["p_adjusted"] is not None and entry["p_adjusted"] < alpha
+                                  and entry["direction"] == f"{horizon['primary']['direction']} before violations")
+                holds = "yes" if found_here == found_there else "NO"
             rows.append({"r": r, "case": f"sampled continuations, temperature {sibling['temperature']:g} (analysis/{sibling['name']}, exploratory, "
                          f"{other['n_violations'] if other else 0} violations)", "primary": text, "verdict": "exploratory",
                          "all_events": base, "holds": holds})
