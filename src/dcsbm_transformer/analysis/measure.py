@@ -32,12 +32,15 @@ from ..reproducibility import torch_generator
 from .behaviour import PassBehaviour
 from .continuations import TARGETS, Labels, PassTargets, continue_with_targets, forward_targets, label_continuations
 from .events import AnalysisEvents
-from .metrics import METRICS, Spectrum, compute_metrics, spectrum
+from .metrics import METRICS, MetricContext, Spectrum, compute_metrics, spectrum
 
 # Which singular vectors the temporal metrics compare, and whether that side slides with the
 # window: QKᵀ's rows are query positions (shared positions are compared), AVWₒ's right side is
 # the d_model space, which does not move.
 TARGET_SIDE = {"qkt": ("left", True), "avwo": ("right", False)}
+# Which sides index the window's positions (they slide one position per pass; the embedding metrics map
+# them into embedding space through the window's token embeddings): QKᵀ queries and keys, AVWₒ's rows.
+TARGET_POSITIONS = {"qkt": {"left": True, "right": True}, "avwo": {"left": True, "right": False}}
 CONTEXT_WINDOWS = 2  # windows measured before the jumper entered (ending at s - 2 and s - 1)
 MAX_PENDING_PASSES = 2  # passes whose targets wait for the metrics worker (each holds a chunk's targets)
 
@@ -65,11 +68,26 @@ class Measurements:
     behaviour: dict[str, np.ndarray] = field(default_factory=dict)
 
 
-def events_per_chunk(model: TransformerLM, chunk_mb: float) -> int:
-    """How many events' targets of one pass (QKᵀ and AVWₒ of every layer and head, float32) fit in ``chunk_mb``."""
-    w = model.context_window
-    per_event = 4 * model.n_layers * model.n_heads * (w * w + w * model.d_model)
+def events_per_chunk(model: TransformerLM, chunk_mb: float, *, passes: int = 0, top_k: int = 0) -> int:
+    """How many events fit in ``chunk_mb``: one pass's targets (QKᵀ and AVWₒ of every layer and head, float32)
+    and, with ``passes`` and ``top_k``, the top-k singular vectors of both sides kept at every pass until
+    the chunk's tokens are known (the embedding metrics need them; float32)."""
+    w, d = model.context_window, model.d_model
+    per_event = 4 * model.n_layers * model.n_heads * (w * w + w * d + passes * top_k * (3 * w + d))
     return max(1, int(chunk_mb * 2**20 // per_event))
+
+
+def _embedding_metrics() -> list[str]:
+    """The metrics that need the window's tokens: computed once the chunk's generated tokens are known."""
+    return [name for name, metric in METRICS.items()
+            if metric.kind == "context" and {"window_embeddings", "next_embedding"} & set(metric.needs)]
+
+
+def _window_context(embeddings: torch.Tensor, window: torch.Tensor, predicted: torch.Tensor) -> dict:
+    """The token-embedding fields of a MetricContext for windows [E, w] and predicted tokens [E], shaped
+    [E, 1, 1, ...] to broadcast over layers and heads."""
+    return {"embeddings": embeddings, "window_embeddings": embeddings[window][:, None, None],
+            "next_embedding": embeddings[predicted][:, None, None]}
 
 
 def measure(
@@ -101,7 +119,7 @@ def measure(
     behaviour: dict[str, np.ndarray] = {}
     members = torch.from_numpy(graph.block[None, :] == np.arange(graph.K)[:, None]).to(device)  # [K, n]
     generator = torch_generator(seed, stream, "sampling", device=device) if temperature > 0 else None
-    chunk_events = events_per_chunk(model, chunk_mb)
+    chunk_events = events_per_chunk(model, chunk_mb, passes=passes, top_k=top_k)
 
     threads = torch.get_num_threads()
     if device.type == "cpu":
@@ -161,19 +179,36 @@ def _measure_chunk(model, prompts, before, target_members, passes: int, top_k: i
     One worker computes pass k's spectra and metrics while the model runs pass k + 1 (the batched
     eigh barely uses a second core: 1.1-1.25x from 2 threads). A single worker keeps the passes
     in order, as the temporal metrics chain them; at most MAX_PENDING_PASSES wait for it, so
-    memory stays bounded."""
+    memory stays bounded.
+
+    The metrics' ``MetricContext``: the sides that are positions (``TARGET_POSITIONS``), pass 1's
+    spectrum (``subspace_drift``; none at the context windows, where drift is not measured) and the
+    token embeddings (``model.tok_emb``) of each window and of its predicted token. A generated
+    pass's tokens are known only when the continuation returns (``continue_with_targets`` hands the
+    worker the targets alone), so at every pass the top-k vectors of both sides are kept (float32,
+    with the values the guards read) and the embedding metrics of every pass are computed after the
+    continuation in one call per pass and target; the context windows' tokens are walk tokens, known
+    at once (their predicted token: the logits' argmax)."""
     device = prompts.device
+    w = prompts.shape[1]
     shape = (len(prompts), passes, model.n_layers, model.n_heads)
     values = {(t, m): torch.full(shape, float("nan"), device=device) for t in TARGETS for m in METRICS}
     previous: dict[str, Spectrum | None] = dict.fromkeys(TARGETS)
+    first: dict[str, Spectrum | None] = dict.fromkeys(TARGETS)  # pass 1's spectra: subspace_drift's reference
+    kept: dict[tuple[str, int], Spectrum] = {}  # (target, k) -> the vectors the embedding metrics need
+    embedding_metrics = _embedding_metrics()
+    pass_metrics = [name for name in METRICS if name not in embedding_metrics]
+    embeddings = model.tok_emb.weight.detach().float()  # [vocab, d_model]
     context: dict[tuple[str, str], torch.Tensor] = {}
     for c in range(CONTEXT_WINDOWS):  # windows ending at s - 2, then s - 1: walk tokens only, the jumper not yet seen
-        _, targets = forward_targets(model, before[:, c : c + prompts.shape[1]], autocast=generation["autocast"])
+        window = before[:, c : c + w]
+        logits, targets = forward_targets(model, window, autocast=generation["autocast"])
         for target in TARGETS:
             side, shifted = TARGET_SIDE[target]
             current = spectrum(targets[target], top_k=top_k, side=side)
             if c == CONTEXT_WINDOWS - 1:
-                for name, (metric_values, hits) in compute_metrics(current, previous[target], shifted=shifted).items():
+                about = MetricContext(positions=TARGET_POSITIONS[target], **_window_context(embeddings, window, logits.argmax(-1)))
+                for name, (metric_values, hits) in compute_metrics(current, previous[target], shifted=shifted, context=about).items():
                     context_guards[name] += hits.sum()
                     context[target, name] = metric_values
             previous[target] = current  # the window ending at s - 1 is pass 1's reference
@@ -183,10 +218,33 @@ def _measure_chunk(model, prompts, before, target_members, passes: int, top_k: i
         for target in TARGETS:
             side, shifted = TARGET_SIDE[target]
             current = spectrum(targets[target], top_k=top_k, side=side)  # all events, layers, heads at once
-            for name, (metric_values, hits) in compute_metrics(current, previous[target], shifted=shifted).items():
+            if k == 1:
+                first[target] = current
+            about = MetricContext(positions=TARGET_POSITIONS[target], first=first[target], since_first=k - 1)
+            for name, (metric_values, hits) in compute_metrics(
+                current, previous[target], shifted=shifted, context=about, names=pass_metrics
+            ).items():
                 guards[name] += (hits & exists).sum()
                 values[target, name][:, k - 1] = metric_values
             previous[target] = current
+            if embedding_metrics:
+                kept[target, k] = Spectrum(
+                    values=current.values[..., : top_k + 1], vectors=current.vectors.float(), side=side,
+                    other=current.other.float(), shape=current.shape,
+                )
+
+    def embedding_metrics_of_pass(k: int, tokens: torch.Tensor) -> None:
+        exists = (r >= k).view(-1, 1, 1)
+        window = torch.cat([prompts, tokens], dim=1)[:, k - 1 : k - 1 + w]  # pass k's input window
+        fields = _window_context(embeddings, window, tokens[:, k - 1])
+        for target in TARGETS:
+            about = MetricContext(positions=TARGET_POSITIONS[target], **fields)
+            shifted = TARGET_SIDE[target][1]
+            for name, (metric_values, hits) in compute_metrics(
+                kept.pop((target, k)), None, shifted=shifted, context=about, names=embedding_metrics
+            ).items():
+                guards[name] += (hits & exists).sum()
+                values[target, name][:, k - 1] = metric_values
 
     with ThreadPoolExecutor(max_workers=1) as worker:
         pending: deque = deque()
@@ -199,6 +257,9 @@ def _measure_chunk(model, prompts, before, target_members, passes: int, top_k: i
         tokens, probability = continue_with_targets(model, prompts, target_members, passes, submit, **generation)
         while pending:
             pending.popleft().result()  # re-raises a failure of the worker
+    if embedding_metrics:
+        for k in range(1, passes + 1):
+            embedding_metrics_of_pass(k, tokens)
     return (
         tokens.cpu().numpy(),
         probability.cpu().numpy(),
