@@ -8,6 +8,7 @@ import argparse
 import json
 import re
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -95,19 +96,19 @@ def write_run(root, config, *, result=None, reaches=None):
     return folder
 
 
-def settings_of(config, events: int = EVENTS) -> dict:
+def settings_of(config, events: int = EVENTS, include_failed: bool = False) -> dict:
     """An analysis's settings as analyze_run records them (the analysis block is the config's)."""
     block = config.analysis.model_dump(mode="json")
     block.pop("chunk_mb")
     block["events"] = events
     return {"events": events, "stream": block["stream"], "top_k": block["top_k"], "temperature": block["temperature"],
-            "precision": "fp32", "checkpoint": "checkpoint_gate.pt", "checkpoint_sha256": "0" * 64, "include_failed": False,
+            "precision": "fp32", "checkpoint": "checkpoint_gate.pt", "checkpoint_sha256": "0" * 64, "include_failed": include_failed,
             "metrics": {"stable_rank": 1}, "analysis": block}
 
 
-def write_analysis(folder, config, arrays, name: str, *, registered: bool = True, events: int = EVENTS):
+def write_analysis(folder, config, arrays, name: str, *, registered: bool = True, events: int = EVENTS, include_failed: bool = False):
     """analysis/<name>/ with its summary.json and horizon.json, listed in analysis/index.json."""
-    settings = settings_of(config, events)
+    settings = settings_of(config, events, include_failed)
     summary = {"experiment_id": config.experiment_id, "analysis_name": name, "exploratory": False, "exploratory_reason": None,
                "token_metrics_sha256": "0" * 64, "constant_metrics": [], "settings": settings}
     directory = folder / ANALYSIS_DIR / name
@@ -359,3 +360,31 @@ def test_gate_pass_rates_of_all_or_none_draw_their_wilson_interval():
     for k, n in ((3, 3), (0, 3), (1, 1), (24, 24)):
         low, high = wilson(k, n)
         assert low <= k / n + 1e-12 and high >= k / n - 1e-12 and 0 <= low and high <= 1
+
+
+def test_the_primary_row_shows_the_metric_at_every_layer(runs, written):
+    _, folders = runs
+    _, comparison, page, _ = written
+    by_layer = _entry(comparison, folders["analysed_a"])["primary"]["by_r"]["4"]["by_layer"]
+    assert set(by_layer) == {QKT, AVWO} and by_layer[QKT]["layer"] == 0 and by_layer[QKT]["auroc"] is not None
+    table = page.split('id="primary-table"')[1].split("</table>")[0]
+    assert "QKᵀ L0H0" in table and "AVWₒ L0H0" in table
+
+
+def test_a_gate_failed_run_analysed_anyway_is_a_labelled_negative_control_never_mixed(runs, tmp_path):
+    _, folders = runs
+    root = tmp_path / "results"
+    shutil.copytree(folders["analysed_c"], root / folders["analysed_c"].name)  # passed, r/w 1.0
+    control = make_config(1.5, 3)
+    folder = write_run(root, control, result=result_payload(control, passed=False, compliance=(0.9, 0.41)))
+    write_analysis(folder, control, token_metrics(control, 3, 1, 1), "control", registered=False, include_failed=True)
+    plain = make_config(1.5, 4)
+    write_run(root, plain, result=result_payload(plain, passed=False, compliance=(0.9, 0.41)))  # failed, not analysed
+    page = report([root], [], tmp_path / "out", echo=lambda _: None)
+    comparison = json.loads((page.parent / "comparison.json").read_text())
+    entries = {Path(e["folder"]).name: e for e in comparison["runs"]}
+    negative, passed, excluded = entries[folder.name], entries[folders["analysed_c"].name], entries[plain.experiment_id]
+    assert negative["in_horizon_figures"] and negative["series"].endswith("[gate failed: negative control]")
+    assert passed["in_horizon_figures"] and "negative control" not in passed["series"]
+    assert not excluded["in_horizon_figures"]
+    assert "gate failed: negative control" in page.read_text()

@@ -325,3 +325,21 @@ def test_dcsbm_run_adds_a_sampled_second_estimate_and_the_report_says_whether_th
     edge = read_horizon(directory)["sensitivity"]["edge_clean"]
     assert edge["events_with_an_invalid_edge"] == int(((load_run(copy).analysis(directory.name).events["first_bad_edge_pass"] > 0)).sum())
     assert "edge-clean events only" in page
+
+
+def test_a_gate_failed_run_is_analysed_as_a_negative_control_when_asked(tmp_path):
+    from dcsbm_transformer.sweep.status import assess
+
+    config = tiny_config(gate={"edge_threshold": 1.0, "rule_threshold": 1.0}, training={"max_epochs": 1},
+                         analysis={**ANALYSIS, "include_failed": True})
+    options = RunOptions(results_root=tmp_path / "results", cache_root=tmp_path / "cache")
+    outcome = run_pipeline(config, options, echo=quiet)
+    assert not outcome.result["training"]["gate_passed"] and outcome.analysis is not None
+    assert outcome.analysis["exploratory"] and outcome.analysis["settings"]["include_failed"]
+    horizon = read_horizon(outcome.run_dir / ANALYSIS_DIR / outcome.analysis["analysis_name"])
+    assert horizon["exploratory"] and horizon["confirmatory"] is None
+    assert "the run's gate did not pass" in horizon["registration"]["reasons"]
+    done = assess(config, options.results_root)
+    assert done.state == "done" and "negative control" in done.detail
+    refused = tiny_config(gate={"edge_threshold": 1.0, "rule_threshold": 1.0}, training={"max_epochs": 1}, analysis=ANALYSIS)
+    assert run_pipeline(refused, options, echo=quiet).analysis is None  # without the key: excluded, as the spec says

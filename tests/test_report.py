@@ -153,7 +153,7 @@ def test_report_is_one_self_contained_page(run, written):
     page = written.read_text()
     assert 'src="http' not in page and "<link" not in page and "<script" not in page
     sources = re.findall(r'<img[^>]*\ssrc="([^"]*)"', page)
-    assert len(sources) == len(list((run / "figures").glob("*.png"))) == 5
+    assert len(sources) == len(list((run / "figures").glob("*.png"))) == 6
     assert all(src.startswith("data:image/png;base64,") for src in sources)
     assert 'id="exploratory-banner"' not in page  # the gate passed
 
@@ -226,7 +226,7 @@ def test_exploratory_banner_only_for_an_exploratory_run(run, tmp_path):
 def test_figures_are_valid_pngs(run, written):
     folder = run / "figures"
     names = {p.stem for p in folder.glob("*.png")}
-    assert names == {"primary", "auroc_small_multiples_r3", "auroc_small_multiples_r6", "event_aligned", "overview"}
+    assert names == {"primary", "primary_by_layer", "auroc_small_multiples_r3", "auroc_small_multiples_r6", "event_aligned", "overview"}
     import matplotlib.image
 
     for path in folder.glob("*.png"):
@@ -240,7 +240,7 @@ def test_one_r_and_no_arrays(run, tmp_path):
     horizon = read_horizon(run)
     horizon["r_values"] = [6]
     drawn = draw_figures(tmp_path, horizon, None, top_n=2)
-    assert set(drawn) == {"primary", "auroc_small_multiples", "overview"}
+    assert set(drawn) == {"primary", "primary_by_layer", "auroc_small_multiples", "overview"}
     assert all(path.read_bytes()[:8] == PNG_MAGIC for path in drawn.values())
 
 
@@ -252,3 +252,26 @@ def test_missing_inputs_are_named(run, tmp_path):
     with pytest.raises(FileNotFoundError, match="config.json"):
         report_context(tmp_path)
 
+
+
+def test_a_multi_layer_run_shows_the_primary_metric_at_every_layer(tmp_path):
+    """Per-layer answers: the primary's metric at each layer, and where the strongest arrays sit."""
+    from dcsbm_transformer.analysis.report import layer_rows
+
+    config = config_from_dict({**RAW_CONFIG, "model": {**RAW_CONFIG["model"], "n_layers": 2}})
+    arrays = synthetic_arrays()
+    deeper = PRIMARY.replace("layer_0", "layer_1")  # the registered layer (-1 = the last)
+    arrays[deeper] = arrays[PRIMARY].copy()
+    arrays[f"context.{deeper}"] = arrays[f"context.{PRIMARY}"]
+    arrays[PRIMARY] = arrays[PLANTED].copy()  # the primary's metric separates at layer 0 only
+    arrays[PRIMARY.replace("qkt", "avwo")] = arrays[NOISE[0]].copy()
+    summary = {"experiment_id": config.experiment_id, "exploratory": False, "exploratory_reason": None,
+               "token_metrics_sha256": "0" * 64, "constant_metrics": [CONSTANT]}
+    horizon = compute_horizon(arrays, config, summary, check=RegistrationCheck(True, [], registration_payload(config)))
+    rows = {(row["target"], row["layer"]): row for row in layer_rows(horizon, 6)}
+    assert set(rows) == {("QKᵀ", 0), ("QKᵀ", 1), ("AVWₒ", 0)}
+    assert rows[("QKᵀ", 1)]["role"] == "primary" and rows[("QKᵀ", 0)]["role"] == ""
+    assert rows[("QKᵀ", 0)]["significant"] and rows[("QKᵀ", 0)]["auroc"] < 0.25  # the planted signal, at layer 0
+    assert rows[("QKᵀ", 0)]["strongest_here"] >= 1
+    drawn = draw_figures(tmp_path, horizon, None)
+    assert drawn["primary_by_layer"].read_bytes()[:8] == PNG_MAGIC

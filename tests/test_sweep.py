@@ -210,7 +210,9 @@ def test_a_local_sweep_runs_every_point_and_writes_its_table(reference):
         record = json.loads((sweep_dir / "points" / f"{row['experiment_id']}.json").read_text())
         assert record["state"] == "done" and record["threads"] == max(1, len(os.sched_getaffinity(0)) // 2) and record["executor"] == "local"
     analyses = json.loads((root / "results" / rows[0]["experiment_id"] / "analysis" / "index.json").read_text())["analyses"]
-    assert len(analyses) == 1 and (root / "results" / rows[0]["experiment_id"] / "analysis" / analyses[0]["name"] / "horizon.json").is_file()
+    # the point's analysis, and the sampled second estimate dcsbm run adds (analysis.sensitivity_temperature)
+    assert [a["name"].split("-")[1] for a in analyses] == ["greedy", "t1"]
+    assert all((root / "results" / rows[0]["experiment_id"] / "analysis" / a["name"] / "horizon.json").is_file() for a in analyses)
     assert not (root / "results" / rows[1]["experiment_id"] / "analysis").exists()
     assert (sweep_dir / "sweep.json").read_text() == json.dumps(TWO_POINTS)
     tsv = (sweep_dir / "status.tsv").read_text().splitlines()

@@ -166,6 +166,12 @@ class AnalysisConfig(_Section):
         description="share of the analysis events (per jumper, seeded) held out for the registered test alone; "
         "everything else is computed on the rest. 0 = no held-out set (then no confirmatory verdict)",
     )
+    include_failed: bool = Field(
+        False,
+        description="dcsbm run (and a sweep's points) analyse a run whose gate did not pass anyway, labelled exploratory "
+        "everywhere: a negative control (for r > w the jumper is out of view at the deadline, so a metric that still "
+        "'predicts' violations there measures something other than rule knowledge)",
+    )
     sensitivity_temperature: StrictFloat = Field(
         1.0, ge=0.0,
         description="dcsbm run also analyses sampled continuations at this temperature (a second estimate on the same "

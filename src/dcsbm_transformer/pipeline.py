@@ -54,6 +54,12 @@ def run_pipeline(
         return PipelineOutcome(run_dir, result, None, "not asked (--no-analyze)")
     training = result["training"]
     if not training["gate_passed"]:
+        if config.analysis.include_failed:  # a negative control: analysed, exploratory everywhere, no mechanism
+            echo(f"{run_dir}: the gate did not pass ({training['failure_reason']}); analysed anyway as a negative control "
+                 "(analysis.include_failed), labelled exploratory")
+            summary = analyze_run(run_dir, analysis=config.analysis, include_failed=True, device=options.device,
+                                  precision=options.precision, echo=echo)
+            return PipelineOutcome(run_dir, result, summary, None)
         reason = f"the gate did not pass ({training['failure_reason']}): excluded from analysis"
         echo(f"{run_dir}: {reason}; `dcsbm analyze --include-failed {run_dir}` analyses it anyway, labelled exploratory")
         return PipelineOutcome(run_dir, result, None, reason)

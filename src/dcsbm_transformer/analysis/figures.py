@@ -160,6 +160,45 @@ def draw_primary(path: Path, horizon: dict[str, Any]) -> Path:
     return _save(figure, path)
 
 
+def layer_keys(horizon: dict[str, Any], target: str) -> list[str]:
+    """The primary's metric on ``target`` at every layer and head present in horizon.json, in layer order."""
+    metric = horizon["primary"]["metric"]
+    keys = [key for key, s in horizon["metrics"].items() if s["target"] == target and s["metric"] == metric]
+    return sorted(keys, key=lambda key: (horizon["metrics"][key]["layer"], horizon["metrics"][key]["head"]))
+
+
+def draw_primary_by_layer(path: Path, horizon: dict[str, Any]) -> Path:
+    """AUROC(j) of the primary's metric at every layer and head, QKᵀ and AVWₒ (columns) per r (rows):
+    which layer's metric separates, not only the registered one's."""
+    r_values, threshold = horizon["r_values"], _threshold(horizon)
+    targets = [t for t in TARGET_NAMES if layer_keys(horizon, t)]
+    figure = Figure(figsize=(5.6 * len(targets), 3.8 * len(r_values) + 0.6))
+    axes = figure.subplots(len(r_values), len(targets), squeeze=False)
+    for row, r in enumerate(r_values):
+        for col, target in enumerate(targets):
+            axis = axes[row, col]
+            _lookback_axis(axis, r)
+            _auroc_axis(axis, threshold)
+            axis.set_title(f"{TARGET_NAMES[target]}, r = {r}", fontsize=9)
+            drawn = 0
+            for colour, key in zip(COLOURS, layer_keys(horizon, target)):
+                s = horizon["metrics"][key]
+                entry = s["by_r"].get(str(r))
+                if _ok(entry):
+                    mark = "*" if entry["significant"] else ""
+                    _band(axis, entry, colour, f"layer {s['layer']}, head {s['head']}{mark}",
+                          linewidth=2.0 if key == horizon["primary"]["key"] else 1.0)
+                    drawn += 1
+            if drawn:
+                axis.legend(fontsize=7, loc="best", framealpha=0.85)
+            else:
+                axis.text(0.5, 0.5, "insufficient at every layer", transform=axis.transAxes, ha="center", fontsize=8)
+    _title(figure, f"{horizon['primary']['metric'].replace('_', ' ')} at every layer and head (95% CI bands; thick: the "
+                   f"primary's layer; * = significant after Holm)", horizon)
+    figure.tight_layout()
+    return _save(figure, path)
+
+
 def _panel_keys(horizon: dict[str, Any], r: int, target: str, layer: int, top_n: int) -> list[str]:
     """The strongest ``top_n`` tested metrics of one target and layer, in horizon.json's order."""
     keys = []
@@ -358,11 +397,12 @@ def draw_figures(analysis_dir: Path, horizon: dict[str, Any], arrays: Mapping[st
 
     ``arrays``: token_metrics.npz (a lazily loaded ``np.load`` archive is enough: only the labels,
     the plotted metrics and their ``context.`` values are read); None skips ``event_aligned``.
-    Names: ``primary``, ``auroc_small_multiples`` (one r) or ``auroc_small_multiples_r{r}``,
+    Names: ``primary``, ``primary_by_layer``, ``auroc_small_multiples`` (one r) or ``auroc_small_multiples_r{r}``,
     ``event_aligned``, ``overview``.
     """
     folder = Path(analysis_dir) / FIGURES_DIR
-    drawn = {"primary": draw_primary(folder / "primary.png", horizon)}
+    drawn = {"primary": draw_primary(folder / "primary.png", horizon),
+             "primary_by_layer": draw_primary_by_layer(folder / "primary_by_layer.png", horizon)}
     r_values = horizon["r_values"]
     for r in r_values:
         name = "auroc_small_multiples" if len(r_values) == 1 else f"auroc_small_multiples_r{r}"
@@ -373,4 +413,4 @@ def draw_figures(analysis_dir: Path, horizon: dict[str, Any], arrays: Mapping[st
     return drawn
 
 
-__all__ = ["FIGURES_DIR", "draw_figures", "event_aligned_keys", "metric_label", "overview_table"]
+__all__ = ["FIGURES_DIR", "draw_figures", "event_aligned_keys", "layer_keys", "metric_label", "overview_table"]

@@ -25,7 +25,7 @@ import numpy as np
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
 from ..storage import atomic_write_bytes
-from .figures import draw_figures, metric_label
+from .figures import draw_figures, layer_keys, metric_label
 from .files import HORIZON_FILE, SUMMARY_FILE, TOKEN_METRICS_FILE, read_horizon, read_index
 from .horizon import TARGET_NAMES
 
@@ -57,6 +57,12 @@ FIGURE_TEXT = {
         "and in violation rate, and pooled means would show which rule is active as if it were a warning); the "
         "diamond at the left is the window that ended just before the jumper entered the context (context-only "
         "baseline): a gap already there is signal in the input, not a warning produced by the rule.",
+    ),
+    "primary_by_layer": (
+        "The primary's metric at every layer",
+        "AUROC(j) of the primary's metric on QKᵀ and AVWₒ at every layer and head, with 95% CI bands (thick: the "
+        "registered layer). Which layer's metric separates violations from successes, and how far ahead; exploratory "
+        "except for the registered layer's one-sided test.",
     ),
     "overview": (
         "Overview",
@@ -251,6 +257,22 @@ def _shuffled(horizon: dict[str, Any], r: int) -> dict[str, Any]:
     }
 
 
+def layer_rows(horizon: dict[str, Any], r: int, top: int = TOP_ROWS) -> list[dict[str, Any]]:
+    """Per target, layer and head: the primary's metric there (metric_row) and how many of the
+    ``top`` strongest exploratory arrays sit at that layer and head."""
+    strongest = [horizon["metrics"][k] for k in horizon["top"].get(str(r), [])[:top]]
+    rows = []
+    for target in TARGET_NAMES:
+        for key in layer_keys(horizon, target):
+            stats = horizon["metrics"][key]
+            row = metric_row(key, stats if key != horizon["primary"]["key"] else {**stats, "by_r": horizon["primary"]["by_r"]}, r,
+                             role="primary" if key == horizon["primary"]["key"] else "")
+            row["strongest_here"] = sum(s["layer"] == stats["layer"] and s["head"] == stats["head"] and s["target"] == target
+                                        for s in strongest)
+            rows.append(row)
+    return rows
+
+
 def stratum(horizon: dict[str, Any], r: int, top: int = TOP_ROWS) -> dict[str, Any]:
     """Everything the report shows for one r stratum."""
     primary_key = horizon["primary"]["key"]
@@ -260,7 +282,7 @@ def stratum(horizon: dict[str, Any], r: int, top: int = TOP_ROWS) -> dict[str, A
     return {
         "r": r, "violations": counts["violations"], "successes": counts["successes"], "primary": primary, "rows": rows,
         "tested": len(horizon["metrics"]), "behavioural": _behavioural(horizon, r), "shuffled": _shuffled(horizon, r),
-        "baselines": baseline_rows(horizon, r),
+        "baselines": baseline_rows(horizon, r), "layers": layer_rows(horizon, r, top),
         "versus": versus_logits(horizon, r),
     }
 

@@ -125,6 +125,7 @@ def analyze_run(
         run = load_run(path)
     training = run.result["training"]
     gate_failed = not training["gate_passed"]
+    include_failed = include_failed or (analysis is not None and analysis.include_failed)
     if gate_failed and not include_failed:
         raise AnalysisRefused(
             f"{run.directory}: its gate did not pass, so it is excluded from analysis ({training['failure_reason']}); "

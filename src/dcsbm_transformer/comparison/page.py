@@ -11,7 +11,7 @@ from typing import Any
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
 from .figures import COMPLIANCE_INTERVAL, GATE_INTERVAL
-from .tables import LISTING_COLUMNS, TARGETS, listing_rows
+from .tables import LISTING_COLUMNS, TARGET_NAMES, TARGETS, listing_rows
 
 TEMPLATES_DIR = Path(__file__).parent / "templates"
 TEMPLATE = "comparison.html.j2"
@@ -86,6 +86,11 @@ def _primary_rows(entry: dict[str, Any]) -> list[dict[str, Any]]:
             "auroc": f"{_f(v['auroc'])} [{_f(v['ci_low'])}, {_f(v['ci_high'])}]" if ok else v["status"],
             "p": _f(v["p_value"], 4) if ok else "–",
             "verdict": v["verdict"] if v["held_out_p"] is None else f"{v['verdict']} (held-out p = {v['held_out_p']:.4g})",
+            "by_layer": "; ".join(
+                f"{TARGET_NAMES[x['target']]} L{x['layer']}H{x['head']} "
+                + (f"{_f(x['auroc'])} (j={x['best_j']}){'*' if x['significant'] else ''}" if x["status"] == "ok" else x["status"])
+                for x in v["by_layer"].values()
+            ) or "–",
         })
     return rows
 
@@ -111,7 +116,8 @@ def _horizon_rows(entry: dict[str, Any]) -> list[dict[str, Any]]:
         if both and confident:
             difference += f" ({q['confident_horizon'] - a['confident_horizon']:+d})"
         rows.append({
-            "run": _run_name(entry), "metric": f"{p['metric']} (layer {p['layer']}, head {p['head']}, {p['direction']})",
+            "run": _run_name(entry), "series": entry["series"],
+            "metric": f"{p['metric']} (layer {p['layer']}, head {p['head']}, {p['direction']})",
             "r": r, "rw": f"{v['r_over_w']:g}", "qkt": _horizon_text(q), "avwo": _horizon_text(a), "difference": difference,
         })
     return rows

@@ -68,13 +68,24 @@ def differing_keys(runs: list[Run]) -> list[str]:
     return [key for key in keys if differs(key)]
 
 
+NEGATIVE_CONTROL = "gate failed: negative control"
+
+
+def negative_control(run: Run) -> bool:
+    """A run whose gate did not pass, analysed anyway (analysis.include_failed / --include-failed):
+    where the rule cannot be known (r > w), a metric that still separates measures something else."""
+    return (run.state == "failed" and run.horizon is not None and run.summary is not None
+            and bool(run.summary["settings"].get("include_failed")))
+
+
 def series_label(run: Run, keys: list[str]) -> str:
     """The values of the differing keys other than seed and jump scales: runs that share them form
-    one series in the figures (their seeds are replicates, their r/w the x axis)."""
-    shown = [key for key in keys if key not in AXIS_KEYS]
-    if not shown or run.config is None:
-        return "all runs"
-    return ", ".join(f"{key}={json.dumps(run.flat_config.get(key))}" for key in shown)
+    one series in the figures (their seeds are replicates, their r/w the x axis). Negative controls
+    (gate failed, analysed anyway) form series of their own, labelled so."""
+    shown = [key for key in keys if key not in AXIS_KEYS and key != "analysis.include_failed"]
+    label = "all runs" if not shown or run.config is None else ", ".join(
+        f"{key}={json.dumps(run.flat_config.get(key))}" for key in shown)
+    return f"{label} [{NEGATIVE_CONTROL}]" if negative_control(run) else label
 
 
 # ---- compliance --------------------------------------------------------------------------------------
@@ -149,6 +160,7 @@ def primary(run: Run) -> dict[str, Any] | None:
         value = (entry["p_value"] if p["registered"] else entry["p_adjusted"]) if entry["status"] == "ok" else None
         test = confirmatory.get(r)
         by_r[r] = {
+            "by_layer": _by_layer(run.horizon, r),
             "status": entry["status"], "n_violations": entry["n_violations"], "n_successes": entry["n_successes"],
             "best_j": j, "auroc": _at(entry["auroc"], j), "ci_low": _at(entry["ci_low"], j), "ci_high": _at(entry["ci_high"], j),
             "ci_kind": "pointwise, at a lookback chosen after looking", "p_value": value,
@@ -161,6 +173,23 @@ def primary(run: Run) -> dict[str, Any] | None:
         "headline": run.horizon["headline"], "alpha": alpha,
         "threshold": run.horizon["settings"]["horizon_threshold"], "by_r": by_r,
     }
+
+
+def _by_layer(horizon: dict[str, Any], r: str) -> dict[str, dict[str, Any]]:
+    """The primary's metric at every target, layer and head at r: best lookback, AUROC there (pointwise),
+    significance after Holm (the registered key: its own test) — which layer separates."""
+    metric = horizon["primary"]["metric"]
+    out = {}
+    for key, stats in sorted(horizon["metrics"].items(), key=lambda item: (item[1]["target"], item[1]["layer"], item[1]["head"])):
+        if stats["metric"] != metric:
+            continue
+        entry = (horizon["primary"] if key == horizon["primary"]["key"] else stats)["by_r"].get(r)
+        if entry is None:
+            continue
+        j = entry["best_j"] if entry["status"] == "ok" else None
+        out[key] = {"target": stats["target"], "layer": stats["layer"], "head": stats["head"], "status": entry["status"],
+                    "best_j": j, "auroc": _at(entry["auroc"], j), "significant": entry["significant"]}
+    return out
 
 
 def _horizon_of(horizon: dict[str, Any], key: str, r: str, direction: str) -> dict[str, Any]:
@@ -226,6 +255,8 @@ def exclusion(run: Run) -> tuple[str | None, str | None]:
     if run.state in ("unreadable", "unfinished"):
         return run.status, run.status
     if run.state == "failed":
+        if negative_control(run):
+            return None, None  # its own labelled series (series_label), never mixed with passed runs
         return None, f"excluded from analysis: {run.status}"
     if run.horizon is None:
         return None, f"gate passed, {run.horizon_error or 'not analysed (no analysis/horizon.json)'}"

@@ -27,7 +27,7 @@ from ..analysis.files import ANALYSIS_DIR, default_name, finished_summary, read_
 from ..config import ExperimentConfig
 from ..experiment import CHECKPOINT_DIR
 from ..storage import atomic_write_bytes, atomic_write_json
-from ..training.checkpoint import GATE_CHECKPOINT
+from ..training.checkpoint import GATE_CHECKPOINT, newest_loadable
 from ..training.results import read_result
 from .plan import Point, SweepPlan, render
 
@@ -64,16 +64,22 @@ def analysis_finished(run_dir: Path, config: ExperimentConfig, precision: str) -
     from ..analysis.run import analysis_settings
     from ..registration import read_registration, registration_check
 
-    gate = run_dir / CHECKPOINT_DIR / GATE_CHECKPOINT
-    if not gate.is_file():
+    result = read_result(run_dir)
+    passed = bool(result and result["training"]["gate_passed"])
+    if passed:
+        checkpoint = run_dir / CHECKPOINT_DIR / GATE_CHECKPOINT
+    else:  # a negative control (analysis.include_failed): the newest checkpoint, as load_run takes it
+        newest = newest_loadable(run_dir / CHECKPOINT_DIR, config.config_hash)
+        checkpoint = newest.path if newest is not None else run_dir / CHECKPOINT_DIR / GATE_CHECKPOINT
+    if not checkpoint.is_file():
         return False
     try:
-        settings = analysis_settings(config.analysis, gate, precision=precision, include_failed=False)
+        settings = analysis_settings(config.analysis, checkpoint, precision=precision, include_failed=not passed)
         directory = run_dir / ANALYSIS_DIR / default_name(settings)
         summary = finished_summary(directory, settings)
         if summary is None:
             return False
-        check = registration_check(read_registration(run_dir), config, gate_passed=True)
+        check = registration_check(read_registration(run_dir), config, gate_passed=passed)
     except (OSError, ValueError, KeyError, TypeError):
         return False
     return horizon_is_current(read_horizon(directory), config, summary, check)
@@ -99,7 +105,10 @@ def assess(config: ExperimentConfig, results_root: Path, precision: str = "fp32"
             return Assessment("done", f"gate passed at epoch {training['gate_epoch']}, analysed", result)
         return Assessment("partial", f"gate passed at epoch {training['gate_epoch']}, analysis to do", result)
     if training["epochs_trained"] >= max_epochs:
-        return Assessment("done", f"gate not passed in {max_epochs} epochs (excluded from analysis)", result)
+        if analyze and config.analysis.include_failed and not analysis_finished(run_dir, config, precision):
+            return Assessment("partial", f"gate not passed in {max_epochs} epochs, negative-control analysis to do", result)
+        control = ", analysed as a negative control" if analyze and config.analysis.include_failed else " (excluded from analysis)"
+        return Assessment("done", f"gate not passed in {max_epochs} epochs{control}", result)
     return Assessment("failed", training["failure_reason"] or "training stopped without passing the gate", result)
 
 
