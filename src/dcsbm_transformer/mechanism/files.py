@@ -35,7 +35,7 @@ class Proportion(_Strict):
 
 class RuleProportion(Proportion):
     rule: int
-    drop: Number = None  # intact share minus this share (None for the intact model itself)
+    drop: Number = None  # intact share minus this share (None for the intact model and for patch)
 
 
 class ConditionResult(_Strict):

@@ -253,7 +253,7 @@ def _condition_row(condition: Condition, graph: Graph, events: MechanismEvents, 
     and the mean attention from the last position to the jumper over passes 2..min(r, w) (``r`` [E]:
     the scored event's r; passes past it are not the event's)."""
     rules = _rule_rows(graph, events.jumper, scored.obeyed)
-    if intact is not None:
+    if intact is not None and condition.kind != "patch":  # patched events obey another rule: no like-for-like drop
         base = _rule_rows(graph, events.jumper, intact.obeyed)
         for row, reference in zip(rules, base):
             row["drop"] = None if row["share"] is None else reference["share"] - row["share"]
