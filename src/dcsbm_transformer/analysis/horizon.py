@@ -74,6 +74,7 @@ def baseline_identity(key: str) -> dict[str, Any]:
     return {"target": "logits", "layer": -1, "head": -1, "metric": key}
 
 
+EDGE_CLEAN = "primary#edge-clean"  # the primary on edge-clean events: a family member, never a metric row
 INCREMENTAL_TOP = 10  # Holm survivors per r tested for incremental value (12 logistic fits each), strongest first
 
 
@@ -337,6 +338,9 @@ def compute_horizon(arrays: dict[str, np.ndarray], config: ExperimentConfig, sum
     family[BEHAVIOURAL] = arrays[BEHAVIOURAL]
     baselines = baseline_arrays(arrays)
     family.update(baselines)
+    if "first_bad_edge_pass" in arrays:  # the sensitivity to earlier mistakes, on the same shuffles
+        family[EDGE_CLEAN] = edge_clean_view(metrics[primary], arrays["first_bad_edge_pass"], r)
+        alternatives[EDGE_CLEAN] = alternatives.get(primary, "two-sided")
     exploratory = [key for key in tested if key != primary or not registered]
     if not registered and primary not in exploratory:
         exploratory.append(primary)
@@ -405,10 +409,10 @@ def compute_horizon(arrays: dict[str, np.ndarray], config: ExperimentConfig, sum
     baseline_stats = {key: {**baseline_identity(key), "by_r": statistics_of(key, observed)} for key in baselines}
     top = {str(rv): _top_of(metric_stats, primary, rv) for rv in present}
     counts = {str(rv): {"violations": int(y[r == rv].sum()), "successes": int((~y[r == rv]).sum())} for rv in present}
-    confirmatory = (
-        _confirmatory(everything, held, primary, declared, results, config) if registered and held.any() else None
+    confirmatory, edge_verdicts = (
+        _confirmatory(everything, held, primary, declared, results, config) if registered and held.any() else (None, None)
     )
-    sensitivity = _edge_clean_sensitivity(everything, held, primary, declared, registered, results, confirmatory, config)
+    sensitivity = _edge_clean_sensitivity(everything, primary, registered, results, confirmatory, edge_verdicts, config)
     exploratory_reason = summary["exploratory_reason"] or ("; ".join(check.reasons) if not registered else None)
     payload = {
         "experiment_id": summary["experiment_id"],
@@ -466,27 +470,18 @@ def edge_clean_view(values: np.ndarray, first_bad_edge_pass: np.ndarray, r: np.n
     return x
 
 
-def _edge_clean_sensitivity(everything: dict[str, np.ndarray], held: np.ndarray, primary: str, declared: str, registered: bool,
-                            results: dict, confirmatory: dict | None, config: ExperimentConfig) -> dict[str, Any] | None:
+def _edge_clean_sensitivity(everything: dict[str, np.ndarray], primary: str, registered: bool, results: dict,
+                            confirmatory: dict | None, edge_verdicts: dict[str, str] | None,
+                            config: ExperimentConfig) -> dict[str, Any] | None:
     """The primary again on edge-clean events only (after an invalid edge the window already holds a
-    mistake the model made): its exploratory separation and, in the registered analysis, the registered
-    verdict; ``holds`` says whether the answer is the same. None without ``first_bad_edge_pass``."""
-    if "first_bad_edge_pass" not in everything:
+    mistake the model made): its exploratory separation (``EDGE_CLEAN`` in the main family) and, in
+    the registered analysis, the registered verdict there; ``holds`` says whether the answer is the
+    same. None without ``first_bad_edge_pass``."""
+    if EDGE_CLEAN not in results:
         return None
     a = config.analysis
-    bad = np.asarray(everything["first_bad_edge_pass"])
-    clean = dict(everything)
-    clean[primary] = edge_clean_view(everything[primary], bad, everything["event_r"])
-    part = _events_subset(clean, ~held)
-    alternative = ("greater" if declared == "higher" else "less") if registered else "two-sided"
-    separated = separation_family(
-        {primary: part[primary]}, part["violated"], part["event_jumper"], part["event_r"], permutations=a.permutations,
-        rng=numpy_rng(config.seed, a.stream, "edge-clean"), min_events=a.min_events, threshold=a.horizon_threshold,
-        alternatives={primary: alternative},
-    )[primary]
-    exploratory = {}
-    holds = []
-    for rv, result in separated.items():
+    exploratory, holds = {}, []
+    for rv, result in results[EDGE_CLEAN].items():
         j = result.best_j
         exploratory[str(rv)] = {
             "status": result.status, "n_violations": result.n_violations, "n_successes": result.n_successes, "best_j": j,
@@ -496,28 +491,33 @@ def _edge_clean_sensitivity(everything: dict[str, np.ndarray], held: np.ndarray,
         before = results[primary].get(rv)
         if before is not None and before.p_value is not None and result.p_value is not None and not registered:
             holds.append((before.p_value < a.alpha) == (result.p_value < a.alpha) and before.direction == result.direction)
-    verdicts = None
-    if confirmatory is not None:
-        again = _confirmatory(clean, held, primary, declared, results, config)
-        verdicts = {rv: test["verdict"] for rv, test in again.items()}
-        holds = [verdicts.get(rv) == test["verdict"] for rv, test in confirmatory.items()]
+    if confirmatory is not None and edge_verdicts is not None:
+        holds = [edge_verdicts.get(rv) == test["verdict"] for rv, test in confirmatory.items()]
+    bad = np.asarray(everything["first_bad_edge_pass"])
     dropped = int(((bad >= 1) & (bad <= np.asarray(everything["event_r"]))).sum())
-    return {"edge_clean": {"events_with_an_invalid_edge": dropped, "exploratory": exploratory, "confirmatory_verdicts": verdicts,
+    return {"edge_clean": {"events_with_an_invalid_edge": dropped, "exploratory": exploratory, "confirmatory_verdicts": edge_verdicts,
                            "holds": None if not holds else bool(all(holds))}}
 
 
 def _confirmatory(arrays: dict[str, np.ndarray], held: np.ndarray, primary: str, declared: str,
-                  exploratory_results: dict[str, dict[int, SeparationResult]], config: ExperimentConfig) -> dict[str, Any]:
-    """The registered test on the held-out events: ``{r: ConfirmatoryTest}``."""
+                  exploratory_results: dict[str, dict[int, SeparationResult]], config: ExperimentConfig
+                  ) -> tuple[dict[str, Any], dict[str, str] | None]:
+    """The registered test on the held-out events: ``({r: ConfirmatoryTest}, {r: edge-clean verdict} or None)``.
+
+    The edge-clean variant of the primary (``EDGE_CLEAN``) is tested on the same shuffles, in one family."""
     a = config.analysis
     part = _events_subset(arrays, held)
     y, g, r = np.asarray(part["violated"], dtype=bool), np.asarray(part["event_jumper"]), np.asarray(part["event_r"], dtype=np.int64)
+    one_sided = "greater" if declared == "higher" else "less"
+    family = {primary: part[primary], BEHAVIOURAL: part[BEHAVIOURAL]}
+    if "first_bad_edge_pass" in part:
+        family[EDGE_CLEAN] = edge_clean_view(part[primary], part["first_bad_edge_pass"], r)
     results = separation_family(
-        {primary: part[primary], BEHAVIOURAL: part[BEHAVIOURAL]}, y, g, r, permutations=a.permutations,
-        rng=numpy_rng(config.seed, a.stream, "confirmatory"), min_events=a.min_events, threshold=a.horizon_threshold,
-        alternatives={primary: "greater" if declared == "higher" else "less", BEHAVIOURAL: "less"},
+        family, y, g, r, permutations=a.permutations, rng=numpy_rng(config.seed, a.stream, "confirmatory"),
+        min_events=a.min_events, threshold=a.horizon_threshold,
+        alternatives={primary: one_sided, EDGE_CLEAN: one_sided, BEHAVIOURAL: "less"},
     )
-    out = {}
+    out, edge_verdicts = {}, ({} if EDGE_CLEAN in results else None)
     for rv, held_result in results[primary].items():
         m = stratum_mask(r, rv)
         chosen = exploratory_results[primary].get(rv)
@@ -540,7 +540,13 @@ def _confirmatory(arrays: dict[str, np.ndarray], held: np.ndarray, primary: str,
                 "chosen on the exploratory events")
             entry["incremental"]["p_adjusted"] = entry["incremental"]["p_value"]
         out[str(rv)] = entry
-    return out
+        if edge_verdicts is not None:
+            clean = np.asarray(family[EDGE_CLEAN], dtype=np.float64)[m, :rv]
+            edge_verdicts[str(rv)] = confirmatory_entry(
+                results[EDGE_CLEAN][rv], chosen_j, direction=declared, x_held=clean, baselines={BEHAVIOURAL: (b, logits_sign)},
+                y=y[m], g=g[m], alpha=a.alpha, min_effect=a.min_effect_auroc,
+            )["verdict"]
+    return out, edge_verdicts
 
 
 def horizon_is_current(horizon: dict[str, Any] | None, config: ExperimentConfig, summary: dict[str, Any],
