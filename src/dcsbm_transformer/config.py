@@ -11,6 +11,7 @@ that names the results folder.
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
 import math
@@ -262,11 +263,29 @@ def _pydantic_problems(error: ValidationError) -> list[str]:
         field = ".".join(str(part) for part in item["loc"]) or "(top level)"
         message = item["msg"]
         if item["type"] == "extra_forbidden":
-            message = "unknown key (not part of the config format)"
+            message = "unknown key (not part of the config format)" + _did_you_mean([str(part) for part in item["loc"]])
+        elif item["type"] in ("tuple_type", "list_type") and "input" in item:
+            # JSON has no tuples: say what to write (a sweep axis of jump_scales lists lists)
+            message = f"expected a list, e.g. [{item['input']!r}], got {item['input']!r}"
         elif "input" in item and not isinstance(item["input"], dict):
             message = f"{message} (got {item['input']!r})"
         problems.append(f"{field}: {message}")
     return problems
+
+
+def _did_you_mean(parts: list[str]) -> str:
+    """``"; did you mean graph.jump_scales?"`` for an unknown dotted key (the closest real keys of
+    the same section, as ``difflib`` ranks them), or ``""`` when none is close."""
+    model: Any = ExperimentConfig
+    for part in parts[:-1]:
+        field = model.model_fields.get(part) if isinstance(model, type) and issubclass(model, BaseModel) else None
+        if field is None:
+            return ""
+        model = field.annotation
+    if not (isinstance(model, type) and issubclass(model, BaseModel)):
+        return ""
+    close = difflib.get_close_matches(parts[-1], list(model.model_fields), n=3, cutoff=0.6)
+    return f"; did you mean {' or '.join('.'.join([*parts[:-1], c]) for c in close)}?" if close else ""
 
 
 def _section_values(raw: Any, section: str) -> dict[str, Any]:
@@ -401,7 +420,7 @@ def with_assignments(config: ExperimentConfig, assignments: dict[str, Any], *, s
             node = node[part]
         else:
             if parts[-1] not in node:
-                problems.append(f"{key}: unknown key (not part of the config format)")
+                problems.append(f"{key}: unknown key (not part of the config format){_did_you_mean(parts)}")
                 continue
             node[parts[-1]] = value
     if problems:

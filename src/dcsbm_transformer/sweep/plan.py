@@ -40,7 +40,7 @@ import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, get_origin
 
 from pydantic import BaseModel
 
@@ -170,13 +170,25 @@ def set_dotted(raw: dict[str, Any], key: str, value: Any) -> None:
 # ---- reading ----------------------------------------------------------------------------------
 
 
-def load_sweep(path: str | Path) -> SweepPlan:
-    """Read, expand and validate a sweep file; raises FileNotFoundError or SweepError (every problem)."""
+def load_sweep(path: str | Path, overrides: dict[str, Any] | None = None) -> SweepPlan:
+    """Read, expand and validate a sweep file; raises FileNotFoundError or SweepError (every problem).
+
+    ``overrides`` (``dcsbm sweep --set KEY=VALUE``: dotted key → value) are fixed for every point,
+    as if added to the file's ``set`` (they win over it), before any point is validated; an axis
+    cannot be overridden. plan.json's ``base`` records them."""
     path = Path(path)
     try:
         raw, text = read_json_document(path, "sweep file", "configs/sweep-quick.json")
     except JsonSyntaxError as error:
         raise SweepError([error.problem], str(path)) from None
+    if overrides:
+        problems = [f"--set {problem}" for key in overrides if (problem := config_key_problem(key)) is not None]
+        axes = raw.get("axes") if isinstance(raw, dict) and isinstance(raw.get("axes"), dict) else {}
+        problems += [f"--set {key}: an axis of this sweep; a key is either fixed or varied" for key in overrides if key in axes]
+        if problems:
+            raise SweepError(problems, str(path))
+        if isinstance(raw, dict) and isinstance(raw.get("set", {}), dict):
+            raw = {**raw, "set": {**raw.get("set", {}), **overrides}}
     return sweep_from_dict(raw, source=path, text=text)
 
 
@@ -212,6 +224,24 @@ def _check_values(where: str, values: Any, problems: list[str]) -> bool:
             problems.append(f"{where}: {render(value)} is listed twice")
             return False
         seen.add(text)
+    return True
+
+
+def _list_axis_problem(key: str, values: list[Any], problems: list[str]) -> bool:
+    """True (a problem appended, with the fix) when ``key`` holds a list, such as graph.jump_scales,
+    and its axis lists bare values: each value of such an axis is itself a list."""
+    model: Any = ExperimentConfig
+    for part in key.split("."):
+        annotation = model.model_fields[part].annotation
+        model = annotation
+    if get_origin(annotation) not in (tuple, list) or all(isinstance(v, list) for v in values):
+        return False
+    one_each = json.dumps([v if isinstance(v, list) else [v] for v in values])
+    problems.append(
+        f"axes.{key}: each value of this axis is itself a list ({key} holds a list), got {render(values)}; "
+        f"for one point per value write {one_each}"
+        + (f", or [{json.dumps(values)}] for a single point with all of them" if len(values) > 1 else "")
+    )
     return True
 
 
@@ -260,7 +290,7 @@ def sweep_from_dict(raw: Any, source: Path | None = None, text: str | None = Non
             problems.append(f"axes: {problem}")
         elif key in fixed:
             problems.append(f"axes: {key!r} is also fixed in set; a key is either fixed or varied")
-        elif _check_values(f"axes.{key}", values, problems):
+        elif _check_values(f"axes.{key}", values, problems) and not _list_axis_problem(key, values, problems):
             axes[key] = values
 
     order_raw = raw.get("order", {})
