@@ -4,12 +4,14 @@
 in eval mode on the CPU; ``run.model(tokens, mode=ExtractionMode.SVD_TARGETS)`` exposes the
 attention internals. ``run.graph`` carries adjacency, blocks and jumper rules; ``run.data`` the
 run's own corpora (``run.eval_corpus``), from the data cache keyed by its data hash (rebuilt
-when absent) and checked against the run's graph. A run excluded from analysis (its gate did not
+when absent) and checked against the run's graph; the cache is found the same way from any
+working directory (``data.dataset.default_cache_root``). A run excluded from analysis (its gate did not
 pass) loads with a warning, and says so in ``run.excluded_from_analysis``.
 """
 
 from __future__ import annotations
 
+import os
 import warnings
 from dataclasses import dataclass
 from functools import cached_property
@@ -19,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from .config import ExperimentConfig, load_config
-from .data.dataset import DataIntegrityError, ExperimentData, load_or_build_data
+from .data.dataset import CACHE_ENV, LEGACY_CACHE, DataIntegrityError, ExperimentData, default_cache_root, has_cached_data, load_or_build_data
 from .data.graph import Graph
 from .data.walks import Corpus
 from .experiment import CHECKPOINT_DIR
@@ -37,7 +39,7 @@ class Run:
     graph: Graph
     model: TransformerLM
     checkpoint: Path  # the file the weights came from
-    cache_root: Path | None = None  # where run.data looks (default: $DCSBM_CACHE_DIR or ./.cache)
+    cache_root: Path | None = None  # where run.data looks (default: data.dataset.default_cache_root())
 
     @property
     def excluded_from_analysis(self) -> bool:
@@ -49,13 +51,24 @@ class Run:
         """The graph and corpora this run was trained and gated on, from the data cache (keyed by
         the config's data hash, checksummed; rebuilt identically when absent). Refused when the
         data's graph is not the run's own ``graph.npz``: walks of another config are never scored."""
-        data = load_or_build_data(self.config, self.cache_root)
+        data = load_or_build_data(self.config, self._data_root())
         if not _same_graph(data.graph, self.graph):
             raise DataIntegrityError(
                 f"the data made for {self.directory / 'config.json'} (data hash {self.config.data_hash[:10]}…) do not "
                 f"match {self.directory / 'graph.npz'}: the run folder's files come from different configs"
             )
         return data
+
+    def _data_root(self) -> Path | None:
+        """The cache to read: the one asked for, else the default, unless only the old default
+        beside the run's results root (``<project>/.cache``, where data went before the per-user
+        cache) holds these data: then that one, so a run made there is not regenerated."""
+        if self.cache_root is not None or os.environ.get(CACHE_ENV):
+            return self.cache_root
+        legacy = self.directory.absolute().parent.parent / LEGACY_CACHE
+        if not has_cached_data(self.config, default_cache_root()) and has_cached_data(self.config, legacy):
+            return legacy
+        return None
 
     @property
     def analyses(self) -> list[dict[str, Any]]:

@@ -108,8 +108,26 @@ def read_data(directory: str | Path, config: ExperimentConfig) -> ExperimentData
     return ExperimentData(graph, train, eval_)
 
 
+CACHE_ENV = "DCSBM_CACHE_DIR"
+LEGACY_CACHE = ".cache"  # the old default, relative to the directory a command ran in (a project checkout)
+
+
 def default_cache_root() -> Path:
-    return Path(os.environ.get("DCSBM_CACHE_DIR", ".cache"))
+    """Where data are cached when no ``--cache-dir`` is given: ``$DCSBM_CACHE_DIR``, else the per-user
+    cache directory (``$XDG_CACHE_HOME/dcsbm-transformer``, or ``~/.cache/dcsbm-transformer``).
+
+    Never the current directory: a command or ``load_run`` from another folder finds the same data
+    instead of regenerating them there. The folder is keyed by the data hash, so every checkout,
+    run and sweep of the same data shares one copy."""
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base).expanduser() / "dcsbm-transformer"
+
+
+def has_cached_data(config: ExperimentConfig, cache_root: str | Path) -> bool:
+    """True when ``cache_root`` holds a finished data folder for ``config`` (its manifest is written last)."""
+    return (cache_directory(config, cache_root) / MANIFEST).is_file()
 
 
 def cache_directory(config: ExperimentConfig, cache_root: str | Path | None = None) -> Path:
