@@ -13,20 +13,24 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 from .config import ConfigError, ExperimentConfig, load_config, parse_assignments, with_assignments
 from .data.dataset import DataIntegrityError, load_or_build_data, write_data
 from .data.dcsbm import GraphGenerationError
 from .data.walks import WalkGenerationError
-from .devices import resolve_device
+from .devices import resolve_device, threads_warning
 from .experiment import RunOptions
 from .pipeline import run_pipeline
 from .storage import atomic_write_bytes
 from .training.checkpoint import CheckpointError, CheckpointWriteError
 from .training.faults import hooks_from_environment
+from .training.results import RESULT_FILE
 from .analysis.events import AnalysisEventsError
+from .api import load_run
 from .analysis.run import AnalysisNameError, AnalysisRefused, analyze_run
 from .mechanism.run import MechanismRequestError, mechanism_run
 from .comparison import ComparisonError, add_report_parser
@@ -73,8 +77,23 @@ def _with_sets(config: ExperimentConfig, items: list[str], sections: tuple[str, 
         raise UsageError(str(error)) from None
 
 
+def _set_threads(args: argparse.Namespace) -> None:
+    """``--threads N`` sets torch's threads; without it, one warning (with the fix) when the cores are busy."""
+    import torch
+
+    if args.threads is not None:
+        if args.threads < 1:
+            raise UsageError(f"--threads must be at least 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
+        os.environ["OMP_NUM_THREADS"] = str(args.threads)
+    chosen = args.threads is not None or bool(os.environ.get("OMP_NUM_THREADS"))
+    if (warning := threads_warning(torch.get_num_threads(), chosen)) is not None:
+        print(f"dcsbm {args.command}: warning: {warning}", file=sys.stderr)
+
+
 def command_run(args: argparse.Namespace) -> int:
     config = _with_sets(_read_config(args.config), args.set)
+    _set_threads(args)
     try:
         resolve_device(args.device)
     except ValueError as error:
@@ -110,6 +129,11 @@ def command_analyze(args: argparse.Namespace) -> int:
     folder = Path(args.results_dir)
     if not folder.is_dir():
         raise UsageError(f"{folder}: no such run folder (pass results/<experiment_id>)")
+    if not ((folder / "config.json").is_file() and (folder / RESULT_FILE).is_file()):
+        try:  # not a run folder (the results root?), or training never finished an epoch: load_run says which
+            load_run(folder)
+        except FileNotFoundError as error:
+            raise UsageError(str(error)) from None
     if args.events is not None and args.events < 1:
         raise UsageError(f"--events must be a positive number of rule events, got {args.events}")
     try:
@@ -124,6 +148,7 @@ def command_analyze(args: argparse.Namespace) -> int:
             raise UsageError(str(error)) from None
         if (folder / "config.json").is_file():
             analysis = _with_sets(_read_config(str(folder / "config.json")), args.set, sections=("analysis",)).analysis
+    _set_threads(args)
     try:
         analyze_run(folder, events=args.events, analysis=analysis, name=args.name, overrides=overrides,
                     device=args.device, precision=args.precision, include_failed=args.include_failed)
@@ -160,6 +185,8 @@ def _sweep_settings(args: argparse.Namespace):
     given = [f"--{name.replace('_', '-')}" for name in SLURM_OPTIONS if getattr(args, name) is not None]
     if args.executor != "slurm" and given:
         raise UsageError(f"{', '.join(given)} only apply to --executor slurm (this sweep runs with --executor {args.executor})")
+    if args.threads is not None and args.threads < 1:
+        raise UsageError(f"--threads must be at least 1, got {args.threads}")
     if args.jobs is not None:
         if args.executor == "slurm":
             raise UsageError("--jobs sets the local executor's parallel processes; on SLURM use --slurm-array-parallelism")
@@ -188,6 +215,7 @@ def _sweep_settings(args: argparse.Namespace):
         device=args.device,
         precision=args.precision,
         slurm=SlurmSettings(**slurm),
+        threads=args.threads,
     )
 
 
@@ -195,10 +223,14 @@ def command_sweep(args: argparse.Namespace) -> int:
     from .sweep import ExecutorUnavailable, SweepError, assess_all, executor_problem, load_sweep, print_plan, run_sweep
 
     try:
-        plan = load_sweep(args.sweep_file)
-    except (FileNotFoundError, SweepError) as error:
+        plan = load_sweep(args.sweep_file, overrides=parse_assignments(args.set) if args.set else None)
+    except (FileNotFoundError, SweepError, ConfigError) as error:
         raise UsageError(str(error)) from None
     settings = _sweep_settings(args)
+    if settings.executor == "local" and not args.dry_run:
+        warning = threads_warning(settings.threads_per_job(), args.threads is not None, jobs=settings.jobs)
+        if warning is not None:
+            print(f"dcsbm sweep: warning: {warning}", file=sys.stderr)
     try:
         resolve_device(args.device)
     except ValueError as error:
@@ -243,8 +275,16 @@ def command_report(args: argparse.Namespace) -> int:
         raise UsageError(str(error)) from None
 
 
+def _version() -> str:
+    try:
+        return version("dcsbm-transformer")
+    except PackageNotFoundError:  # run from src/ without installing
+        return "unknown (not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dcsbm", description="Train transformers on DCSBM walks with hidden jumper rules.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     commands = parser.add_subparsers(dest="command", required=True)
 
     run = commands.add_parser(
@@ -256,7 +296,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--restart", action="store_true", help="set the existing run folder aside and start over")
     run.add_argument("--precision", default="fp32", choices=["fp32", "bf16"], help="bf16 = autocast (changes numerics)")
     run.add_argument("--compile", action="store_true", help="torch.compile the training forward pass")
-    run.add_argument("--cache-dir", default=None, help="data cache (default: $DCSBM_CACHE_DIR or ./.cache)")
+    run.add_argument("--cache-dir", default=None, help="data cache (default: $DCSBM_CACHE_DIR, else $XDG_CACHE_HOME/dcsbm-transformer or ~/.cache/dcsbm-transformer)")
+    run.add_argument("--threads", type=int, default=None, metavar="N",
+                     help="torch CPU threads (default: one per core; a warning says when the cores are busy)")
     run.add_argument("--no-analyze", action="store_true", help="stop after training and the gate (no analysis, no report)")
     run.add_argument("--no-mechanism", action="store_true", help="skip the interventions (dcsbm mechanism) after the analysis")
     run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -266,7 +308,7 @@ def build_parser() -> argparse.ArgumentParser:
     generate = commands.add_parser("generate", help="write graph.npz, train.npz and eval.npz for a config")
     generate.add_argument("--config", required=True, help="experiment config (JSON)")
     generate.add_argument("--out", required=True, help="folder to write the data files into")
-    generate.add_argument("--cache-dir", default=None, help="data cache (default: $DCSBM_CACHE_DIR or ./.cache)")
+    generate.add_argument("--cache-dir", default=None, help="data cache (default: $DCSBM_CACHE_DIR, else $XDG_CACHE_HOME/dcsbm-transformer or ~/.cache/dcsbm-transformer)")
     generate.set_defaults(handler=command_generate)
 
     analyze = commands.add_parser("analyze", help="SVD metrics of the attention internals at every generated token")
@@ -274,6 +316,8 @@ def build_parser() -> argparse.ArgumentParser:
     analyze.add_argument("--events", type=int, default=None, help="rule events to analyse (default: the config's analysis.events)")
     analyze.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="auto = CUDA when present")
     analyze.add_argument("--precision", default="fp32", choices=["fp32", "bf16"], help="bf16 = autocast for the forward passes")
+    analyze.add_argument("--threads", type=int, default=None, metavar="N",
+                     help="torch CPU threads (default: one per core; a warning says when the cores are busy)")
     analyze.add_argument("--include-failed", action="store_true", help="analyse a run whose gate did not pass (labelled exploratory)")
     analyze.add_argument("--name", default=None, help="label of this analysis: its folder analysis/<name>/ (default: named by its settings)")
     analyze.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -300,10 +344,15 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--executor", default="local", choices=["local", "slurm", "debug"],
                        help="local: processes on this machine; slurm: a job array; debug: one after the other in this process")
     sweep.add_argument("--jobs", type=int, default=None, help="local: points run at once (default 1), each with cores // jobs threads")
+    sweep.add_argument("--threads", type=int, default=None, metavar="N",
+                       help="torch threads per point (default: local cores // jobs, SLURM --slurm-cpus-per-task)")
+    sweep.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                       help="set a dotted config key for every point (value as JSON), e.g. --set training.max_epochs=20; "
+                       "repeatable; an axis cannot be set")
     sweep.add_argument("--dry-run", action="store_true", help="validate and print the plan (point, what varies, id, state); write nothing")
     sweep.add_argument("--results-dir", default="results", help="results root; each point goes to <dir>/<experiment_id>")
     sweep.add_argument("--sweeps-dir", default="sweeps", help="the sweep's configs, job logs and status table go to <dir>/<sweep name>")
-    sweep.add_argument("--cache-dir", default=None, help="data cache (default: $DCSBM_CACHE_DIR or ./.cache)")
+    sweep.add_argument("--cache-dir", default=None, help="data cache (default: $DCSBM_CACHE_DIR, else $XDG_CACHE_HOME/dcsbm-transformer or ~/.cache/dcsbm-transformer)")
     sweep.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="auto = CUDA when present (on the machine that runs the job)")
     sweep.add_argument("--precision", default="fp32", choices=["fp32", "bf16"], help="bf16 = autocast (changes numerics)")
     sweep.add_argument("--slurm-partition", default=None, help="SLURM partition")

@@ -89,8 +89,11 @@ class SweepSettings:
     slurm: SlurmSettings = field(default_factory=SlurmSettings)
     poll_seconds: float | None = None  # default: 0.5 s local and debug, 30 s on SLURM
     lock_wait_seconds: float = 60.0  # a results folder still held (by a job of a killed sweep) is waited for this long
+    threads: int | None = None  # torch threads per job (dcsbm sweep --threads); default: SLURM's CPUs, or cores // jobs
 
     def threads_per_job(self) -> int:
+        if self.threads is not None:
+            return self.threads
         if self.executor == "slurm":
             return self.slurm.cpus_per_task
         return max(1, usable_cores() // (self.jobs if self.executor == "local" else 1))
