@@ -242,7 +242,8 @@ class VersusBehaviour(_Strict):
     """The metric against the model's target-block probability at every lookback j >= 1, with a
     simultaneous band (max-|t| over j, DeLong covariance across lookbacks): its error rate holds
     after the lookback is chosen. Each side oriented in the direction it separates; the row shows
-    the lookback with the largest |t|."""
+    the lookback that carries the verdict (the largest t when better somewhere, the smallest when
+    only worse, else the largest |t|)."""
 
     j: int
     metric_auroc: Number  # oriented: > 0.5 means the metric separates in its direction

@@ -199,13 +199,14 @@ def _versus_behaviour(x: np.ndarray, behaviour: np.ndarray, behaviour_auroc: np.
     sign = _oriented(direction)
     logits_sign = np.where(np.isfinite(behaviour_auroc) & (behaviour_auroc < 0.5), -1.0, 1.0)
     band = simultaneous_difference(sign * x[:, 1:], logits_sign[None, 1:] * behaviour[:, 1:], y, g, rng=rng)
-    t = np.abs(band["delta"]) / band["se"]
+    t = band["delta"] / band["se"]
     if not np.isfinite(t).any():
         return None
-    j = int(np.nanargmax(t)) + 1
-    metric_auroc = 0.5 + sign * (result.auroc[j] - 0.5)
     better = [i + 1 for i in np.flatnonzero(band["low"] > 0)]
     worse = [i + 1 for i in np.flatnonzero(band["high"] < 0)]
+    # the row shows the lookback that carries the verdict: the clearest advantage, else the clearest deficit
+    j = int(np.nanargmax(t)) + 1 if better else int(np.nanargmin(t)) + 1 if worse else int(np.nanargmax(np.abs(t))) + 1
+    metric_auroc = 0.5 + sign * (result.auroc[j] - 0.5)
     verdict = "better than the logits" if better else "worse than the logits" if worse else "no better than the logits"
     delta = float(band["delta"][j - 1])
     return {

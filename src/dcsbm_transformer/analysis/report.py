@@ -208,17 +208,20 @@ def baseline_rows(horizon: dict[str, Any], r: int) -> list[dict[str, Any]]:
 
 
 def versus_logits(horizon: dict[str, Any], r: int) -> dict[str, Any]:
-    """How many significant metrics (the primary included) beat the logits at their best lookback."""
+    """How many significant metrics (the primary included) beat the logits at some lookback j >= 1, by a
+    band simultaneous over the lookbacks (so the count holds whichever lookback is looked at)."""
     significant = [k for k, s in horizon["metrics"].items() if s["by_r"][str(r)]["significant"]]
     better = [k for k in significant if (s := horizon["metrics"][k]["by_r"][str(r)]["versus_behaviour"]) and s["verdict"] == BETTER]
     n, m = len(better), len(significant)
     if m == 0:
         sentence = "No metric is significant at this r, so none can be said to do better than the logits."
     elif n == 0:
-        sentence = (f"None of the {m} significant metrics does better than the logits at its best lookback: no attention "
+        sentence = (f"None of the {m} significant metrics does better than the logits at any lookback (band simultaneous over "
+                    "the lookbacks): no attention "
                     "metric separates violations from successes measurably better than the model's own target-block probability.")
     else:
-        sentence = f"{n} of the {m} significant metrics do better than the logits at their best lookback."
+        sentence = (f"{n} of the {m} significant metrics do better than the logits at some lookback (a band simultaneous "
+                    "over the lookbacks; shown where the advantage is clearest).")
     details = []
     for key in better:
         versus = horizon["metrics"][key]["by_r"][str(r)]["versus_behaviour"]
