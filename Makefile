@@ -25,3 +25,20 @@ clean:
 
 bench: $(STAMP)
 	$(BIN)/python -m bench
+
+# make docs: the documentation site, built with --strict (a broken link or reference fails) into site/.
+# Installs the docs extra into .venv when missing, as the other targets install theirs.
+DOCS_STAMP := $(VENV)/.docs-installed
+.PHONY: docs clean-cache
+
+$(DOCS_STAMP): $(STAMP)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[docs]'
+	touch $(DOCS_STAMP)
+
+docs: $(DOCS_STAMP)
+	$(BIN)/mkdocs build --strict
+
+# The per-user data cache (graphs and walks, keyed by their data hash): $DCSBM_CACHE_DIR, else
+# $XDG_CACHE_HOME/dcsbm-transformer, else ~/.cache/dcsbm-transformer. `make clean` leaves it alone.
+clean-cache:
+	rm -rf "$${DCSBM_CACHE_DIR:-$${XDG_CACHE_HOME:-$$HOME/.cache}/dcsbm-transformer}"
