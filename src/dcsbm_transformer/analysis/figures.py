@@ -154,7 +154,8 @@ def draw_primary(path: Path, horizon: dict[str, Any]) -> Path:
         axis.set_visible(False)
     name = metric_label(primary["key"])
     thresholds = f"dotted: {threshold}" + (f" and {1 - threshold:.2f}" if lower else "")
-    _title(figure, f"Pre-registered: {name} is {primary['direction']} before violations "
+    role = "Registered" if primary.get("registered") else "Exploratory (not the registered hypothesis)"
+    _title(figure, f"{role}: {name} is {primary['direction']} before violations, exploratory events "
                    f"(95% CI band; {thresholds}; grey: j = 0)", horizon)
     figure.tight_layout()
     return _save(figure, path)

@@ -37,8 +37,9 @@ BETTER = "better than the logits"
 
 FIGURE_TEXT = {
     "primary": (
-        "The pre-registered metric",
-        "AUROC(j) of the pre-registered metric with its 95% CI band, against the lookback j (j passes before the "
+        "The primary metric",
+        "AUROC(j) of the analysis's primary metric on the exploratory events (the held-out ones are kept for the "
+        "registered test), with its 95% CI band, against the lookback j (j passes before the "
         "pass that emits the deadline token; j = 0, shaded, is simultaneous with the outcome and never counts as "
         "prediction). Grey band: 0.5 ± the 95th percentile of the shuffled-label statistic (what label noise gives). "
         "Dashed red: the model's own probability of the target block (the behavioural predictor; expected below 0.5, "
