@@ -82,7 +82,7 @@ class Registration(_Strict):
     registered_at: str = Field(description="UTC time the run folder was created, before training and any analysis")
     statement: str
     primary: RegisteredPrimary
-    secondary: Secondary
+    secondary: Secondary | None = None  # None in a registration written before the secondary was recorded
     analysis: dict[str, Any] = Field(description="the analysis settings the registered test is made in")
     decision: DecisionRule
 

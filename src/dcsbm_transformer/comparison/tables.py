@@ -219,7 +219,7 @@ def secondary_direction(run: Run) -> tuple[str, str]:
     """(direction, source) the AVWₒ horizon is read in: the run's registered secondary hypothesis,
     else the analysis's own ``avwo_direction`` (labelled: not registered)."""
     registered = run.registration
-    if registered is not None:
+    if registered is not None and registered.get("secondary") is not None:
         return registered["secondary"]["direction"], "registered"
     settings = (run.summary or {}).get("settings", {}).get("analysis", {})
     return settings.get("avwo_direction", "higher"), "declared in the analysis (no registration)"

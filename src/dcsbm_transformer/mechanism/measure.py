@@ -51,6 +51,7 @@ import numpy as np
 import torch
 from scipy.stats import norm
 
+from ..analysis.behaviour import attention_to_jumper
 from ..analysis.statistics import auroc_ci, lookback_view, r_strata, stratified_auroc
 from ..data.compliance import RuleEvents, score_compliance
 from ..data.graph import Graph
@@ -171,8 +172,8 @@ def continue_greedy(
             with intervene(model, active):
                 out = model.extract_last(part, check_ids=False)
             nexts.append(out.logits[:, -1].argmax(dim=-1))
-            if position >= 0:
-                attention[begin : begin + rows, step] = out.attention[:, :, :, -1, position].float().cpu()
+            # one definition of "attention on the jumper" for the analysis and the mechanism (NaN once it has left)
+            attention[begin : begin + rows, step] = attention_to_jumper(out.attention[..., -1, :], step + 1).cpu()
         nxt = torch.cat(nexts)
         tokens[:, step] = nxt.cpu()
         window = torch.cat([window[:, 1:], nxt[:, None]], dim=1)
