@@ -36,7 +36,7 @@ $(DOCS_STAMP): $(STAMP)
 	touch $(DOCS_STAMP)
 
 docs: $(DOCS_STAMP)
-	$(BIN)/mkdocs build --strict
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
 
 # The per-user data cache (graphs and walks, keyed by their data hash): $DCSBM_CACHE_DIR, else
 # $XDG_CACHE_HOME/dcsbm-transformer, else ~/.cache/dcsbm-transformer. `make clean` leaves it alone.
