@@ -49,6 +49,18 @@ def tiny_config(**sections) -> ExperimentConfig:
     return config_from_dict(raw)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _suite_data_cache(tmp_path_factory):
+    """The suite's data cache in its own temp folder, not the user's per-user cache (tests that
+    check the default location set their own environment)."""
+    if "DCSBM_CACHE_DIR" not in os.environ:
+        os.environ["DCSBM_CACHE_DIR"] = str(tmp_path_factory.mktemp("data-cache"))
+        yield
+        os.environ.pop("DCSBM_CACHE_DIR", None)
+    else:
+        yield
+
+
 @pytest.fixture(scope="session")
 def quick_config() -> ExperimentConfig:
     return load_config(REPO / "configs" / "quick.json")

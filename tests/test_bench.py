@@ -111,7 +111,12 @@ def test_analysis_benchmark_compares_the_pipeline_with_raw_svd_and_plain(bench_e
 
 
 def test_statistics_benchmark_agrees_with_the_plain_statistic_and_records_the_ratio(bench_env):
-    entry = run_bench(bench_env, "bench.statistics", "--events", "160", "--permutations", "20",
+    entry = run_bench(bench_env, "bench.statistics", "--events", "160", "--permutations", "20", "--layers", "1",
                       "--plain-arrays", "1", "--plain-permutations", "2")["statistics_anchor"]
-    assert entry["arrays"] == 153 and entry["lookbacks"] == 58 and entry["permutations"] == 20
+    from dcsbm_transformer.analysis.metrics import METRICS
+    from dcsbm_transformer.analysis.statistics import permutations_needed
+
+    arrays = len(METRICS) * 2 * 1  # every metric on QKᵀ and AVWₒ of the layer, plus the behavioural row
+    assert entry["arrays"] == arrays + 1 and entry["lookbacks"] == 58 and entry["permutations_requested"] == 20
+    assert entry["permutations"] == permutations_needed(arrays, 0.05, 20)  # Holm's floor raised it
     assert entry["speedup"] == pytest.approx(entry["plain_us_per_array_perm"] / entry["ours_us_per_array_perm"], rel=0.02)
