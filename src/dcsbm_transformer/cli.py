@@ -125,7 +125,9 @@ def command_generate(args: argparse.Namespace) -> int:
     return 0
 
 
-def command_analyze(args: argparse.Namespace) -> int:
+def _run_folder_request(args: argparse.Namespace) -> Path:
+    """The checks ``analyze`` and ``mechanism`` share: a run folder that exists and has finished an
+    epoch, a positive ``--events``, a device that exists. Usage errors, before anything is written."""
     folder = Path(args.results_dir)
     if not folder.is_dir():
         raise UsageError(f"{folder}: no such run folder (pass results/<experiment_id>)")
@@ -140,6 +142,11 @@ def command_analyze(args: argparse.Namespace) -> int:
         resolve_device(args.device)
     except ValueError as error:
         raise UsageError(str(error)) from None
+    return folder
+
+
+def command_analyze(args: argparse.Namespace) -> int:
+    folder = _run_folder_request(args)
     analysis, overrides = None, {}
     if args.set:
         try:
@@ -158,15 +165,7 @@ def command_analyze(args: argparse.Namespace) -> int:
 
 
 def command_mechanism(args: argparse.Namespace) -> int:
-    folder = Path(args.results_dir)
-    if not folder.is_dir():
-        raise UsageError(f"{folder}: no such run folder (pass results/<experiment_id>)")
-    if args.events is not None and args.events < 1:
-        raise UsageError(f"--events must be a positive number of rule events, got {args.events}")
-    try:
-        resolve_device(args.device)
-    except ValueError as error:
-        raise UsageError(str(error)) from None
+    folder = _run_folder_request(args)
     try:
         mechanism_run(folder, events=args.events, layers=args.layers, include_failed=args.include_failed,
                       analysis=args.analysis, device=args.device)
