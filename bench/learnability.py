@@ -106,6 +106,7 @@ def data_quantities(config, data) -> dict[str, Any]:
         "events_at_step0_share": float((events.step == 0).mean()),
         "visible_deadlines_per_epoch_by_rule": [round(float(v), 1) for v in per_rule_visible],
         "visible_deadlines_per_epoch_min_rule": float(per_rule_visible.min()),
+        "visible_deadlines_per_epoch_all_rules": visible_total,
         "rule_events_by_rule": per_rule_events.tolist(),
         "rule_deadline_share_of_predicted_tokens": share,
         "bigram_entropy": bigram_entropy,
@@ -147,12 +148,47 @@ def run_quantities(result: dict[str, Any], bigram_entropy: float | None) -> dict
     }
 
 
+def markdown_table(points: list[dict[str, Any]], extras: list[dict[str, Any]]) -> str:
+    """The map as a Markdown table: one row per point, run or not."""
+    lines = [
+        "| # | varied (vs the centre) | gate epoch | epochs | worst rule at the end | epoch worst > 0.5 | loss plateau epoch "
+        "| s / epoch (train) | steps / epoch | P(rule in a window) | visible deadlines / epoch, rarest rule | ... to the gate "
+        "| rule-deadline share of predicted tokens | steps to the gate |",
+        "|" + "---|" * 14,
+    ]
+    for entry in points:
+        label = ", ".join(f"{k} = {json.dumps(v)}" for k, v in entry["varied"].items()) or "(centre)"
+        if "run" not in entry:
+            lines.append(f"| {entry['point']} | {label} | not run |" + " |" * 11)
+            continue
+        run, data, to_gate = entry["run"], entry["data"], entry["to_gate"]
+        gate = str(run["gate_epoch"]) if run["gate_passed"] else "no"
+        partial = "" if entry["state"] == "finished" else " (running)"
+        seen = f"{to_gate['visible_deadlines_min_rule']:,.0f}" if to_gate else "–"
+        steps = f"{to_gate['steps']:,}" if to_gate else "–"
+        lines.append(
+            f"| {entry['point']} | {label} | {gate}{partial} | {run['epochs_trained']} | {run['worst_rule_last']:.3f} "
+            f"| {run['first_epoch_worst_rule_above_half'] or '–'} | {run['loss_plateau_epoch'] or '–'} "
+            f"| {run['median_epoch_seconds']:.1f} | {run['steps_per_epoch']} | {data['p_visible_mean']:.3f} "
+            f"| {data['visible_deadlines_per_epoch_min_rule']:,.0f} | {seen} "
+            f"| {100 * data['rule_deadline_share_of_predicted_tokens']:.2f}% | {steps} |"
+        )
+    for extra in extras:
+        data = extra["data"]
+        lines.append(
+            f"| – | {extra['config']} (not run) | | | | | | | {data['steps_per_epoch']} | {data['p_visible_mean']:.3f} "
+            f"| {data['visible_deadlines_per_epoch_min_rule']:,.0f} | | {100 * data['rule_deadline_share_of_predicted_tokens']:.3f}% | |"
+        )
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("sweep_file", nargs="?", default="configs/sweep-learnability.json")
     parser.add_argument("--results-dir", default="results")
     parser.add_argument("--cache-dir", default=".cache")
     parser.add_argument("--json", default=None, help="write every number here")
+    parser.add_argument("--markdown", default=None, help="write the table of the map here (Markdown)")
     parser.add_argument("--extra-config", action="append", default=[], help="a config not run: data quantities only")
     parser.add_argument("--extra-walks", type=int, default=None, help="walks drawn for an extra config (default: its own)")
     args = parser.parse_args(argv)
@@ -176,6 +212,7 @@ def main(argv: list[str] | None = None) -> int:
         entry["to_gate"] = {
             "steps": epochs * run["steps_per_epoch"],
             "visible_deadlines_min_rule": epochs * entry["data"]["visible_deadlines_per_epoch_min_rule"],
+            "visible_deadlines_all_rules": epochs * entry["data"]["visible_deadlines_per_epoch_all_rules"],
         } if run["gate_passed"] else None
         points.append(entry)
 
@@ -192,6 +229,7 @@ def main(argv: list[str] | None = None) -> int:
         scale = config.walks.train_walks / small.walks.train_walks
         quantities["visible_deadlines_per_epoch_by_rule"] = [round(v * scale, 1) for v in quantities["visible_deadlines_per_epoch_by_rule"]]
         quantities["visible_deadlines_per_epoch_min_rule"] *= scale
+        quantities["visible_deadlines_per_epoch_all_rules"] *= scale
         quantities["steps_per_epoch"] = math.ceil(config.walks.train_walks * quantities["windows_per_walk"] / config.training.batch_size)
         quantities["train_walks"] = config.walks.train_walks
         quantities["walks_drawn_for_these_numbers"] = small.walks.train_walks
@@ -216,6 +254,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"extra {extra['config']}: Pvis {data['p_visible_mean']:.3f}, visible deadlines per epoch (min rule) "
               f"{data['visible_deadlines_per_epoch_min_rule']:.0f}, share {100 * data['rule_deadline_share_of_predicted_tokens']:.3f}%, "
               f"H2 {data['bigram_entropy']:.2f}, info {data['rule_information_nats_at_deadline']:.2f}, steps/epoch {data['steps_per_epoch']}")
+    if args.markdown:
+        Path(args.markdown).write_text(markdown_table(points, extras))
     if args.json:
         Path(args.json).write_text(json.dumps({"sweep": plan.name, "points": points, "extra": extras}, indent=1) + "\n")
     return 0
