@@ -325,7 +325,7 @@ def test_a_run_folder_whose_graph_is_not_its_configs_is_refused(tiny_run, tmp_pa
     write_npz(copy / "graph.npz", generate_graph(config.model_copy(update={"seed": config.seed + 1})).to_arrays())
     run = load_run(copy, cache_root=folder.parents[1] / "cache")
     with pytest.raises(DataIntegrityError, match="do not match .*graph.npz"):
-        run.eval_corpus
+        run.eval_corpus  # noqa: B018 (the property access is what raises)
 
 
 def test_loading_an_excluded_run_warns_and_says_so(tmp_path):

@@ -82,7 +82,7 @@ def test_defaults_are_the_anchor_experiment_and_presets_load():
 
 def test_config_is_frozen_and_round_trips():
     config = config_from_dict({"graph": {"jump_scales": [0.5, 0.9]}})
-    with pytest.raises(Exception):
+    with pytest.raises(Exception):  # noqa: B017 (pydantic's frozen-instance error type is an implementation detail)
         config.graph.n = 3
     assert config_from_dict(json.loads(config.to_json())) == config
 

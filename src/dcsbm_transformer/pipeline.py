@@ -40,7 +40,7 @@ class PipelineOutcome:
 
 def run_pipeline(
     config: ExperimentConfig,
-    options: RunOptions = RunOptions(),
+    options: RunOptions = RunOptions(),  # noqa: B008 (a frozen dataclass: one shared default is safe)
     *,
     analyze: bool = True,
     mechanism: bool = True,

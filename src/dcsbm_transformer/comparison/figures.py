@@ -216,7 +216,7 @@ def draw_horizons(entries: list[dict[str, Any]]) -> bytes | None:
         for col, target in enumerate((*TARGETS, "difference")):
             axis = axes[row, col]
             groups: dict[tuple[str, float], list[float]] = defaultdict(list)
-            for label, x, r, values in points:
+            for label, x, _r, values in points:
                 xe = x + offsets[label]
                 sides = [values[t] for t in (TARGETS if target == "difference" else (target,))]
                 if any(side["status"] == "insufficient" for side in sides):
