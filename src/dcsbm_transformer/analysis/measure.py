@@ -1,6 +1,7 @@
 """Every metric at every pass: the events' continuations, their labels and the metric arrays.
 
-Events are processed in chunks whose SVD targets take about ``analysis.chunk_mb`` (memory is
+Events are processed in chunks whose SVD targets (one pass's, with the top-k singular vectors
+kept at every pass for the embedding metrics) take about ``analysis.chunk_mb`` (memory is
 bounded by the chunk, not the event count, and small models get big batches, where the
 per-call overhead of the batched SVD and metrics is amortised). Within a chunk, each pass runs the model once on all its events and computes
 the spectra of every layer's and head's targets in one batched call per target, then every
@@ -12,6 +13,7 @@ walk tokens only) are measured too: the *context-only baseline* (every metric at
 ending at s − 1, its temporal metrics against s − 2: how much of a metric's "signal" is in the
 input before the rule was triggered), and the reference that pass 1's temporal metrics
 (Grassmannian distance, velocities) compare against, so they are defined at every pass.
+``subspace_drift`` is measured from pass 1 (0 there, NaN without a guard hit at the context window).
 """
 
 from __future__ import annotations
