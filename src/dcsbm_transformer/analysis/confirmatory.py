@@ -203,8 +203,11 @@ def _incremental_clause(incremental: dict[str, Any] | None, beyond: str) -> str:
     if not incremental or incremental["gain"] is None:
         return ""
     p = incremental["p_adjusted"] if incremental["p_adjusted"] is not None else incremental["p_value"]
-    adds = incremental["gain_ci_low"] is not None and incremental["gain_ci_low"] > 0 and p is not None and p < 0.05
+    fits = p is not None and p < 0.05
+    ranks = incremental["gain_ci_low"] is not None and incremental["gain_ci_low"] > 0
+    says = ("adds" if fits and ranks else "improves the fit but not measurably the ranking of held-out folds" if fits
+            else "ranks held-out folds better but the fit's gain is not significant" if ranks else "adds nothing measurable")
     return (f" {beyond} (j = {incremental['j']}, {incremental['events']} events) it "
-            f"{'adds' if adds else 'adds nothing measurable'}: cross-validated AUROC {_fmt(incremental['auroc_reduced'])} → "
+            f"{says}: cross-validated AUROC {_fmt(incremental['auroc_reduced'])} → "
             f"{_fmt(incremental['auroc_full'])}, gain {_fmt(incremental['gain'])} [{_fmt(incremental['gain_ci_low'])}, "
             f"{_fmt(incremental['gain_ci_high'])}], likelihood-ratio p = {_fmt(p, 4)}.")
