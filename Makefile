@@ -17,8 +17,9 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(BIN)/dcsbm run --config configs/quick.json
 
+# every test, on both cores: pytest-xdist gives each worker whole files (a module's trained run is made once)
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile
 
 clean:
 	rm -rf $(VENV) .cache .pytest_cache results
