@@ -1,10 +1,11 @@
 """Statistics speed: horizon.json for an anchor-shaped analysis against a plain implementation.
 
-The workload is the anchor analysis's shape: 19 metrics × 2 targets × 4 layers × 1 head = 152
-metric arrays, 2,000 events of r = 58 (58 lookbacks) over 8 jumpers with a violation rate of
-about 20%, plus the behavioural predictor and the context-only arrays; ``compute_horizon`` runs
-exactly as ``dcsbm analyze`` does (10,000 within-jumper permutations, DeLong CIs, paired
-comparisons, Holm). The values are random: the cost does not depend on them (ties aside).
+The workload is the anchor analysis's shape: every registered metric (``len(METRICS)``) × 2
+targets × ``--layers`` (4) × 1 head metric arrays, 2,000 events of r = 58 (58 lookbacks) over 8
+jumpers with a violation rate of about 20%, plus the behavioural predictor and the context-only
+arrays; ``compute_horizon`` runs exactly as ``dcsbm analyze`` does (10,000 within-jumper
+permutations, raised until Holm's floor is below alpha / 2 for a large family, DeLong CIs, the
+simultaneous comparison with the logits, incremental tests, Holm). The values are random: the cost does not depend on them (ties aside).
 
 ``plain``: on a subset of arrays and permutations, the straightforward way — for each
 permutation, shuffle labels within jumper, then ``scipy.stats.rankdata`` per jumper and per
