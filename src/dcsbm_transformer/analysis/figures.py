@@ -102,6 +102,14 @@ def _auroc_axis(axis, threshold: float, *, lower: bool = True) -> None:
     axis.tick_params(labelsize=8)
 
 
+def _auroc_panel(axis, r: int, threshold: float, title: str):
+    """An AUROC(j) panel: lookbacks r − 1 .. 0 (the deadline shaded), chance and the thresholds, a title."""
+    _lookback_axis(axis, r)
+    _auroc_axis(axis, threshold)
+    axis.set_title(title, fontsize=9)
+    return axis
+
+
 def _insufficient(axis, entry: dict[str, Any], what: str) -> None:
     axis.text(0.5, 0.5, f"{what}: insufficient\n({entry['n_violations']} violations, {entry['n_successes']} successes)",
               transform=axis.transAxes, ha="center", va="center", fontsize=9, color="0.3")
@@ -177,10 +185,7 @@ def draw_primary_by_layer(path: Path, horizon: dict[str, Any]) -> Path:
     axes = figure.subplots(len(r_values), len(targets), squeeze=False)
     for row, r in enumerate(r_values):
         for col, target in enumerate(targets):
-            axis = axes[row, col]
-            _lookback_axis(axis, r)
-            _auroc_axis(axis, threshold)
-            axis.set_title(f"{TARGET_NAMES[target]}, r = {r}", fontsize=9)
+            axis = _auroc_panel(axes[row, col], r, threshold, f"{TARGET_NAMES[target]}, r = {r}")
             drawn = 0
             for colour, key in zip(COLOURS, layer_keys(horizon, target)):
                 s = horizon["metrics"][key]
@@ -222,10 +227,7 @@ def draw_small_multiples(path: Path, horizon: dict[str, Any], r: int, *, top_n: 
     axes = figure.subplots(len(targets), len(layers), squeeze=False)
     for row, target in enumerate(targets):
         for col, layer in enumerate(layers):
-            axis = axes[row, col]
-            _lookback_axis(axis, r)
-            _auroc_axis(axis, threshold)
-            axis.set_title(f"{TARGET_NAMES[target]}, layer {layer}", fontsize=9)
+            axis = _auroc_panel(axes[row, col], r, threshold, f"{TARGET_NAMES[target]}, layer {layer}")
             keys = _panel_keys(horizon, r, target, layer, top_n)
             if not keys:
                 axis.text(0.5, 0.5, "no metric with enough events", transform=axis.transAxes, ha="center", fontsize=8)

@@ -494,13 +494,23 @@ def _step_grassmann(previous: Spectrum, current: Spectrum, k: int, shifted: bool
         return torch.full(current.values.shape[:-1], _NAN, dtype=torch.float64, device=current.values.device)
     qp, rp = _restricted_qr(previous, offset, tail=True)
     qc, rc = _restricted_qr(current, offset, tail=False)
-    cosines = torch.linalg.svdvals(qp[..., :k].mT @ qc[..., :k]).clamp(0.0, 1.0)
-    distance = torch.arccos(cosines).square().sum(-1).sqrt()
-    full_rank = (torch.diagonal(rp, dim1=-2, dim2=-1)[..., :k].abs().amin(-1) > RESTRICTED_RANK_TOL) & (
-        torch.diagonal(rc, dim1=-2, dim2=-1)[..., :k].abs().amin(-1) > RESTRICTED_RANK_TOL
+    return _principal_distance(previous, qp, rp, current, qc, rc, k)
+
+
+def _principal_distance(a: Spectrum, qa: torch.Tensor, ra: torch.Tensor, b: Spectrum, qb: torch.Tensor, rb: torch.Tensor,
+                        k: int, *, snap: float = 0.0) -> torch.Tensor:
+    """√(Σᵢ θᵢ²), θᵢ = arccos σᵢ(Q_aᵀ Q_b), between the top-k columns of two restricted bases (their
+    QR factors), the geodesic Grassmannian distance; cosines above 1 − ``snap`` count as 1. NaN
+    (float64) where either top-k subspace is not unique or a restriction lost rank."""
+    cosines = torch.linalg.svdvals(qa[..., :k].mT @ qb[..., :k])
+    if snap:
+        cosines = torch.where(cosines > 1.0 - snap, 1.0, cosines)
+    value = torch.arccos(cosines.clamp(0.0, 1.0)).square().sum(-1).sqrt()
+    full_rank = (torch.diagonal(ra, dim1=-2, dim2=-1)[..., :k].abs().amin(-1) > RESTRICTED_RANK_TOL) & (
+        torch.diagonal(rb, dim1=-2, dim2=-1)[..., :k].abs().amin(-1) > RESTRICTED_RANK_TOL
     )
-    defined = _top_k_unique(previous, k) & _top_k_unique(current, k) & full_rank
-    return torch.where(defined, distance, _NAN)
+    defined = _top_k_unique(a, k) & _top_k_unique(b, k) & full_rank
+    return torch.where(defined, value, _NAN)
 
 
 def _grassmannian_k(k: int) -> Callable:
@@ -544,14 +554,7 @@ def subspace_drift(previous: Spectrum | None, current: Spectrum, shifted: bool, 
         qf, rf = _restricted_qr(first, 0, tail=True)  # cached on pass 1's spectrum for the whole chunk
     else:  # pass 1's rows o..n−1: a new restriction at every pass, so not cached (only its k columns)
         qf, rf = torch.linalg.qr(_restricted(first.vectors, first.vectors, offset)[0])
-    cosines = torch.linalg.svdvals(qf[..., :k].mT @ qc[..., :k])
-    cosines = torch.where(cosines > 1.0 - DRIFT_COS_TOL, 1.0, cosines).clamp(0.0, 1.0)
-    value = torch.arccos(cosines).square().sum(-1).sqrt()
-    full_rank = (torch.diagonal(rf, dim1=-2, dim2=-1)[..., :k].abs().amin(-1) > RESTRICTED_RANK_TOL) & (
-        torch.diagonal(rc, dim1=-2, dim2=-1)[..., :k].abs().amin(-1) > RESTRICTED_RANK_TOL
-    )
-    defined = _top_k_unique(first, k) & _top_k_unique(current, k) & full_rank
-    return torch.where(defined, value, _NAN)
+    return _principal_distance(first, qf, rf, current, qc, rc, k, snap=DRIFT_COS_TOL)
 
 
 def _other_side(spec: Spectrum) -> str:
