@@ -26,7 +26,6 @@ exclusive creation: an existing registration is never replaced, whatever the con
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -35,7 +34,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from .config import ExperimentConfig
-from .storage import _fsync_directory
+from .storage import write_once
 
 REGISTRATION_FILE = "preregistration.json"
 REGISTRATION_SCHEMA_VERSION = 1
@@ -158,17 +157,7 @@ def register(run_dir: Path, config: ExperimentConfig) -> Path:
     """
     path = Path(run_dir) / REGISTRATION_FILE
     payload = Registration.model_validate(registration_payload(config)).model_dump(mode="json")
-    data = (json.dumps(payload, indent=2) + "\n").encode()
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o444)
-    except FileExistsError:
-        return path
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    _fsync_directory(path.parent)
+    write_once(path, (json.dumps(payload, indent=2) + "\n").encode())
     return path
 
 

@@ -70,6 +70,24 @@ def atomic_write(
     return path
 
 
+def write_once(path: str | Path, data: bytes, mode: int = 0o444) -> bool:
+    """Create ``path`` with ``data`` only if it does not exist (exclusive create, fsynced, read-only
+    by default); returns False, writing nothing, when it already exists. For files that must never
+    be replaced (a run's pre-registration)."""
+    path = Path(path)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    except FileExistsError:
+        return False
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    _fsync_directory(path.parent)
+    return True
+
+
 def atomic_write_bytes(path: str | Path, data: bytes, before_commit: Callable[[Path], None] | None = None) -> Path:
     return atomic_write(path, lambda handle: handle.write(data), before_commit)
 

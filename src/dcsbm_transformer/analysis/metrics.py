@@ -304,18 +304,23 @@ def _rank_error(k: int) -> Callable[[torch.Tensor], torch.Tensor]:
 # --------------------------------------------------------------------------- temporal metrics
 
 
-def _aligned_vectors(previous: Spectrum, current: Spectrum, shifted: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """The two passes' top-k vectors on the same positions, float64, non-finite sets zeroed.
-
-    ``shifted``: the window moved by one token, so the previous pass's rows 1..n−1 and the current
-    pass's rows 0..n−2 are the same tokens; keep only those.
-    """
+def _check_pair(previous: Spectrum, current: Spectrum) -> None:
+    """Two passes' spectra a temporal subspace metric can compare: vectors of the same side and top_k."""
     if previous.vectors is None or current.vectors is None:
         raise ValueError("temporal subspace metrics need singular vectors: spectrum(..., side='left'|'right')")
     if previous.side != current.side:
         raise ValueError(f"previous and current spectra are of different sides: {previous.side!r} vs {current.side!r}")
     if previous.vectors.shape[-1] != current.vectors.shape[-1]:
         raise ValueError("previous and current spectra have different top_k")
+
+
+def _aligned_vectors(previous: Spectrum, current: Spectrum, shifted: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """The two passes' top-k vectors on the same positions, float64, non-finite sets zeroed.
+
+    ``shifted``: the window moved by one token, so the previous pass's rows 1..n−1 and the current
+    pass's rows 0..n−2 are the same tokens; keep only those.
+    """
+    _check_pair(previous, current)
     up, uc = previous.vectors.double(), current.vectors.double()
     if shifted:
         up, uc = up[..., 1:, :], uc[..., :-1, :]
@@ -339,12 +344,7 @@ def grassmannian_distance(previous: Spectrum, current: Spectrum, shifted: bool) 
     to the shared token positions when ``shifted``. NaN (guard) when either top-k subspace is not
     unique (σ_k − σ_{k+1} ≤ eps·σ₁, which includes σ₁ = 0) or a restriction loses rank.
     """
-    if previous.vectors is None or current.vectors is None:
-        raise ValueError("temporal subspace metrics need singular vectors: spectrum(..., side='left'|'right')")
-    if previous.side != current.side:
-        raise ValueError(f"previous and current spectra are of different sides: {previous.side!r} vs {current.side!r}")
-    if previous.vectors.shape[-1] != current.vectors.shape[-1]:
-        raise ValueError("previous and current spectra have different top_k")
+    _check_pair(previous, current)
     # the first k columns of the QR of the whole basis (shared with grassmannian_2/4/8) span the top-k vectors
     return _step_grassmann(previous, current, current.vectors.shape[-1], shifted)
 

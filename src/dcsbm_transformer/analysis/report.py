@@ -406,7 +406,7 @@ def _context(run: dict[str, Any], figures: dict[str, Path] | None, *, figure_sec
 SAMPLED_MAY_DIFFER = ("temperature", "events")  # what the sampled sensitivity analysis changes (analysis.sensitivity_*)
 
 
-def _without_temperature(settings: dict[str, Any]) -> dict[str, Any]:
+def _apart_from_sampling(settings: dict[str, Any]) -> dict[str, Any]:
     block = {k: v for k, v in settings["analysis"].items() if k not in SAMPLED_MAY_DIFFER}
     return {**{k: v for k, v in settings.items() if k not in (*SAMPLED_MAY_DIFFER, "analysis")}, "analysis": block}
 
@@ -430,7 +430,7 @@ def sampled_sibling(analysis_dir: Path) -> dict[str, Any] | None:
             theirs = json.loads((other_dir / SUMMARY_FILE).read_text())["settings"]
         except (OSError, ValueError, KeyError):
             continue
-        if theirs["temperature"] == mine["temperature"] or _without_temperature(theirs) != _without_temperature(mine):
+        if theirs["temperature"] == mine["temperature"] or _apart_from_sampling(theirs) != _apart_from_sampling(mine):
             continue
         horizon = read_horizon(other_dir)
         if horizon is None:
