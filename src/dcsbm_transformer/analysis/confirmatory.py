@@ -194,7 +194,8 @@ def headline(horizon: dict[str, Any], name: str) -> list[str]:
                           + (f"registered verdict {verdicts.get(r, '—')}" if verdicts else
                              f"exploratory p = {_fmt((edge_clean['exploratory'].get(r) or {}).get('p_value'), 4)}"))
         sentences.append(described + "." + _incremental_clause(
-            entry.get("incremental"), "Beyond its context-only value, the behavioural predictors and attention on the jumper"))
+            entry.get("incremental"), "At that lookback (chosen after looking, so the p is pointwise), beyond its context-only "
+            "value, the behavioural predictors and attention on the jumper"))
     return sentences
 
 
