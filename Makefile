@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test bench clean
+.PHONY: run test bench clean format
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -20,6 +20,11 @@ run: $(STAMP)
 # every test, on both cores: pytest-xdist gives each worker whole files (a module's trained run is made once)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile
+
+# format the tree the way tests/test_lint.py checks it (ruff: import order, then the formatter)
+format: $(STAMP)
+	$(BIN)/ruff check --select I --fix src tests bench examples docs/hooks.py
+	$(BIN)/ruff format src tests bench examples docs/hooks.py
 
 clean:
 	rm -rf $(VENV) .cache .pytest_cache results

@@ -35,9 +35,9 @@ import torch
 
 from bench.common import print_table, record
 from dcsbm_transformer.analysis.events import draw_analysis_events
+from dcsbm_transformer.analysis.files import read_horizon
 from dcsbm_transformer.analysis.measure import CONTEXT_WINDOWS, TARGET_POSITIONS, TARGET_SIDE, events_per_chunk, measure
 from dcsbm_transformer.analysis.metrics import MetricContext, compute_metrics, spectrum
-from dcsbm_transformer.analysis.files import read_horizon
 from dcsbm_transformer.analysis.run import analyze_run
 from dcsbm_transformer.api import load_run
 from dcsbm_transformer.config import load_config
@@ -63,8 +63,11 @@ def raw_svd_rate(targets: dict[str, torch.Tensor], top_k: int, model, prompts: t
     window's and the predicted token's embeddings) — so the ratio compares the same work."""
     matrices = sum(t[..., 0, 0].numel() for t in targets.values())
     embeddings = model.tok_emb.weight.detach().float()
-    fields = {"embeddings": embeddings, "window_embeddings": embeddings[prompts][:, None, None],
-              "next_embedding": embeddings[prompts[:, -1]][:, None, None]}
+    fields = {
+        "embeddings": embeddings,
+        "window_embeddings": embeddings[prompts][:, None, None],
+        "next_embedding": embeddings[prompts[:, -1]][:, None, None],
+    }
     best = float("inf")
     for _ in range(repeat):
         synchronize()
@@ -132,11 +135,20 @@ def bench_quick(config_path: str, device: str, plain_events: int) -> dict:
     ours_ms = 1000 / rate
     plain = plain_ms_per_matrix(model, prompts[:plain_events], summary["passes"], config.analysis.top_k)
     return {
-        "workload": "quick (trained to the gate)", "events": len(events), "passes": summary["passes"], "matrices": matrices,
-        "analysis_s": round(total, 2), "measure_s": summary["timings"]["measure_seconds"],
-        "statistics_s": statistics_s, "ours_matrices_per_s": rate,
-        "raw_svd_matrices_per_s": raw, "vs_raw": rate / raw, "ours_ms_per_matrix": ours_ms,
-        "plain_ms_per_matrix": plain, "vs_plain": plain / ours_ms, "violated": summary["counts"]["violated"],
+        "workload": "quick (trained to the gate)",
+        "events": len(events),
+        "passes": summary["passes"],
+        "matrices": matrices,
+        "analysis_s": round(total, 2),
+        "measure_s": summary["timings"]["measure_seconds"],
+        "statistics_s": statistics_s,
+        "ours_matrices_per_s": rate,
+        "raw_svd_matrices_per_s": raw,
+        "vs_raw": rate / raw,
+        "ours_ms_per_matrix": ours_ms,
+        "plain_ms_per_matrix": plain,
+        "vs_plain": plain / ours_ms,
+        "violated": summary["counts"]["violated"],
         "followed": summary["counts"]["followed"],
     }
 
@@ -157,10 +169,18 @@ def bench_anchor(config_path: str, device: str, count: int, plain_events: int) -
     ours_ms = 1000 / rate
     plain = plain_ms_per_matrix(model, prompts[:plain_events], 4, config.analysis.top_k)
     return {
-        "workload": "anchor-shaped (untrained)", "events": len(events), "passes": passes, "matrices": matrices,
-        "analysis_s": round(seconds, 2), "measure_s": round(seconds, 2), "ours_matrices_per_s": rate,
-        "raw_svd_matrices_per_s": raw, "vs_raw": rate / raw, "ours_ms_per_matrix": ours_ms,
-        "plain_ms_per_matrix": plain, "vs_plain": plain / ours_ms,
+        "workload": "anchor-shaped (untrained)",
+        "events": len(events),
+        "passes": passes,
+        "matrices": matrices,
+        "analysis_s": round(seconds, 2),
+        "measure_s": round(seconds, 2),
+        "ours_matrices_per_s": rate,
+        "raw_svd_matrices_per_s": raw,
+        "vs_raw": rate / raw,
+        "ours_ms_per_matrix": ours_ms,
+        "plain_ms_per_matrix": plain,
+        "vs_plain": plain / ours_ms,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "guard_hits": int(sum(measured.guard_hits.values())),
     }

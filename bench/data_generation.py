@@ -60,7 +60,9 @@ def main() -> None:
         scratch = Path(folder)
         child = subprocess.run(
             [sys.executable, "-c", _CHILD, args.config, str(scratch / "indptr.npy"), str(scratch / "indices.npy")],
-            capture_output=True, text=True, check=True,
+            capture_output=True,
+            text=True,
+            check=True,
         )
         indptr, indices = np.load(scratch / "indptr.npy"), np.load(scratch / "indices.npy")
     ours = json.loads(child.stdout.strip().splitlines()[-1])

@@ -46,7 +46,9 @@ def main() -> None:
     parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
     parser.add_argument("--compile", action="store_true", help="train through torch.compile(model)")
     parser.add_argument(
-        "--compile-mode", default="default", choices=["default", "reduce-overhead", "max-autotune-no-cudagraphs"],
+        "--compile-mode",
+        default="default",
+        choices=["default", "reduce-overhead", "max-autotune-no-cudagraphs"],
         help="torch.compile's mode, with --compile",
     )
     args = parser.parse_args()

@@ -105,9 +105,13 @@ def main() -> None:
 
     gemm_rows = config.gate.eval_sequences if device.type != "cpu" else CPU_TOKENS_PER_FORWARD // config.model.context_window
     ceiling = forward_ceiling(
-        rows=gemm_rows, context_window=config.model.context_window, d_model=config.model.d_model,
-        n_layers=config.model.n_layers, vocab=config.graph.n,
-        dtype=torch.bfloat16 if args.precision == "bf16" else torch.float32, device=device,
+        rows=gemm_rows,
+        context_window=config.model.context_window,
+        d_model=config.model.d_model,
+        n_layers=config.model.n_layers,
+        vocab=config.graph.n,
+        dtype=torch.bfloat16 if args.precision == "bf16" else torch.float32,
+        device=device,
     )
     rows = []
     for prompt in args.prompts:

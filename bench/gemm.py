@@ -25,9 +25,7 @@ from dcsbm_transformer.devices import bf16_supported
 ANCHOR = dict(batch=64, context_window=64, d_model=128, n_layers=4, vocab=500)
 
 
-def linear_shapes(
-    batch: int, context_window: int, d_model: int, n_layers: int, vocab: int
-) -> list[tuple[str, int, int, int, int]]:
+def linear_shapes(batch: int, context_window: int, d_model: int, n_layers: int, vocab: int) -> list[tuple[str, int, int, int, int]]:
     """(name, M, K, N, count per step) of the model's Linear layers, M = batch·T."""
     m, d = batch * context_window, d_model
     return [
@@ -52,8 +50,15 @@ def _timed_passes(m: int, k: int, n: int, dtype: torch.dtype, device: torch.devi
 
 
 def measure(
-    *, batch: int, context_window: int, d_model: int, n_layers: int, vocab: int,
-    dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu", repeat: int = 10,
+    *,
+    batch: int,
+    context_window: int,
+    d_model: int,
+    n_layers: int,
+    vocab: int,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str = "cpu",
+    repeat: int = 10,
 ) -> tuple[list[dict], float]:
     """Per-shape rates and the step ceiling (GFLOP/s) for the model's Linear GEMMs."""
     device = torch.device(device)
@@ -61,25 +66,55 @@ def measure(
     for name, m, k, n, count in linear_shapes(batch, context_window, d_model, n_layers, vocab):
         flops = 2.0 * m * k * n
         seconds = _timed_passes(m, k, n, dtype, device, repeat)
-        rows.append({"layer": name, "M": m, "K": k, "N": n, "dtype": str(dtype).removeprefix("torch."),
-                     **{f"{p}_GFLOPs": flops / s / 1e9 for p, s in seconds.items()}})
+        rows.append(
+            {
+                "layer": name,
+                "M": m,
+                "K": k,
+                "N": n,
+                "dtype": str(dtype).removeprefix("torch."),
+                **{f"{p}_GFLOPs": flops / s / 1e9 for p, s in seconds.items()},
+            }
+        )
         total_flops += 3 * flops * count
         total_seconds += sum(seconds.values()) * count
     return rows, total_flops / total_seconds / 1e9
 
 
 def gemm_ceiling(
-    *, batch: int = 64, context_window: int = 64, d_model: int = 128, n_layers: int = 4, vocab: int = 500,
-    dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu", repeat: int = 10,
+    *,
+    batch: int = 64,
+    context_window: int = 64,
+    d_model: int = 128,
+    n_layers: int = 4,
+    vocab: int = 500,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str = "cpu",
+    repeat: int = 10,
 ) -> float:
     """GFLOP/s of one training step's Linear GEMMs at these model shapes (defaults: anchor)."""
-    return measure(batch=batch, context_window=context_window, d_model=d_model, n_layers=n_layers,
-                   vocab=vocab, dtype=dtype, device=device, repeat=repeat)[1]
+    return measure(
+        batch=batch,
+        context_window=context_window,
+        d_model=d_model,
+        n_layers=n_layers,
+        vocab=vocab,
+        dtype=dtype,
+        device=device,
+        repeat=repeat,
+    )[1]
 
 
 def forward_ceiling(
-    *, rows: int, context_window: int = 64, d_model: int = 128, n_layers: int = 4, vocab: int = 500,
-    dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu", repeat: int = 10,
+    *,
+    rows: int,
+    context_window: int = 64,
+    d_model: int = 128,
+    n_layers: int = 4,
+    vocab: int = 500,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str = "cpu",
+    repeat: int = 10,
 ) -> float:
     """GFLOP/s of the model's forward Linear GEMMs alone (inference: no gradients) with M =
     rows · context_window, each layer counted as often as the model has it."""

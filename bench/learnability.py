@@ -95,9 +95,14 @@ def data_quantities(config, data) -> dict[str, Any]:
     visible_total = float(p_visible.sum())
     share = visible_total / predicted_tokens
     return {
-        "n": n, "w": w, "walk_length": length, "train_walks": walk_count, "windows_per_walk": k,
+        "n": n,
+        "w": w,
+        "walk_length": length,
+        "train_walks": walk_count,
+        "windows_per_walk": k,
         "tokens_used_per_epoch_share": k * (w + 1) / length,
-        "jumpers": jumpers, "jumper_density": jumpers / n,
+        "jumpers": jumpers,
+        "jumper_density": jumpers / n,
         "r": sorted({int(v) for v in r}),
         "rule_events_per_walk": len(events) / walk_count,
         "jumper_token_share": float(np.isin(walks, np.nonzero(np.asarray(graph.jumper_index) >= 0)[0]).mean()),
@@ -123,7 +128,7 @@ def run_quantities(result: dict[str, Any], bigram_entropy: float | None) -> dict
     steps = training["steps_per_epoch"]
     losses = np.asarray(curves["train_loss"], dtype=np.float64)
     epochs = len(losses) // steps
-    epoch_loss = [float(losses[e * steps:(e + 1) * steps].mean()) for e in range(epochs)]
+    epoch_loss = [float(losses[e * steps : (e + 1) * steps].mean()) for e in range(epochs)]
     plateau = None
     if bigram_entropy is not None:
         plateau = next((e + 1 for e, value in enumerate(epoch_loss) if value <= bigram_entropy + 0.05), None)
@@ -202,18 +207,26 @@ def main(argv: list[str] | None = None) -> int:
         except (OSError, ValueError):
             points.append({"point": point.index, "varied": point.varied, "experiment_id": point.experiment_id, "state": "not run"})
             continue
-        entry: dict[str, Any] = {"point": point.index, "varied": point.varied, "experiment_id": point.experiment_id,
-                                 "state": result["status"]}
+        entry: dict[str, Any] = {
+            "point": point.index,
+            "varied": point.varied,
+            "experiment_id": point.experiment_id,
+            "state": result["status"],
+        }
         data = load_or_build_data(point.config, args.cache_dir)
         entry["data"] = data_quantities(point.config, data)
         entry["run"] = run_quantities(result, entry["data"]["bigram_entropy"])
         run = entry["run"]
         epochs = run["gate_epoch"] or run["epochs_trained"]
-        entry["to_gate"] = {
-            "steps": epochs * run["steps_per_epoch"],
-            "visible_deadlines_min_rule": epochs * entry["data"]["visible_deadlines_per_epoch_min_rule"],
-            "visible_deadlines_all_rules": epochs * entry["data"]["visible_deadlines_per_epoch_all_rules"],
-        } if run["gate_passed"] else None
+        entry["to_gate"] = (
+            {
+                "steps": epochs * run["steps_per_epoch"],
+                "visible_deadlines_min_rule": epochs * entry["data"]["visible_deadlines_per_epoch_min_rule"],
+                "visible_deadlines_all_rules": epochs * entry["data"]["visible_deadlines_per_epoch_all_rules"],
+            }
+            if run["gate_passed"]
+            else None
+        )
         points.append(entry)
 
     extras = []
@@ -227,33 +240,43 @@ def main(argv: list[str] | None = None) -> int:
         data = build_data(small)
         quantities = data_quantities(small, data)
         scale = config.walks.train_walks / small.walks.train_walks
-        quantities["visible_deadlines_per_epoch_by_rule"] = [round(v * scale, 1) for v in quantities["visible_deadlines_per_epoch_by_rule"]]
+        quantities["visible_deadlines_per_epoch_by_rule"] = [
+            round(v * scale, 1) for v in quantities["visible_deadlines_per_epoch_by_rule"]
+        ]
         quantities["visible_deadlines_per_epoch_min_rule"] *= scale
         quantities["visible_deadlines_per_epoch_all_rules"] *= scale
-        quantities["steps_per_epoch"] = math.ceil(config.walks.train_walks * quantities["windows_per_walk"] / config.training.batch_size)
+        quantities["steps_per_epoch"] = math.ceil(
+            config.walks.train_walks * quantities["windows_per_walk"] / config.training.batch_size
+        )
         quantities["train_walks"] = config.walks.train_walks
         quantities["walks_drawn_for_these_numbers"] = small.walks.train_walks
         quantities["draw_seconds"] = round(time.perf_counter() - started, 1)
         extras.append({"config": path, "data": quantities})
 
-    print(f"{'pt':>3} {'varied':<48} {'gate':>5} {'ep':>3} {'worst@end':>9} {'1st>.5':>6} {'plat':>4} {'s/ep':>5} "
-          f"{'Pvis':>5} {'vis/ep/rule':>11} {'share%':>6} {'H2':>5} {'info':>5}")
+    print(
+        f"{'pt':>3} {'varied':<48} {'gate':>5} {'ep':>3} {'worst@end':>9} {'1st>.5':>6} {'plat':>4} {'s/ep':>5} "
+        f"{'Pvis':>5} {'vis/ep/rule':>11} {'share%':>6} {'H2':>5} {'info':>5}"
+    )
     for entry in points:
         label = ", ".join(f"{k}={json.dumps(v)}" for k, v in entry["varied"].items()) or "(centre)"
         if "run" not in entry:
             print(f"{entry['point']:>3} {label:<48} not run")
             continue
         run, data = entry["run"], entry["data"]
-        print(f"{entry['point']:>3} {label[:48]:<48} {str(run['gate_epoch'] or '-'):>5} {run['epochs_trained']:>3} "
-              f"{run['worst_rule_last']:>9.3f} {str(run['first_epoch_worst_rule_above_half'] or '-'):>6} "
-              f"{str(run['loss_plateau_epoch'] or '-'):>4} {run['median_epoch_seconds']:>5.1f} {data['p_visible_mean']:>5.3f} "
-              f"{data['visible_deadlines_per_epoch_min_rule']:>11.0f} {100 * data['rule_deadline_share_of_predicted_tokens']:>6.3f} "
-              f"{data['bigram_entropy']:>5.2f} {data['rule_information_nats_at_deadline']:>5.2f}")
+        print(
+            f"{entry['point']:>3} {label[:48]:<48} {str(run['gate_epoch'] or '-'):>5} {run['epochs_trained']:>3} "
+            f"{run['worst_rule_last']:>9.3f} {str(run['first_epoch_worst_rule_above_half'] or '-'):>6} "
+            f"{str(run['loss_plateau_epoch'] or '-'):>4} {run['median_epoch_seconds']:>5.1f} {data['p_visible_mean']:>5.3f} "
+            f"{data['visible_deadlines_per_epoch_min_rule']:>11.0f} {100 * data['rule_deadline_share_of_predicted_tokens']:>6.3f} "
+            f"{data['bigram_entropy']:>5.2f} {data['rule_information_nats_at_deadline']:>5.2f}"
+        )
     for extra in extras:
         data = extra["data"]
-        print(f"extra {extra['config']}: Pvis {data['p_visible_mean']:.3f}, visible deadlines per epoch (min rule) "
-              f"{data['visible_deadlines_per_epoch_min_rule']:.0f}, share {100 * data['rule_deadline_share_of_predicted_tokens']:.3f}%, "
-              f"H2 {data['bigram_entropy']:.2f}, info {data['rule_information_nats_at_deadline']:.2f}, steps/epoch {data['steps_per_epoch']}")
+        print(
+            f"extra {extra['config']}: Pvis {data['p_visible_mean']:.3f}, visible deadlines per epoch (min rule) "
+            f"{data['visible_deadlines_per_epoch_min_rule']:.0f}, share {100 * data['rule_deadline_share_of_predicted_tokens']:.3f}%, "
+            f"H2 {data['bigram_entropy']:.2f}, info {data['rule_information_nats_at_deadline']:.2f}, steps/epoch {data['steps_per_epoch']}"
+        )
     if args.markdown:
         Path(args.markdown).write_text(markdown_table(points, extras))
     if args.json:

@@ -77,12 +77,19 @@ def main() -> None:
     args = parser.parse_args()
     arrays = anchor_arrays(args.events, layers=args.layers)
     keys = [k for k in arrays if k.count(".") == 3 and not k.startswith("context.")]
-    config = config_from_dict({
-        "model": {"n_layers": args.layers},
-        "analysis": {"permutations": args.permutations, "confirmatory_fraction": 0.0},  # every event in the family
-    })
-    summary = {"experiment_id": "bench", "exploratory": False, "exploratory_reason": None,
-               "token_metrics_sha256": "0" * 64, "constant_metrics": []}
+    config = config_from_dict(
+        {
+            "model": {"n_layers": args.layers},
+            "analysis": {"permutations": args.permutations, "confirmatory_fraction": 0.0},  # every event in the family
+        }
+    )
+    summary = {
+        "experiment_id": "bench",
+        "exploratory": False,
+        "exploratory_reason": None,
+        "token_metrics_sha256": "0" * 64,
+        "constant_metrics": [],
+    }
     started = time.perf_counter()
     horizon = compute_horizon(arrays, config, summary)
     ours_s = time.perf_counter() - started
@@ -107,8 +114,13 @@ def main() -> None:
     used = horizon["holm"]["permutations_used"]
     ours_per = ours_s / (tested * used)
     row = {
-        "events": args.events, "arrays": tested, "lookbacks": R, "permutations": used, "permutations_requested": args.permutations,
-        "ours_s": round(ours_s, 2), "ours_us_per_array_perm": round(ours_per * 1e6, 2),
+        "events": args.events,
+        "arrays": tested,
+        "lookbacks": R,
+        "permutations": used,
+        "permutations_requested": args.permutations,
+        "ours_s": round(ours_s, 2),
+        "ours_us_per_array_perm": round(ours_per * 1e6, 2),
         "plain_us_per_array_perm": round(plain_per * 1e6, 1),
         "plain_extrapolated_s": round(plain_per * tested * used, 0),
         "speedup": round(plain_per / ours_per, 1),

@@ -27,19 +27,37 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def sweep_file(folder: Path, seeds: int, events: int) -> Path:
     path = folder / "throughput.json"
-    path.write_text(json.dumps({
-        "name": "throughput",
-        "base": str(ROOT / "configs" / "quick.json"),
-        "set": {"training.max_epochs": 20, "analysis.events": events},
-        "axes": {"seed": list(range(1, seeds + 1))},
-    }))
+    path.write_text(
+        json.dumps(
+            {
+                "name": "throughput",
+                "base": str(ROOT / "configs" / "quick.json"),
+                "set": {"training.max_epochs": 20, "analysis.events": events},
+                "axes": {"seed": list(range(1, seeds + 1))},
+            }
+        )
+    )
     return path
 
 
 def run_sweep(path: Path, scratch: Path, jobs: int, cache: Path) -> tuple[float, dict]:
-    command = [sys.executable, "-m", "dcsbm_transformer.cli", "sweep", str(path), "--jobs", str(jobs),
-               "--results-dir", str(scratch / "results"), "--sweeps-dir", str(scratch / "sweeps"),
-               "--cache-dir", str(cache), "--device", "cpu"]
+    command = [
+        sys.executable,
+        "-m",
+        "dcsbm_transformer.cli",
+        "sweep",
+        str(path),
+        "--jobs",
+        str(jobs),
+        "--results-dir",
+        str(scratch / "results"),
+        "--sweeps-dir",
+        str(scratch / "sweeps"),
+        "--cache-dir",
+        str(cache),
+        "--device",
+        "cpu",
+    ]
     started = time.perf_counter()
     done = subprocess.run(command, capture_output=True, text=True, env=dict(os.environ))
     seconds = time.perf_counter() - started
@@ -58,23 +76,44 @@ def main() -> None:
         scratch = Path(scratch)
         path = sweep_file(scratch, args.seeds, args.events)
         cache = scratch / "cache"
-        subprocess.run([sys.executable, "-m", "dcsbm_transformer.cli", "sweep", str(path), "--dry-run",
-                        "--cache-dir", str(cache)], check=True, capture_output=True)
+        subprocess.run(
+            [sys.executable, "-m", "dcsbm_transformer.cli", "sweep", str(path), "--dry-run", "--cache-dir", str(cache)],
+            check=True,
+            capture_output=True,
+        )
         for seed in range(1, args.seeds + 1):  # build the data once: the comparison is about training and analysis
             config = json.loads((ROOT / "configs" / "quick.json").read_text())
             config["seed"] = seed
             (scratch / f"s{seed}.json").write_text(json.dumps(config))
-            subprocess.run([sys.executable, "-m", "dcsbm_transformer.cli", "generate", "--config", str(scratch / f"s{seed}.json"),
-                            "--out", str(scratch / f"data{seed}"), "--cache-dir", str(cache)], check=True, capture_output=True)
+            subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "dcsbm_transformer.cli",
+                    "generate",
+                    "--config",
+                    str(scratch / f"s{seed}.json"),
+                    "--out",
+                    str(scratch / f"data{seed}"),
+                    "--cache-dir",
+                    str(cache),
+                ],
+                check=True,
+                capture_output=True,
+            )
         rows = []
         for jobs in (1, 2):
             seconds, status = run_sweep(path, scratch / f"jobs{jobs}", jobs, cache)
             points = status["rows"]
-            rows.append({
-                "jobs": jobs, "points": len(points), "seconds": round(seconds, 1),
-                "points_per_hour": round(3600 * len(points) / seconds, 1),
-                "gate_epochs": [p.get("gate_epoch") for p in points],
-            })
+            rows.append(
+                {
+                    "jobs": jobs,
+                    "points": len(points),
+                    "seconds": round(seconds, 1),
+                    "points_per_hour": round(3600 * len(points) / seconds, 1),
+                    "gate_epochs": [p.get("gate_epoch") for p in points],
+                }
+            )
     ratio = rows[1]["points_per_hour"] / rows[0]["points_per_hour"]
     for row in rows:
         row["jobs_ratio"] = round(ratio, 2)

@@ -25,8 +25,21 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as scratch:
-        command = [sys.executable, "-m", "dcsbm_transformer.cli", "run", "--config", args.config, "--device", args.device,
-                   "--results-dir", f"{scratch}/results", "--cache-dir", f"{scratch}/cache", "--no-analyze"]
+        command = [
+            sys.executable,
+            "-m",
+            "dcsbm_transformer.cli",
+            "run",
+            "--config",
+            args.config,
+            "--device",
+            args.device,
+            "--results-dir",
+            f"{scratch}/results",
+            "--cache-dir",
+            f"{scratch}/cache",
+            "--no-analyze",
+        ]
         started = time.perf_counter()
         subprocess.run(command, check=True, capture_output=True, text=True)
         seconds = time.perf_counter() - started

@@ -113,10 +113,14 @@ def make_step(
     if isinstance(model, TransformerLM) and fused_adamw is None:
         optimizer = build_optimizer(model, lr=3e-4, weight_decay=0.01)
     else:
-        groups = model.parameter_groups(0.01) if hasattr(model, "parameter_groups") else [
-            {"params": [p for p in model.parameters() if p.dim() >= 2], "weight_decay": 0.01},
-            {"params": [p for p in model.parameters() if p.dim() < 2], "weight_decay": 0.0},
-        ]
+        groups = (
+            model.parameter_groups(0.01)
+            if hasattr(model, "parameter_groups")
+            else [
+                {"params": [p for p in model.parameters() if p.dim() >= 2], "weight_decay": 0.01},
+                {"params": [p for p in model.parameters() if p.dim() < 2], "weight_decay": 0.0},
+            ]
+        )
         optimizer = torch.optim.AdamW(groups, lr=3e-4, fused=fused_adamw)
     inputs, targets = tokens[:, :-1], tokens[:, 1:]
     vocab = model.head.out_features
@@ -158,8 +162,14 @@ def shape_of(config_path: Path) -> dict:
     """The benchmarked shapes of a preset: vocab, context_window, d_model, n_layers, n_heads, batch."""
     config = load_config(config_path)
     m = config.model
-    return dict(vocab=config.graph.n, context_window=m.context_window, d_model=m.d_model,
-                n_layers=m.n_layers, n_heads=m.n_heads, batch=config.training.batch_size)
+    return dict(
+        vocab=config.graph.n,
+        context_window=m.context_window,
+        d_model=m.d_model,
+        n_layers=m.n_layers,
+        n_heads=m.n_heads,
+        batch=config.training.batch_size,
+    )
 
 
 def time_variants(steps: dict[str, Callable[[], None]], rounds: int, repeat: int) -> dict[str, list[float]]:
@@ -186,19 +196,24 @@ def bench_shape(label: str, shape: dict, device: torch.device, rounds: int, repe
     # Best of the rounds for both the steps and the ceiling: on a shared 2-core machine a busy
     # neighbour only ever adds time, so the fastest round is the closest to the uncontended rate.
     ceiling = max(ceilings)
-    flops = model_flops_per_step(
-        models["ours"][0], shape["batch"], shape["context_window"], shape["d_model"], shape["n_layers"]
-    )
+    flops = model_flops_per_step(models["ours"][0], shape["batch"], shape["context_window"], shape["d_model"], shape["n_layers"])
     base = min(seconds["ours"])
     rows = []
     for name, times in seconds.items():
         best = min(times)
-        rows.append({
-            "model": label, "variant": name, "ms_best": 1e3 * best, "ms_median": 1e3 * statistics.median(times),
-            "tokens_per_s": shape["batch"] * shape["context_window"] / best,
-            "model_GFLOPs": flops / best / 1e9, "gemm_ceiling_GFLOPs": ceiling, "MFU": flops / best / 1e9 / ceiling,
-            "speed_vs_ours": base / best,
-        })
+        rows.append(
+            {
+                "model": label,
+                "variant": name,
+                "ms_best": 1e3 * best,
+                "ms_median": 1e3 * statistics.median(times),
+                "tokens_per_s": shape["batch"] * shape["context_window"] / best,
+                "model_GFLOPs": flops / best / 1e9,
+                "gemm_ceiling_GFLOPs": ceiling,
+                "MFU": flops / best / 1e9 / ceiling,
+                "speed_vs_ours": base / best,
+            }
+        )
     return rows
 
 
@@ -222,9 +237,14 @@ def bench_overhead(anchor: dict, anchor_config: Path, device: torch.device, roun
     )
     base = min(seconds["ours"])
     return [
-        {"variant": name, "ms_best": 1e3 * min(times), "ms_median": 1e3 * statistics.median(times),
-         "speed_vs_ours": base / min(times), "anchor_steps_per_epoch": per_epoch,
-         "epoch_floor_s": min(times) * per_epoch}
+        {
+            "variant": name,
+            "ms_best": 1e3 * min(times),
+            "ms_median": 1e3 * statistics.median(times),
+            "speed_vs_ours": base / min(times),
+            "anchor_steps_per_epoch": per_epoch,
+            "epoch_floor_s": min(times) * per_epoch,
+        }
         for name, times in seconds.items()
     ]
 

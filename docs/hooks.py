@@ -21,14 +21,15 @@ def _cell(text: str) -> str:
 def metric_table() -> str:
     from dcsbm_transformer.analysis.metrics import METRICS
 
-    rows = ["| metric | kind | definition (the registry's formula) | version | from the function's docstring |", "|---|---|---|---|---|"]
+    rows = [
+        "| metric | kind | definition (the registry's formula) | version | from the function's docstring |",
+        "|---|---|---|---|---|",
+    ]
     for metric in METRICS.values():
         doc = inspect.getdoc(metric.function) or ""
         first = doc.split("\n\n")[0]
         needs = f" (needs: {', '.join(metric.needs)})" if metric.needs else ""
-        rows.append(
-            f"| `{metric.name}` | {metric.kind}{needs} | {_cell(metric.formula)} | {metric.version} | {_cell(first)} |"
-        )
+        rows.append(f"| `{metric.name}` | {metric.kind}{needs} | {_cell(metric.formula)} | {metric.version} | {_cell(first)} |")
     return "\n".join(rows)
 
 

@@ -146,8 +146,15 @@ for r, result in mine.items():
 candidates = {"moved since the jumper": moved, "per-step distance": step}
 p_values = []
 for name, values in candidates.items():
-    result = separation(values[explore], events["violated"].to_numpy()[explore], events["jumper"].to_numpy()[explore],
-                        events["r"].to_numpy()[explore], permutations=999, rng=np.random.default_rng(1), min_events=3)
+    result = separation(
+        values[explore],
+        events["violated"].to_numpy()[explore],
+        events["jumper"].to_numpy()[explore],
+        events["r"].to_numpy()[explore],
+        permutations=999,
+        rng=np.random.default_rng(1),
+        min_events=3,
+    )
     p_values += [(name, r, res.p_value) for r, res in result.items() if res.p_value is not None]
 adjusted = holm(np.array([p for _, _, p in p_values], dtype=float))
 for (name, r, p), p_adj in zip(p_values, adjusted):

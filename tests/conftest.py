@@ -18,9 +18,13 @@ REPO = Path(__file__).resolve().parents[1]
 def run_cli(*args, cwd, env=None):
     """``dcsbm *args`` in a fresh process from ``cwd``; ``env`` adds to this process's environment."""
     return subprocess.run(
-        [sys.executable, "-m", "dcsbm_transformer.cli", *args], cwd=cwd, capture_output=True, text=True,
+        [sys.executable, "-m", "dcsbm_transformer.cli", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
         env={**os.environ, **(env or {})},
     )
+
 
 # Many jumpers (a quarter of all vertices) with three jump lengths: nested rules everywhere.
 STRESS = {

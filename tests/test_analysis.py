@@ -8,24 +8,25 @@ import json
 import numpy as np
 import pytest
 import torch
+from conftest import run_cli, tiny_config
 
 from dcsbm_transformer.analysis.continuations import (
-    RULE_VIOLATED, continue_with_targets, label_continuations,
+    RULE_VIOLATED,
+    continue_with_targets,
+    label_continuations,
 )
 from dcsbm_transformer.analysis.events import draw_analysis_events
 from dcsbm_transformer.analysis.files import ANALYSIS_DIR, SUMMARY_FILE, TOKEN_METRICS_FILE, Summary, read_horizon
-from dcsbm_transformer.analysis.statistics import holm
-from dcsbm_transformer.pipeline import run_pipeline
 from dcsbm_transformer.analysis.measure import metric_key
 from dcsbm_transformer.analysis.metrics import METRICS
 from dcsbm_transformer.analysis.run import AnalysisRefused, analyze_run
+from dcsbm_transformer.analysis.statistics import holm
 from dcsbm_transformer.data.compliance import score_compliance
 from dcsbm_transformer.experiment import RunOptions, run_directory, run_experiment
 from dcsbm_transformer.model import ExtractionMode, TransformerLM
+from dcsbm_transformer.pipeline import run_pipeline
 from dcsbm_transformer.storage import read_npz
 from dcsbm_transformer.training.generation import greedy_continue
-
-from conftest import run_cli, tiny_config
 
 ALWAYS = {"edge_threshold": 0.0, "rule_threshold": 0.0, "rule_aggregate": "pooled"}
 
@@ -93,7 +94,9 @@ def test_labels_of_a_rule_true_and_a_broken_continuation(quick_data, quick_event
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("analysis")
-    config = tiny_config(gate=ALWAYS, training={"max_epochs": 1}, analysis={"events": 40, "chunk_mb": 0.01, "permutations": 200})  # 13 events a chunk
+    config = tiny_config(
+        gate=ALWAYS, training={"max_epochs": 1}, analysis={"events": 40, "chunk_mb": 0.01, "permutations": 200}
+    )  # 13 events a chunk
     run_experiment(config, RunOptions(results_root=root / "results", cache_root=root / "cache"), echo=lambda _: None)
     return config, run_directory(config, root / "results")
 
@@ -150,7 +153,8 @@ def main_job(tmp_path_factory):
     breaks one rule always and keeps the other always, which leaves no within-jumper AUROC defined."""
     root = tmp_path_factory.mktemp("main_job")
     config = tiny_config(
-        gate=ALWAYS, training={"max_epochs": 1},
+        gate=ALWAYS,
+        training={"max_epochs": 1},
         analysis={"events": 80, "permutations": 200, "min_events": 3, "temperature": 1.0},
     )
     options = RunOptions(results_root=root / "results", cache_root=root / "cache")
@@ -290,7 +294,8 @@ def test_generate_continuations_reproduces_a_row_of_token_metrics(tiny_run):
     assert np.array_equal(again.labels.violated, stored["violated"][:3])
     k = 3  # pass 3 against pass 2: a temporal metric
     value = compute_metrics(
-        spectrum(again.targets[k - 1].qkt, top_k=2, side="left"), spectrum(again.targets[k - 2].qkt, top_k=2, side="left"),
+        spectrum(again.targets[k - 1].qkt, top_k=2, side="left"),
+        spectrum(again.targets[k - 2].qkt, top_k=2, side="left"),
         shifted=True,
     )["grassmannian_distance"][0][:, 0, 0]
     assert np.allclose(value.numpy(), stored["qkt.layer_0.head_0.grassmannian_distance"][:3, r - k], rtol=1e-4, atol=1e-6)
@@ -342,9 +347,10 @@ def test_loading_an_excluded_run_warns_and_says_so(tmp_path):
 def test_a_pass_reads_nothing_back_from_the_device(quick_config, quick_events):
     """Continuations, spectra and metrics never wait on the device pass by pass: host reads do
     not grow with the number of passes (tokens and values come back once, at a chunk's end)."""
+    from test_training import _HostReads
+
     from dcsbm_transformer.analysis.measure import TARGET_SIDE
     from dcsbm_transformer.analysis.metrics import compute_metrics, spectrum
-    from test_training import _HostReads
 
     model = TransformerLM.from_config(quick_config).eval()
     prompts = torch.from_numpy(quick_events.prompts[:32])

@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import tiny_config
 
 from dcsbm_transformer import load_run
 from dcsbm_transformer.analysis.behaviour import PassBehaviour, attention_to_jumper
@@ -14,16 +15,15 @@ from dcsbm_transformer.analysis.events import draw_analysis_events
 from dcsbm_transformer.experiment import RunOptions
 from dcsbm_transformer.pipeline import run_pipeline
 
-from conftest import tiny_config
-
 ALWAYS = {"edge_threshold": 0.0, "rule_threshold": 0.0, "rule_aggregate": "pooled"}
 
 
 @pytest.fixture(scope="module")
 def analysed(tmp_path_factory):
     root = tmp_path_factory.mktemp("baselines")
-    config = tiny_config(gate=ALWAYS, training={"max_epochs": 1},
-                         analysis={"events": 80, "permutations": 100, "min_events": 3, "temperature": 1.0})
+    config = tiny_config(
+        gate=ALWAYS, training={"max_epochs": 1}, analysis={"events": 80, "permutations": 100, "min_events": 3, "temperature": 1.0}
+    )
     outcome = run_pipeline(config, RunOptions(results_root=root / "results", cache_root=root / "cache"), echo=lambda _: None)
     return config, load_run(outcome.run_dir).analysis()
 
@@ -41,7 +41,12 @@ def test_the_baselines_are_measured_at_every_pass_with_their_known_properties(an
     assert (kl[np.isfinite(kl)] >= -1e-5).all() and np.isfinite(kl).mean() > 0.9
     attention = tm["attention_jumper.layer_0.head_0"]
     assert ((attention >= 0) & (attention <= 1)).all()  # r = 6 < w = 8: the jumper is in the window at every pass
-    assert set(analysis.horizon["baselines"]) == {"rule_feasible_mass", "output_entropy", "oracle_kl", "attention_jumper.layer_0.head_0"}
+    assert set(analysis.horizon["baselines"]) == {
+        "rule_feasible_mass",
+        "output_entropy",
+        "oracle_kl",
+        "attention_jumper.layer_0.head_0",
+    }
     row = analysis.horizon["baselines"]["attention_jumper.layer_0.head_0"]
     assert row["target"] == "attention" and row["by_r"]["6"]["alternative"] == "two-sided"
 
@@ -63,10 +68,12 @@ def test_rule_feasible_mass_and_oracle_kl_known_answers(quick_config, quick_data
         for e, v in enumerate(current):  # building the test's input, not the code under test
             uniform[e, graph.indices[graph.indptr[v] : graph.indptr[v + 1]]] = 1.0 / graph.out_degree[v]
         recorder.record(k, uniform, torch.from_numpy(current), None)
-        expected = np.array([
-            reach[max(events.r[e] - k, 0)][graph.indices[graph.indptr[v] : graph.indptr[v + 1]], events.target_block[e]].mean()
-            for e, v in enumerate(current)
-        ])
+        expected = np.array(
+            [
+                reach[max(events.r[e] - k, 0)][graph.indices[graph.indptr[v] : graph.indptr[v + 1]], events.target_block[e]].mean()
+                for e, v in enumerate(current)
+            ]
+        )
         np.testing.assert_allclose(recorder.values["rule_feasible_mass"][:, k - 1].numpy(), expected, rtol=1e-5)
     kl = recorder.finish(events.walk_continuation)["oracle_kl"]
     required = recorder.walker.pending_rules(history.numpy())

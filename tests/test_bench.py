@@ -14,7 +14,6 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import REPO, tiny_config
 
 
@@ -52,8 +51,9 @@ def test_epoch_benchmark_compiles_in_the_mode_asked_and_records_it_apart(bench_e
     entry = entries["epoch_tiny_fp32_compiled_reduce_overhead"]
     assert entry["compile"] is True and entry["compile_mode"] == "reduce-overhead" and entry["steps_timed"] == 2
     assert entry["compile_s"] > 0 and entry["warmup_s"] > 0
-    refused = subprocess.run([sys.executable, "-m", *args[:5], "--compile-mode", "reduce-overhead"], cwd=REPO, env=env,
-                             capture_output=True, text=True)
+    refused = subprocess.run(
+        [sys.executable, "-m", *args[:5], "--compile-mode", "reduce-overhead"], cwd=REPO, env=env, capture_output=True, text=True
+    )
     assert refused.returncode == 2 and "--compile-mode needs --compile" in refused.stderr
 
 
@@ -99,8 +99,18 @@ def test_gemm_and_training_step_benchmarks_report_utilisation_against_the_same_r
 
 def test_analysis_benchmark_compares_the_pipeline_with_raw_svd_and_plain(bench_env):
     config, _, _ = bench_env
-    figures = run_bench(bench_env, "bench.analysis", "--config", str(config), "--anchor-config", str(config),
-                        "--anchor-events", "8", "--plain-events", "2")
+    figures = run_bench(
+        bench_env,
+        "bench.analysis",
+        "--config",
+        str(config),
+        "--anchor-config",
+        str(config),
+        "--anchor-events",
+        "8",
+        "--plain-events",
+        "2",
+    )
     for name in ("analysis_quick", "analysis_anchor"):
         row = figures[name]
         # one layer, one head, two targets, at every generated pass and the 2 context windows
@@ -111,8 +121,20 @@ def test_analysis_benchmark_compares_the_pipeline_with_raw_svd_and_plain(bench_e
 
 
 def test_statistics_benchmark_agrees_with_the_plain_statistic_and_records_the_ratio(bench_env):
-    entry = run_bench(bench_env, "bench.statistics", "--events", "160", "--permutations", "20", "--layers", "1",
-                      "--plain-arrays", "1", "--plain-permutations", "2")["statistics_anchor"]
+    entry = run_bench(
+        bench_env,
+        "bench.statistics",
+        "--events",
+        "160",
+        "--permutations",
+        "20",
+        "--layers",
+        "1",
+        "--plain-arrays",
+        "1",
+        "--plain-permutations",
+        "2",
+    )["statistics_anchor"]
     from dcsbm_transformer.analysis.metrics import METRICS
     from dcsbm_transformer.analysis.statistics import permutations_needed
 

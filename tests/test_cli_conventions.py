@@ -8,11 +8,10 @@ import json
 from pathlib import Path
 
 import pytest
+from conftest import REPO
 
 from dcsbm_transformer import cli
 from dcsbm_transformer.sweep import load_sweep
-
-from conftest import REPO
 
 QUICK = str(REPO / "configs" / "quick.json")
 

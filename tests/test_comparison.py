@@ -14,12 +14,18 @@ import numpy as np
 import pytest
 
 from dcsbm_transformer.analysis.files import ANALYSIS_DIR, read_horizon, record_analysis, write_horizon
-from dcsbm_transformer.registration import RegistrationCheck, registration_payload
 from dcsbm_transformer.analysis.horizon import compute_horizon
 from dcsbm_transformer.comparison import (
-    ComparisonError, add_report_parser, command_report, filter_runs, find_runs, parse_where, report,
+    ComparisonError,
+    add_report_parser,
+    command_report,
+    filter_runs,
+    find_runs,
+    parse_where,
+    report,
 )
 from dcsbm_transformer.config import config_from_dict
+from dcsbm_transformer.registration import RegistrationCheck, registration_payload
 from dcsbm_transformer.storage import atomic_write_bytes
 from dcsbm_transformer.training.results import write_result
 
@@ -30,37 +36,78 @@ FAILURE = "rule 1 (vertex 17, block 1→0, r=12) 0.41 < 0.8"
 
 
 def make_config(scale: float, seed: int, direction: str = "higher", avwo_direction: str | None = None):
-    return config_from_dict({
-        "seed": seed,
-        "graph": {"n": 32, "K": 2, "p_in": 0.9, "p_out": 0.2, "jumpers_per_block": 1, "jump_scales": [scale]},
-        "walks": {"walk_length": 32, "train_walks": 3200, "eval_walks": 200},
-        "model": {"context_window": 8, "d_model": 16, "n_layers": 1, "n_heads": 1},
-        "training": {"max_epochs": 3},
-        "analysis": {"permutations": 100, "min_events": 20, "primary": {"direction": direction},
-                     "avwo_direction": avwo_direction or direction},
-    })
+    return config_from_dict(
+        {
+            "seed": seed,
+            "graph": {"n": 32, "K": 2, "p_in": 0.9, "p_out": 0.2, "jumpers_per_block": 1, "jump_scales": [scale]},
+            "walks": {"walk_length": 32, "train_walks": 3200, "eval_walks": 200},
+            "model": {"context_window": 8, "d_model": 16, "n_layers": 1, "n_heads": 1},
+            "training": {"max_epochs": 3},
+            "analysis": {
+                "permutations": 100,
+                "min_events": 20,
+                "primary": {"direction": direction},
+                "avwo_direction": avwo_direction or direction,
+            },
+        }
+    )
 
 
 def result_payload(config, *, passed: bool, finished: bool = True, compliance=(0.95, 0.9)):
     """A result.json that passes the schema, shaped like a real one."""
     epochs = 3 if finished else 1
     rules = [
-        {"rule": k, "vertex": 3 + 16 * k, "block": k, "target_block": 1 - k, "r": r, "gate_events": 32,
-         "compliance": compliance[k], "chance_bigram_argmax": 0.0, "chance_bigram_sampling": 0.3}
+        {
+            "rule": k,
+            "vertex": 3 + 16 * k,
+            "block": k,
+            "target_block": 1 - k,
+            "r": r,
+            "gate_events": 32,
+            "compliance": compliance[k],
+            "chance_bigram_argmax": 0.0,
+            "chance_bigram_sampling": 0.3,
+        }
         for k, r in enumerate(config.jumper_r_values())
     ]
     per_epoch = [list(compliance)] * epochs
     return {
-        "experiment_id": config.experiment_id, "status": "finished" if finished else "running", "config": config.to_dict(),
-        "config_hash": config.config_hash, "data_hash": config.data_hash,
-        "curves": {"train_loss": [3.0] * (10 * epochs), "edge_compliance": [1.0] * epochs, "rule_compliance": [min(compliance)] * epochs,
-                   "rule_compliance_per_jumper": per_epoch, "rule_events": [64] * epochs},
-        "training": {"gate_passed": passed, "gate_epoch": 3 if passed else None, "epochs_trained": epochs, "steps_trained": 10 * epochs,
-                     "steps_per_epoch": 10, "total_steps": 30, "failure_reason": None if passed or not finished else FAILURE,
-                     "final_edge_compliance": 1.0, "final_rule_compliance": min(compliance), "excluded_from_analysis": not passed},
-        "evaluation": None, "rules": rules,
-        "rule_blind_baseline": {"edge_compliance": 1.0, "rule_compliance_pooled": 0.5, "rule_score": 0.0, "passed": False, "failure_reason": "rule-blind"},
-        "data": {}, "environment": {}, "timings": {},
+        "experiment_id": config.experiment_id,
+        "status": "finished" if finished else "running",
+        "config": config.to_dict(),
+        "config_hash": config.config_hash,
+        "data_hash": config.data_hash,
+        "curves": {
+            "train_loss": [3.0] * (10 * epochs),
+            "edge_compliance": [1.0] * epochs,
+            "rule_compliance": [min(compliance)] * epochs,
+            "rule_compliance_per_jumper": per_epoch,
+            "rule_events": [64] * epochs,
+        },
+        "training": {
+            "gate_passed": passed,
+            "gate_epoch": 3 if passed else None,
+            "epochs_trained": epochs,
+            "steps_trained": 10 * epochs,
+            "steps_per_epoch": 10,
+            "total_steps": 30,
+            "failure_reason": None if passed or not finished else FAILURE,
+            "final_edge_compliance": 1.0,
+            "final_rule_compliance": min(compliance),
+            "excluded_from_analysis": not passed,
+        },
+        "evaluation": None,
+        "rules": rules,
+        "rule_blind_baseline": {
+            "edge_compliance": 1.0,
+            "rule_compliance_pooled": 0.5,
+            "rule_score": 0.0,
+            "passed": False,
+            "failure_reason": "rule-blind",
+        },
+        "data": {},
+        "environment": {},
+        "timings": {},
     }
 
 
@@ -80,8 +127,12 @@ def token_metrics(config, seed: int, qkt_reach: int, avwo_reach: int):
         return (rng.normal(size=(EVENTS, r)) + violated[:, None] * shift).astype(np.float32)
 
     return {
-        QKT: metric(qkt_reach), AVWO: metric(avwo_reach), "target_block_probability": metric(0),
-        "violated": violated, "event_jumper": jumper, "event_r": np.full(EVENTS, r),
+        QKT: metric(qkt_reach),
+        AVWO: metric(avwo_reach),
+        "target_block_probability": metric(0),
+        "violated": violated,
+        "event_jumper": jumper,
+        "event_r": np.full(EVENTS, r),
     }
 
 
@@ -101,21 +152,40 @@ def settings_of(config, events: int = EVENTS, include_failed: bool = False) -> d
     block = config.analysis.model_dump(mode="json")
     block.pop("chunk_mb")
     block["events"] = events
-    return {"events": events, "stream": block["stream"], "top_k": block["top_k"], "temperature": block["temperature"],
-            "precision": "fp32", "checkpoint": "checkpoint_gate.pt", "checkpoint_sha256": "0" * 64, "include_failed": include_failed,
-            "metrics": {"stable_rank": 1}, "analysis": block}
+    return {
+        "events": events,
+        "stream": block["stream"],
+        "top_k": block["top_k"],
+        "temperature": block["temperature"],
+        "precision": "fp32",
+        "checkpoint": "checkpoint_gate.pt",
+        "checkpoint_sha256": "0" * 64,
+        "include_failed": include_failed,
+        "metrics": {"stable_rank": 1},
+        "analysis": block,
+    }
 
 
 def write_analysis(folder, config, arrays, name: str, *, registered: bool = True, events: int = EVENTS, include_failed: bool = False):
     """analysis/<name>/ with its summary.json and horizon.json, listed in analysis/index.json."""
     settings = settings_of(config, events, include_failed)
-    summary = {"experiment_id": config.experiment_id, "analysis_name": name, "exploratory": False, "exploratory_reason": None,
-               "token_metrics_sha256": "0" * 64, "constant_metrics": [], "settings": settings}
+    summary = {
+        "experiment_id": config.experiment_id,
+        "analysis_name": name,
+        "exploratory": False,
+        "exploratory_reason": None,
+        "token_metrics_sha256": "0" * 64,
+        "constant_metrics": [],
+        "settings": settings,
+    }
     directory = folder / ANALYSIS_DIR / name
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "summary.json").write_text(json.dumps(summary))
-    check = (RegistrationCheck(True, [], registration_payload(config)) if registered
-             else RegistrationCheck(False, ["its primary hypothesis is not the registered one"], registration_payload(config)))
+    check = (
+        RegistrationCheck(True, [], registration_payload(config))
+        if registered
+        else RegistrationCheck(False, ["its primary hypothesis is not the registered one"], registration_payload(config))
+    )
     write_horizon(directory, compute_horizon(arrays, config, summary, check=check, analysis_name=name))
     record_analysis(folder, name, settings, label=None, from_run_config=registered, overrides={})
     return directory
@@ -164,8 +234,14 @@ def test_listing_shows_every_run_with_its_status(runs, written):
     assert "gate passed at epoch 3; not analysed" in line["not_analysed"]
     assert re.search(r"\b32\s+2\s+8\s+12\s+1\.5\s+1\s+16\s+2\s+3200\b", line["not_analysed"])  # n K w r r/w L d seed walks
     states = {name: _entry(comparison, folder)["state"] for name, folder in folders.items()}
-    assert states == {"analysed_a": "passed", "analysed_b": "passed", "analysed_c": "passed", "failed": "failed",
-                      "unfinished": "unfinished", "not_analysed": "passed"}
+    assert states == {
+        "analysed_a": "passed",
+        "analysed_b": "passed",
+        "analysed_c": "passed",
+        "failed": "failed",
+        "unfinished": "unfinished",
+        "not_analysed": "passed",
+    }
 
 
 def test_where_filters_by_config_keys_and_by_r(runs):
@@ -183,13 +259,16 @@ def test_where_filters_by_config_keys_and_by_r(runs):
     assert names("model.context_window=16") == set()
 
 
-@pytest.mark.parametrize("where, message", [
-    ("graph.nn=3", "'graph.nn' is not a config key (did you mean graph.n"),
-    ("graph=3", "graph is a section"),
-    ("seed", "expected key=value"),
-    ("graph.jump_scales=0.9", "write it as JSON, e.g. graph.jump_scales=[0.9]"),
-    ("r=eight", "r is a jump length in tokens"),
-])
+@pytest.mark.parametrize(
+    "where, message",
+    [
+        ("graph.nn=3", "'graph.nn' is not a config key (did you mean graph.n"),
+        ("graph=3", "graph is a section"),
+        ("seed", "expected key=value"),
+        ("graph.jump_scales=0.9", "write it as JSON, e.g. graph.jump_scales=[0.9]"),
+        ("r=eight", "r is a jump length in tokens"),
+    ],
+)
 def test_a_bad_filter_is_an_error_naming_it(where, message):
     with pytest.raises(ComparisonError, match=re.escape(message)):
         parse_where([where])
@@ -235,8 +314,10 @@ def test_horizons_are_those_of_each_runs_horizon_json(runs, written):
             assert entry["primary"]["by_r"][r]["p_value"] == p["p_value"]
     assert checked == 6
     # the planted reaches come back: QKᵀ 3, 2, 5 lookbacks; AVWₒ 1, 2, 2
-    assert [_entry(comparison, folders[n])["horizons"][r]["qkt"]["horizon"] for n, r in
-            (("analysed_a", "4"), ("analysed_b", "4"), ("analysed_c", "8"))] == [3, 2, 5]
+    assert [
+        _entry(comparison, folders[n])["horizons"][r]["qkt"]["horizon"]
+        for n, r in (("analysed_a", "4"), ("analysed_b", "4"), ("analysed_c", "8"))
+    ] == [3, 2, 5]
 
 
 def test_excluded_runs_stay_in_compliance_but_not_horizons_and_the_page_says_why(runs, written):
@@ -264,7 +345,12 @@ def test_the_page_is_self_contained(written):
     sources = re.findall(r'<img src="([^"]*)"', page)
     assert len(sources) == 4 and all(s.startswith("data:image/png;base64,") for s in sources)
     assert not re.search(r'<(script|link)\b|src="http|href="http', page)
-    assert sorted(p.name for p in (page_path.parent / "figures").iterdir()) == ["auroc.png", "compliance.png", "gate.png", "horizons.png"]
+    assert sorted(p.name for p in (page_path.parent / "figures").iterdir()) == [
+        "auroc.png",
+        "compliance.png",
+        "gate.png",
+        "horizons.png",
+    ]
     assert not any(p.name.startswith(".") for p in page_path.parent.iterdir())  # no stray temporaries
 
 

@@ -5,10 +5,9 @@ from __future__ import annotations
 import json
 
 import pytest
+from conftest import REPO
 
 from dcsbm_transformer.config import ConfigError, config_from_dict, load_config
-
-from conftest import REPO
 
 
 def problems_of(raw) -> list[str]:

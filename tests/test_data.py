@@ -76,11 +76,18 @@ def test_quick_preset_targets_are_balanced_on_every_seed(quick_config, seed):
 def test_a_graph_without_non_trivial_rules_says_why():
     # a directed 4-cycle alternating blocks: from every vertex exactly one vertex is r steps away,
     # so no rule is non-trivial (the graph alone would force it)
-    ring = Graph.from_arrays({
-        "indptr": np.array([0, 1, 2, 3, 4]), "indices": np.array([2, 3, 1, 0]), "block": np.array([0, 0, 1, 1]),
-        "theta": np.ones(4), "jumper_vertex": np.zeros(0), "jumper_target_block": np.zeros(0), "jumper_r": np.zeros(0),
-        "K": np.asarray(2),
-    })
+    ring = Graph.from_arrays(
+        {
+            "indptr": np.array([0, 1, 2, 3, 4]),
+            "indices": np.array([2, 3, 1, 0]),
+            "block": np.array([0, 0, 1, 1]),
+            "theta": np.ones(4),
+            "jumper_vertex": np.zeros(0),
+            "jumper_target_block": np.zeros(0),
+            "jumper_r": np.zeros(0),
+            "K": np.asarray(2),
+        }
+    )
     why = choose_jumpers(ring, [2, 2], 1, np.random.default_rng(0))
     assert isinstance(why, str) and why.startswith("no balanced set of non-trivial rules (block 0 has no free vertex whose r=2 rule")
 
@@ -174,7 +181,10 @@ def test_zipf_theta_matches_the_measured_lowest_rank():
 
 def test_impossible_graph_gives_a_clear_error():
     config = config_from_dict(
-        {"graph": {"n": 40, "K": 4, "p_in": 0.05, "p_out": 0.01, "max_attempts": 3}, "walks": {"walk_length": 128, "train_walks": 4000}}
+        {
+            "graph": {"n": 40, "K": 4, "p_in": 0.05, "p_out": 0.01, "max_attempts": 3},
+            "walks": {"walk_length": 128, "train_walks": 4000},
+        }
     )
     with pytest.raises(GraphGenerationError, match="no graph passed validation in graph.max_attempts=3"):
         generate_graph(config)

@@ -7,13 +7,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import tiny_config
 
 from dcsbm_transformer import load_run
 from dcsbm_transformer.data.dataset import MANIFEST, cache_directory, default_cache_root
 from dcsbm_transformer.devices import free_cores, thread_advice
 from dcsbm_transformer.experiment import RunOptions, run_directory, run_experiment
-
-from conftest import tiny_config
 
 ALWAYS = {"edge_threshold": 0.0, "rule_threshold": 0.0, "rule_aggregate": "pooled"}
 

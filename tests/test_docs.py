@@ -13,13 +13,16 @@ import subprocess
 import sys
 
 import pytest
+from conftest import REPO
 
 from dcsbm_transformer.analysis.metrics import METRICS
 
-from conftest import REPO
-
-NEEDED = {"mkdocs": "mkdocs", "material": "mkdocs-material", "mkdocstrings": "mkdocstrings",
-          "mkdocstrings_handlers.python": "mkdocstrings[python]"}
+NEEDED = {
+    "mkdocs": "mkdocs",
+    "material": "mkdocs-material",
+    "mkdocstrings": "mkdocstrings",
+    "mkdocstrings_handlers.python": "mkdocstrings[python]",
+}
 
 
 def _missing() -> list[str]:
@@ -44,7 +47,10 @@ def site(tmp_path_factory):
     out = tmp_path_factory.mktemp("site")
     done = subprocess.run(
         [sys.executable, "-m", "mkdocs", "build", "--strict", "--config-file", str(REPO / "mkdocs.yml"), "--site-dir", str(out)],
-        cwd=REPO, capture_output=True, text=True, env={**os.environ, "NO_MKDOCS_2_WARNING": "1"},
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "NO_MKDOCS_2_WARNING": "1"},
     )
     assert done.returncode == 0, f"mkdocs build --strict failed:\n{done.stdout}\n{done.stderr}"
     return out

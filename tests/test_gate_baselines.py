@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import scipy.sparse as sp
+from conftest import REPO
 
 from dcsbm_transformer.config import load_config
 from dcsbm_transformer.data.dataset import build_data
@@ -21,8 +22,6 @@ from dcsbm_transformer.training.baselines import (
 )
 from dcsbm_transformer.training.evaluation import GateEvaluator
 from dcsbm_transformer.training.trainer import judge
-
-from conftest import REPO
 
 
 def rule_blind_verdict(config, data):
@@ -70,7 +69,10 @@ def test_sampling_chance_is_the_r_step_transition_probability(quick_data):
 def test_pooled_reading_of_a_lax_gate_lets_the_rule_blind_model_through(quick_config, quick_data):
     """The same machinery can pass: with no thresholds and the pooled reading the bigram policy
     gets through, so the failures above are the gate's doing, not the baseline's."""
-    lax = quick_config.model_copy(update={"gate": quick_config.gate.model_copy(update={
-        "edge_threshold": 0.0, "rule_threshold": 0.0, "rule_aggregate": "pooled"})})
+    lax = quick_config.model_copy(
+        update={
+            "gate": quick_config.gate.model_copy(update={"edge_threshold": 0.0, "rule_threshold": 0.0, "rule_aggregate": "pooled"})
+        }
+    )
     _, decision = rule_blind_verdict(lax, quick_data)
     assert decision.passed

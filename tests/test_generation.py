@@ -6,12 +6,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import tiny_config
 
 from dcsbm_transformer.model import TransformerLM
 from dcsbm_transformer.training.evaluation import GateEvaluator
 from dcsbm_transformer.training.generation import greedy_continue, plain_greedy_continue
-
-from conftest import tiny_config
 
 
 def model_for(vocab=20, window=8, seed=0):

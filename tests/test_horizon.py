@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import tiny_config
 
 from dcsbm_transformer.analysis.files import Horizon, read_horizon, write_horizon
 from dcsbm_transformer.analysis.horizon import compute_horizon, primary_key
 from dcsbm_transformer.analysis.statistics import auroc_difference, holm, separation
 from dcsbm_transformer.registration import RegistrationCheck, registration_payload
-
-from conftest import tiny_config
 
 R, K_PLANTED, EVENTS, JUMPERS = 6, 3, 600, 3
 PRIMARY = "qkt.layer_0.head_0.grassmannian_distance"
@@ -60,8 +59,11 @@ def synthetic_arrays(seed: int = 0, *, primary_signal: float = 0.0, rare_r: int 
 
 def summary_for(arrays):
     return {
-        "experiment_id": "synthetic", "exploratory": False, "exploratory_reason": None,
-        "token_metrics_sha256": "0" * 64, "constant_metrics": [CONSTANT],
+        "experiment_id": "synthetic",
+        "exploratory": False,
+        "exploratory_reason": None,
+        "token_metrics_sha256": "0" * 64,
+        "constant_metrics": [CONSTANT],
     }
 
 
@@ -185,6 +187,12 @@ def test_shared_shuffles_give_each_metric_the_p_it_would_get_alone():
     h = horizon_of(arrays)
     from dcsbm_transformer.reproducibility import numpy_rng
 
-    alone = separation(arrays[NOISE], arrays["violated"], arrays["event_jumper"], arrays["event_r"], permutations=999,
-                       rng=numpy_rng(CONFIG.seed, CONFIG.analysis.stream, "permutations"))[R]
+    alone = separation(
+        arrays[NOISE],
+        arrays["violated"],
+        arrays["event_jumper"],
+        arrays["event_r"],
+        permutations=999,
+        rng=numpy_rng(CONFIG.seed, CONFIG.analysis.stream, "permutations"),
+    )[R]
     assert alone.p_value == h["metrics"][NOISE]["by_r"][str(R)]["p_value"]

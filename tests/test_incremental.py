@@ -29,8 +29,9 @@ def events(seed: int, extra_signal: float):
 
 
 def test_context_plus_noise_adds_nothing_and_the_lr_test_keeps_its_level():
-    results = [incremental_value(*events(seed, 0.0)[:2], *events(seed, 0.0)[2:], rng=np.random.default_rng(seed))
-               for seed in range(100)]
+    results = [
+        incremental_value(*events(seed, 0.0)[:2], *events(seed, 0.0)[2:], rng=np.random.default_rng(seed)) for seed in range(100)
+    ]
     p = np.array([r["p_value"] for r in results])
     assert np.isfinite(p).all()
     assert np.mean(p < 0.05) <= 0.05 + 3 * np.sqrt(0.05 * 0.95 / 100)
@@ -41,8 +42,10 @@ def test_context_plus_noise_adds_nothing_and_the_lr_test_keeps_its_level():
 
 
 def test_an_independent_signal_is_found_beyond_the_bases():
-    found = [incremental_value(*events(100 + seed, 1.0)[:2], *events(100 + seed, 1.0)[2:], rng=np.random.default_rng(seed))
-             for seed in range(20)]
+    found = [
+        incremental_value(*events(100 + seed, 1.0)[:2], *events(100 + seed, 1.0)[2:], rng=np.random.default_rng(seed))
+        for seed in range(20)
+    ]
     assert np.mean([r["p_value"] < 0.01 and r["gain_ci_low"] > 0 for r in found]) >= 0.9
     assert all(r["coefficient"] > 0 for r in found)
 
@@ -54,8 +57,9 @@ def test_the_lr_statistic_is_that_of_a_direct_fit_and_unfittable_data_give_nan()
     result = incremental_value(metric, bases, violated, jumper, rng=np.random.default_rng(0))
     dummies = np.column_stack([(jumper == k).astype(float) for k in range(3)])
     z = lambda v: (v - v.mean()) / v.std()  # noqa: E731
-    reduced = sm.Logit(violated.astype(float), np.column_stack([dummies, z(bases["context-only value"]),
-                                                                 z(bases["target_block_probability"])])).fit(disp=0)
+    reduced = sm.Logit(
+        violated.astype(float), np.column_stack([dummies, z(bases["context-only value"]), z(bases["target_block_probability"])])
+    ).fit(disp=0)
     full = sm.Logit(violated.astype(float), np.column_stack([reduced.model.exog, z(metric)])).fit(disp=0)
     assert result["lr_statistic"] == pytest.approx(2 * (full.llf - reduced.llf), rel=1e-6)
     assert result["events"] == EVENTS and result["bases"] == ["context-only value", "target_block_probability"]

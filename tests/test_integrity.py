@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import REPO, run_cli, tiny_config
 from scipy import stats
 
 from dcsbm_transformer import load_run
@@ -23,8 +24,6 @@ from dcsbm_transformer.comparison import report
 from dcsbm_transformer.experiment import RunOptions, run_experiment
 from dcsbm_transformer.pipeline import run_pipeline
 from dcsbm_transformer.registration import REGISTRATION_FILE, RegistrationCheck, read_registration, registration_payload
-
-from conftest import REPO, run_cli, tiny_config
 
 ALWAYS = {"edge_threshold": 0.0, "rule_threshold": 0.0, "rule_aggregate": "pooled"}
 # Sampled continuations: a one-epoch model then both follows and breaks each rule.
@@ -135,8 +134,9 @@ def test_a_post_hoc_swap_of_the_primary_is_exploratory_everywhere(copy, tmp_path
 def test_two_analyses_coexist_each_with_its_own_settings_in_the_comparison(copy, tmp_path):
     (first,) = index_names(copy)
     stamp = (copy / ANALYSIS_DIR / first / "summary.json").stat().st_mtime_ns
-    done = run_cli("analyze", str(copy), "--name", "greedy40", "--set", "analysis.events=40", "--set", "analysis.temperature=0",
-                   cwd=tmp_path)
+    done = run_cli(
+        "analyze", str(copy), "--name", "greedy40", "--set", "analysis.events=40", "--set", "analysis.temperature=0", cwd=tmp_path
+    )
     assert done.returncode == 0, done.stderr
     assert index_names(copy) == [first, "greedy40"]
     assert (copy / ANALYSIS_DIR / first / "summary.json").stat().st_mtime_ns == stamp  # untouched
@@ -207,13 +207,20 @@ def simulated(seed: int, shift: float, logits_shift: float = 0.0, events: int = 
     return {
         SIM_PRIMARY: (noise + shift * violated[:, None] * (np.arange(R) >= 1)).astype(np.float32),
         "target_block_probability": (rng.normal(size=(events, R)) - logits_shift * violated[:, None]).astype(np.float32),
-        "violated": violated, "event_jumper": np.arange(events) % 2, "event_r": np.full(events, R),
+        "violated": violated,
+        "event_jumper": np.arange(events) % 2,
+        "event_r": np.full(events, R),
     }
 
 
 def verdict_of(arrays) -> dict:
-    summary = {"experiment_id": "sim", "exploratory": False, "exploratory_reason": None, "token_metrics_sha256": "0" * 64,
-               "constant_metrics": []}
+    summary = {
+        "experiment_id": "sim",
+        "exploratory": False,
+        "exploratory_reason": None,
+        "token_metrics_sha256": "0" * 64,
+        "constant_metrics": [],
+    }
     return compute_horizon(arrays, SIM, summary, check=SIM_REGISTERED)["confirmatory"][str(R)]
 
 
@@ -323,15 +330,18 @@ def test_dcsbm_run_adds_a_sampled_second_estimate_and_the_report_says_whether_th
     page = (directory / "report.html").read_text()
     assert 'id="sensitivity"' in page and "sampled continuations, temperature 1" in page
     edge = read_horizon(directory)["sensitivity"]["edge_clean"]
-    assert edge["events_with_an_invalid_edge"] == int(((load_run(copy).analysis(directory.name).events["first_bad_edge_pass"] > 0)).sum())
+    assert edge["events_with_an_invalid_edge"] == int(
+        (load_run(copy).analysis(directory.name).events["first_bad_edge_pass"] > 0).sum()
+    )
     assert "edge-clean events only" in page
 
 
 def test_a_gate_failed_run_is_analysed_as_a_negative_control_when_asked(tmp_path):
     from dcsbm_transformer.sweep.status import assess
 
-    config = tiny_config(gate={"edge_threshold": 1.0, "rule_threshold": 1.0}, training={"max_epochs": 1},
-                         analysis={**ANALYSIS, "include_failed": True})
+    config = tiny_config(
+        gate={"edge_threshold": 1.0, "rule_threshold": 1.0}, training={"max_epochs": 1}, analysis={**ANALYSIS, "include_failed": True}
+    )
     options = RunOptions(results_root=tmp_path / "results", cache_root=tmp_path / "cache")
     outcome = run_pipeline(config, options, echo=quiet)
     assert not outcome.result["training"]["gate_passed"] and outcome.analysis is not None

@@ -1,5 +1,6 @@
-"""The tree passes ruff's pyflakes and bugbear checks (configured in pyproject.toml): an unused
-import, an undefined name or a mutable default is a test failure, not a review comment."""
+"""The tree passes ruff's pyflakes, bugbear and import-order checks and is in ruff's format
+(configured in pyproject.toml): an unused import, an undefined name, a mutable default or an
+unformatted file is a test failure, not a review comment. Fix with `make format`."""
 
 from __future__ import annotations
 
@@ -8,18 +9,27 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import REPO
+
+PATHS = ["src", "tests", "bench", "examples", "docs/hooks.py"]
+
+
+def _ruff(*arguments: str) -> subprocess.CompletedProcess:
+    ruff = shutil.which("ruff") or str(REPO / ".venv" / "bin" / "ruff")
+    try:
+        return subprocess.run([ruff, *arguments, *PATHS], cwd=REPO, capture_output=True, text=True)
+    except FileNotFoundError:
+        done = subprocess.run([sys.executable, "-m", "ruff", *arguments, *PATHS], cwd=REPO, capture_output=True, text=True)
+        if "No module named ruff" in done.stderr:
+            pytest.skip("ruff is not installed (it is in the test extra: pip install -e '.[test]')")
+        return done
 
 
 def test_ruff_finds_nothing():
-    ruff = shutil.which("ruff") or str(REPO / ".venv" / "bin" / "ruff")
-    try:
-        done = subprocess.run([ruff, "check", "src", "tests", "bench", "examples", "docs/hooks.py"], cwd=REPO,
-                              capture_output=True, text=True)
-    except FileNotFoundError:
-        done = subprocess.run([sys.executable, "-m", "ruff", "check", "src", "tests", "bench", "examples", "docs/hooks.py"],
-                              cwd=REPO, capture_output=True, text=True)
-        if "No module named ruff" in done.stderr:
-            pytest.skip("ruff is not installed (it is in the test extra: pip install -e '.[test]')")
+    done = _ruff("check")
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_tree_is_in_ruff_format():
+    done = _ruff("format", "--check")
+    assert done.returncode == 0, "run `make format`:\n" + done.stdout + done.stderr

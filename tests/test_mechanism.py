@@ -9,9 +9,9 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from conftest import tiny_config
 from scipy.stats import binomtest
 
-from conftest import tiny_config
 from dcsbm_transformer.cli import build_parser, main
 from dcsbm_transformer.data.graph import Graph
 from dcsbm_transformer.experiment import RunOptions, run_directory, run_experiment
@@ -36,8 +36,14 @@ def every_output(model: TransformerLM, tokens: torch.Tensor) -> list[torch.Tenso
     with torch.no_grad():
         cached, cache = model.prefill(tokens[:, :-1])
         decoded, _ = model.decode(tokens[:, -1], cache)
-        return [model(tokens).logits, model(tokens, ExtractionMode.FULL).logits, model.extract_last(tokens).logits,
-                model.logits_last(tokens), cached, decoded]
+        return [
+            model(tokens).logits,
+            model(tokens, ExtractionMode.FULL).logits,
+            model.extract_last(tokens).logits,
+            model.logits_last(tokens),
+            cached,
+            decoded,
+        ]
 
 
 def test_no_intervention_leaves_the_model_bitwise_the_plain_model():
@@ -138,8 +144,16 @@ def hand_built() -> tuple[Graph, TransformerLM]:
     n = K * PER_BLOCK
     block = np.repeat(np.arange(K), PER_BLOCK)
     indices = np.tile(np.arange(n), n)  # complete graph with self-loops: every transition is an edge
-    graph = Graph(np.arange(0, n * n + 1, n), indices.astype(np.int32), block.astype(np.int32), np.ones(n),
-                  np.arange(K, dtype=np.int32) * PER_BLOCK + 1, (np.arange(K, dtype=np.int32) + 1) % K, np.full(K, R, np.int32), K)
+    graph = Graph(
+        np.arange(0, n * n + 1, n),
+        indices.astype(np.int32),
+        block.astype(np.int32),
+        np.ones(n),
+        np.arange(K, dtype=np.int32) * PER_BLOCK + 1,
+        (np.arange(K, dtype=np.int32) + 1) % K,
+        np.full(K, R, np.int32),
+        K,
+    )
     d = K + 1  # dims 0..K-1: target block, K: "is a jumper"
     model = TransformerLM(n, WINDOW, d, 1, 1)
     with torch.no_grad():
@@ -170,8 +184,15 @@ def test_knocking_out_the_only_path_drops_compliance_to_chance():
     non_jumpers = np.setdiff1d(np.arange(graph.n), graph.jumper_vertex)
     prompts = np.concatenate([rng.choice(non_jumpers, (events, WINDOW - 1)), graph.jumper_vertex[jumper, None]], axis=1)
     chance = sampling_chance(graph.adjacency.astype(np.float64), graph)  # a uniform walker on the graph
-    measured = measure_mechanism(model, graph, MechanismEvents(prompts.astype(np.int64), jumper, np.full(events, R)), [0],
-                                 chance_sampling=chance.tolist(), min_events=5, **QUIET)
+    measured = measure_mechanism(
+        model,
+        graph,
+        MechanismEvents(prompts.astype(np.int64), jumper, np.full(events, R)),
+        [0],
+        chance_sampling=chance.tolist(),
+        min_events=5,
+        **QUIET,
+    )
     by_name = {row["name"]: row for row in measured.conditions}
     assert by_name["intact"]["rule"]["share"] == 1.0 and by_name["intact"]["edge"]["share"] == 1.0
     for name in ("knockout.layer_0", "mean_ablation.layer_0"):
@@ -199,8 +220,11 @@ def test_patch_candidates_prefer_the_same_block():
 def trained(tmp_path_factory):
     """A tiny config with four blocks trained to its gate (epoch 12, ~9 s on one core) and analysed on 200 events."""
     root = tmp_path_factory.mktemp("mechanism")
-    config = tiny_config(graph={"n": 32, "K": 4, "p_in": 1.0, "p_out": 0.15}, training={"max_epochs": 20},
-                         analysis={"events": 200, "permutations": 100, "min_events": 3})
+    config = tiny_config(
+        graph={"n": 32, "K": 4, "p_in": 1.0, "p_out": 0.15},
+        training={"max_epochs": 20},
+        analysis={"events": 200, "permutations": 100, "min_events": 3},
+    )
     options = RunOptions(results_root=root / "results", cache_root=root / "cache")
     outcome = run_pipeline(config, options, mechanism=False, **QUIET)  # dcsbm run --no-mechanism
     assert outcome.result["training"]["gate_passed"] and outcome.mechanism is None
@@ -246,12 +270,20 @@ def test_bad_requests_exit_2_and_write_nothing(trained, case, capsys):
     before = files_under(folder)
     assert main(["mechanism", str(folder), *args]) == 2
     error = capsys.readouterr().err
-    expected = {"no such layer": "--layers 3: the model has 1 layer(s)", "no analysis": "dcsbm analyze",
-                "gate failed": "--include-failed", "too many events": "has only 200 events"}[case]
+    expected = {
+        "no such layer": "--layers 3: the model has 1 layer(s)",
+        "no analysis": "dcsbm analyze",
+        "gate failed": "--include-failed",
+        "too many events": "has only 200 events",
+    }[case]
     assert expected in error and "Traceback" not in error
     assert files_under(folder) == before  # nothing written
     with pytest.raises(MechanismRequestError):
-        mechanism_run(folder, **QUIET, **({"layers": [0, 3]} if case == "no such layer" else {"events": 100000} if case == "too many events" else {}))
+        mechanism_run(
+            folder,
+            **QUIET,
+            **({"layers": [0, 3]} if case == "no such layer" else {"events": 100000} if case == "too many events" else {}),
+        )
 
 
 def test_the_main_job_runs_the_mechanism_after_the_analysis_unless_told_not_to(trained):

@@ -11,8 +11,16 @@ from dcsbm_transformer.api import load_run
 @pytest.mark.parametrize("results_dir", ["taken", "taken/results"])
 def test_a_file_in_the_way_of_the_results_dir_is_a_usage_error(tmp_path, results_dir):
     (tmp_path / "taken").write_text("not a folder")
-    done = run_cli("run", "--config", str(REPO / "configs" / "quick.json"), "--results-dir", results_dir,
-                   "--cache-dir", str(tmp_path / "cache"), cwd=tmp_path)
+    done = run_cli(
+        "run",
+        "--config",
+        str(REPO / "configs" / "quick.json"),
+        "--results-dir",
+        results_dir,
+        "--cache-dir",
+        str(tmp_path / "cache"),
+        cwd=tmp_path,
+    )
     assert done.returncode == 2, done.stderr
     assert f"--results-dir {results_dir}: taken exists and is not a directory" in done.stderr
     assert "Errno" not in done.stderr and "Traceback" not in done.stderr
@@ -32,9 +40,7 @@ def test_load_run_on_the_results_root_names_the_runs_in_it(tmp_path):
     with pytest.raises(FileNotFoundError) as caught:
         load_run(tmp_path / "results")
     root = tmp_path / "results"
-    assert str(caught.value) == (
-        f"{root} is a results root, not a run folder: pass {root}/<experiment_id> (runs here: alpha, beta)"
-    )
+    assert str(caught.value) == (f"{root} is a results root, not a run folder: pass {root}/<experiment_id> (runs here: alpha, beta)")
 
 
 def test_load_run_on_a_folder_that_is_no_run_says_what_is_missing(tmp_path):
@@ -54,8 +60,10 @@ def test_a_directory_given_as_the_config_says_it_is_a_directory(tmp_path):
 
 def test_a_graph_that_cannot_be_built_leaves_no_results_folder(tmp_path):
     config = tmp_path / "sparse.json"
-    config.write_text('{"graph": {"n": 40, "K": 4, "p_in": 0.05, "p_out": 0.01, "max_attempts": 2}, '
-                      '"walks": {"walk_length": 128, "train_walks": 4000}}')
+    config.write_text(
+        '{"graph": {"n": 40, "K": 4, "p_in": 0.05, "p_out": 0.01, "max_attempts": 2}, '
+        '"walks": {"walk_length": 128, "train_walks": 4000}}'
+    )
     done = run_cli("run", "--config", str(config), "--results-dir", "results", "--cache-dir", "cache", cwd=tmp_path)
     assert done.returncode == 1 and "no graph passed validation in graph.max_attempts=2" in done.stderr
     assert "Traceback" not in done.stderr

@@ -21,10 +21,21 @@ from dcsbm_transformer.analysis.metrics import (
 )
 
 ADDED = [
-    "singular_value_variance", "numerical_rank", "sigma2_velocity", "sigma3_velocity", "sigma4_velocity",
-    "grassmannian_2", "grassmannian_4", "grassmannian_8", "subspace_drift", "top_vector_angle_other",
-    "membership_change", "membership_change_other",
-    "embedding_alignment_left", "embedding_alignment_right", "embedding_coherence",
+    "singular_value_variance",
+    "numerical_rank",
+    "sigma2_velocity",
+    "sigma3_velocity",
+    "sigma4_velocity",
+    "grassmannian_2",
+    "grassmannian_4",
+    "grassmannian_8",
+    "subspace_drift",
+    "top_vector_angle_other",
+    "membership_change",
+    "membership_change_other",
+    "embedding_alignment_left",
+    "embedding_alignment_right",
+    "embedding_coherence",
 ]
 QKT = {"left": True, "right": True}  # both sides positions
 AVWO = {"left": True, "right": False}  # positions × d_model
@@ -101,8 +112,10 @@ def rotation(n: int, i: int, j: int, theta: float) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("method", ["gram", "svd"])
-@pytest.mark.parametrize(("rows", "cols", "side"), [(12, 12, "left"), (12, 12, "right"), (10, 24, "right"),
-                                                    (10, 24, "left"), (24, 10, "left"), (24, 10, "right")])
+@pytest.mark.parametrize(
+    ("rows", "cols", "side"),
+    [(12, 12, "left"), (12, 12, "right"), (10, 24, "right"), (10, 24, "left"), (24, 10, "left"), (24, 10, "right")],
+)
 def test_spectrum_carries_both_sides_and_a_top_8_basis(method, rows, cols, side):
     g = torch.Generator().manual_seed(1)
     batch = torch.randn(4, rows, cols, generator=g)
@@ -267,7 +280,9 @@ def test_subspace_drift_on_positions_shared_with_pass_1():
     about = MetricContext(positions=QKT, first=spectrum(first_m, top_k=top_k, side="left"), since_first=n - 1)
     v, guard = compute_metrics(spectrum(first_m, top_k=top_k, side="left"), None, shifted=True, context=about)["subspace_drift"]
     assert torch.isnan(v).all() and guard.all()
-    v, guard = compute_metrics(spectrum(first_m, side="left"), None, shifted=True, context=MetricContext(positions=QKT))["subspace_drift"]
+    v, guard = compute_metrics(spectrum(first_m, side="left"), None, shifted=True, context=MetricContext(positions=QKT))[
+        "subspace_drift"
+    ]
     assert torch.isnan(v).all() and not guard.any()
 
 
@@ -289,8 +304,9 @@ def test_top_vector_angle_other_against_reference(positions, side, rows, cols):
     g = torch.Generator().manual_seed(7)
     prev_m, cur_m = (torch.randn(5, rows, cols, generator=g, dtype=torch.float64) for _ in range(2))
     other = "right" if side == "left" else "left"
-    out = compute_metrics(spectrum(cur_m, side=side), spectrum(prev_m, side=side), shifted=positions[side],
-                          context=MetricContext(positions=positions))["top_vector_angle_other"][0]
+    out = compute_metrics(
+        spectrum(cur_m, side=side), spectrum(prev_m, side=side), shifted=positions[side], context=MetricContext(positions=positions)
+    )["top_vector_angle_other"][0]
     for e in range(5):
         _, up, vp = ref_svd(prev_m[e])
         _, uc, vc = ref_svd(cur_m[e])
@@ -320,11 +336,13 @@ def test_membership_change_known_answers():
     assert value(compute_metrics(slid, prev, shifted=False), "membership_change") == (pytest.approx(2 / 3), False)
     assert value(compute_metrics(moved, prev, shifted=False), "membership_change") == (1.0, False)
     assert value(compute_metrics(overlap, prev, shifted=False), "membership_change") == (pytest.approx(2 / 3), False)
+
     # both sets off the shared positions (previous's position 0, current's position n − 1): equal (empty), 0
     def spread_except(p: int) -> torch.Tensor:
         u = torch.ones(n, dtype=torch.float64)
         u[p] = 0.0
         return u / u.norm()
+
     e = torch.eye(n, dtype=torch.float64)
     first_only = 9.0 * torch.outer(e[0], e[0]) + 8.0 * torch.outer(spread_except(0), e[1])  # members {0}
     last_only = 9.0 * torch.outer(e[n - 1], e[0]) + 8.0 * torch.outer(spread_except(n - 1), e[1])  # members {n − 1}
@@ -344,15 +362,17 @@ def test_membership_change_against_reference(shifted):
     n, top_k = 16, 3
     prev_m, cur_m = (torch.tril(torch.randn(6, n, n, generator=g, dtype=torch.float64)) for _ in range(2))
     context = MetricContext(positions=QKT if shifted else {"left": False, "right": False})
-    out = compute_metrics(spectrum(cur_m, top_k=top_k, side="left"), spectrum(prev_m, top_k=top_k, side="left"),
-                          shifted=shifted, context=context)
+    out = compute_metrics(
+        spectrum(cur_m, top_k=top_k, side="left"), spectrum(prev_m, top_k=top_k, side="left"), shifted=shifted, context=context
+    )
     offset = int(shifted)
     for e in range(6):
         _, up, vp = ref_svd(prev_m[e])
         _, uc, vc = ref_svd(cur_m[e])
         for name, (a, b) in (("membership_change", (up, uc)), ("membership_change_other", (vp, vc))):
-            expected = ref_jaccard_distance(ref_shared(ref_members(a[:, :top_k]), offset, n, True),
-                                            ref_shared(ref_members(b[:, :top_k]), offset, n, False))
+            expected = ref_jaccard_distance(
+                ref_shared(ref_members(a[:, :top_k]), offset, n, True), ref_shared(ref_members(b[:, :top_k]), offset, n, False)
+            )
             assert out[name][0][e].item() == pytest.approx(expected), (name, e)
 
 
@@ -364,8 +384,9 @@ def test_membership_change_other_on_the_avwo_position_side():
     cur_m[1, 0], cur_m[2, 1] = 9.0, 8.0  # slid by one position: the same tokens; d_model members unchanged
     prev_m[:, 5] += 0.1  # keep σ₃ > 0 away from the top two
     cur_m[:, 5] += 0.1
-    out = compute_metrics(spectrum(cur_m, side="right"), spectrum(prev_m, side="right"), shifted=False,
-                          context=MetricContext(positions=AVWO))
+    out = compute_metrics(
+        spectrum(cur_m, side="right"), spectrum(prev_m, side="right"), shifted=False, context=MetricContext(positions=AVWO)
+    )
     assert value(out, "membership_change_other")[0] == pytest.approx(0.0)
     assert value(out, "membership_change")[0] == pytest.approx(0.0)
 
@@ -374,8 +395,9 @@ def test_membership_change_other_on_the_avwo_position_side():
 
 
 def embedding_context(positions, embeddings, window, predicted) -> MetricContext:
-    return MetricContext(positions=positions, embeddings=embeddings, window_embeddings=embeddings[window],
-                         next_embedding=embeddings[predicted])
+    return MetricContext(
+        positions=positions, embeddings=embeddings, window_embeddings=embeddings[window], next_embedding=embeddings[predicted]
+    )
 
 
 def test_embedding_alignment_known_answers_qkt():
@@ -384,8 +406,12 @@ def test_embedding_alignment_known_answers_qkt():
     embeddings = 2.0 * torch.eye(vocab)
     qkt = torch.diag(torch.tensor([4.0, 3.0, 2.0, 1.0]))
     spec = spectrum(qkt, side="left")
-    same = compute_metrics(spec, None, shifted=True, context=embedding_context(QKT, embeddings, torch.tensor([5, 1, 2, 5]), torch.tensor(5)))
-    other = compute_metrics(spec, None, shifted=True, context=embedding_context(QKT, embeddings, torch.tensor([0, 1, 2, 5]), torch.tensor(3)))
+    same = compute_metrics(
+        spec, None, shifted=True, context=embedding_context(QKT, embeddings, torch.tensor([5, 1, 2, 5]), torch.tensor(5))
+    )
+    other = compute_metrics(
+        spec, None, shifted=True, context=embedding_context(QKT, embeddings, torch.tensor([0, 1, 2, 5]), torch.tensor(3))
+    )
     assert value(same, "embedding_alignment_left") == (pytest.approx(1.0), False)  # x_0 = x_t = 5
     assert value(same, "embedding_alignment_right") == (pytest.approx(1.0), False)  # predicted 5 = x_0
     assert value(other, "embedding_alignment_left") == (pytest.approx(0.0), False)
@@ -394,8 +420,12 @@ def test_embedding_alignment_known_answers_qkt():
     mix = torch.zeros(4, 4, dtype=torch.float64)
     mix[0, 0] = mix[1, 0] = 3.0
     mix[2, 2] = 1.0
-    half = compute_metrics(spectrum(mix, side="left"), None, shifted=True,
-                           context=embedding_context(QKT, embeddings.double(), torch.tensor([5, 1, 2, 5]), torch.tensor(0)))
+    half = compute_metrics(
+        spectrum(mix, side="left"),
+        None,
+        shifted=True,
+        context=embedding_context(QKT, embeddings.double(), torch.tensor([5, 1, 2, 5]), torch.tensor(0)),
+    )
     assert value(half, "embedding_alignment_left")[0] == pytest.approx(1 / math.sqrt(2))
 
 
@@ -408,8 +438,9 @@ def test_embedding_alignment_avwo_right_is_in_d_model_space():
     noise = torch.randn(d, generator=g, dtype=torch.float64)
     avwo[2] = 0.1 * (noise - (noise @ embeddings[4]) / (embeddings[4] @ embeddings[4]) * embeddings[4])  # ⟂ e(4)
     window = torch.tensor([0, 6, 2, 3])
-    out = compute_metrics(spectrum(avwo, side="right"), None, shifted=False,
-                          context=embedding_context(AVWO, embeddings, window, torch.tensor(4)))
+    out = compute_metrics(
+        spectrum(avwo, side="right"), None, shifted=False, context=embedding_context(AVWO, embeddings, window, torch.tensor(4))
+    )
     assert value(out, "embedding_alignment_right")[0] == pytest.approx(1.0, abs=1e-6)
     # u₁ = e_1 maps to e(x_1) = e(6), compared with the current token e(x_t) = e(3)
     assert value(out, "embedding_alignment_left")[0] == pytest.approx(ref_cos(embeddings[6].numpy(), embeddings[3].numpy()), abs=1e-6)
@@ -454,14 +485,20 @@ def test_embedding_metrics_guards_and_missing_context():
     vocab = 5
     embeddings = torch.eye(vocab, dtype=torch.float64)
     flat = spectrum(torch.eye(4, dtype=torch.float64), side="left")  # σ₁ = σ₂: u₁ not unique
-    out = compute_metrics(flat, None, shifted=True, context=embedding_context(QKT, embeddings, torch.tensor([0, 1, 2, 3]), torch.tensor(1)))
+    out = compute_metrics(
+        flat, None, shifted=True, context=embedding_context(QKT, embeddings, torch.tensor([0, 1, 2, 3]), torch.tensor(1))
+    )
     for name in ("embedding_alignment_left", "embedding_alignment_right", "embedding_coherence"):
         v, guard = value(out, name)
         assert math.isnan(v) and guard, name
     # a vanishing image: every position holds the same token and u₁ sums to 0 over them
     cancel = torch.tensor([[3.0, -3.0, 0.0], [0.0, 0.0, 1.0], [0.0, 0.0, 0.0]], dtype=torch.float64).T
-    out = compute_metrics(spectrum(cancel, side="left"), None, shifted=True,
-                          context=embedding_context(QKT, embeddings, torch.tensor([2, 2, 2]), torch.tensor(2)))
+    out = compute_metrics(
+        spectrum(cancel, side="left"),
+        None,
+        shifted=True,
+        context=embedding_context(QKT, embeddings, torch.tensor([2, 2, 2]), torch.tensor(2)),
+    )
     v, guard = value(out, "embedding_alignment_left")
     assert math.isnan(v) and guard
     # no context: not measured (NaN, no guard), as a temporal metric at the first pass
@@ -491,6 +528,7 @@ def test_measure_fills_the_added_metrics_as_a_direct_recomputation_does():
     """Pass k's stored values equal the metrics recomputed from the window (prompt + generated tokens) with
     pass 1's spectrum and the token embeddings; drift is 0 at pass 1 and not measured at the context window."""
     from conftest import tiny_config
+
     from dcsbm_transformer.analysis.continuations import forward_targets
     from dcsbm_transformer.analysis.events import draw_analysis_events
     from dcsbm_transformer.analysis.measure import TARGET_POSITIONS, TARGET_SIDE, measure, metric_key
@@ -513,7 +551,10 @@ def test_measure_fills_the_added_metrics_as_a_direct_recomputation_does():
             side, shifted = TARGET_SIDE[target]
             spectra[target, k] = current = spectrum(targets[target], top_k=2, side=side)
             about = MetricContext(
-                positions=TARGET_POSITIONS[target], first=spectra[target, 1], since_first=k - 1, embeddings=embeddings,
+                positions=TARGET_POSITIONS[target],
+                first=spectra[target, 1],
+                since_first=k - 1,
+                embeddings=embeddings,
                 window_embeddings=embeddings[tokens[:, k - 1 : k - 1 + w]][:, None, None],
                 next_embedding=embeddings[tokens[:, w + k - 1]][:, None, None],
             )
@@ -523,8 +564,9 @@ def test_measure_fills_the_added_metrics_as_a_direct_recomputation_does():
                 if k == 1 and (metric.kind == "temporal" or "previous" in metric.needs):
                     continue  # pass 1 compares with the context window, not recomputed here
                 stored = measured.metrics[metric_key(target, 0, 0, name)][:, k - 1]
-                np.testing.assert_allclose(again[name][0][:, 0, 0].numpy(), stored, rtol=1e-4, atol=1e-5,
-                                           err_msg=f"{target} {name} pass {k}")
+                np.testing.assert_allclose(
+                    again[name][0][:, 0, 0].numpy(), stored, rtol=1e-4, atol=1e-5, err_msg=f"{target} {name} pass {k}"
+                )
     for target in ("qkt", "avwo"):
         drift = measured.metrics[metric_key(target, 0, 0, "subspace_drift")]
         first_pass = drift[:, 0][~np.isnan(drift[:, 0])]

@@ -19,11 +19,21 @@ from dcsbm_transformer.analysis.metrics import (
 )
 
 SPECTRAL = [
-    "stable_rank", "spectral_entropy",
-    "spectral_gap", "gap_2", "gap_4", "gap_8",
-    "spectral_gap_rel", "gap_2_rel", "gap_4_rel", "gap_8_rel",
-    "condition_number", "participation_ratio",
-    "rank_error_2", "rank_error_4", "rank_error_8",
+    "stable_rank",
+    "spectral_entropy",
+    "spectral_gap",
+    "gap_2",
+    "gap_4",
+    "gap_8",
+    "spectral_gap_rel",
+    "gap_2_rel",
+    "gap_4_rel",
+    "gap_8_rel",
+    "condition_number",
+    "participation_ratio",
+    "rank_error_2",
+    "rank_error_4",
+    "rank_error_8",
 ]
 TEMPORAL = ["grassmannian_distance", "top_vector_angle", "sigma1_velocity", "condition_velocity"]
 EPS = CONDITION_EPS
@@ -117,7 +127,8 @@ def test_every_metric_matches_numpy_reference(method, case):
     name, prev, cur, side, shifted = random_batches()[case]
     k = 2
     result = compute_metrics(
-        spectrum(cur, top_k=k, side=side, method=method), spectrum(prev, top_k=k, side=side, method=method),
+        spectrum(cur, top_k=k, side=side, method=method),
+        spectrum(prev, top_k=k, side=side, method=method),
         shifted=shifted,
     )
     assert set(result) == set(METRICS)
@@ -216,7 +227,7 @@ def test_diagonal_matrix_exact_gaps_and_rank_errors(cols):
 def windows(queries: torch.Tensor, keys: torch.Tensor, starts: list[int], w: int, causal: bool) -> torch.Tensor:
     """M_t[i, j] = q_{t+i} · k_{t+j} (zero above the diagonal if causal): window t+1 is window t
     shifted by one position, by construction. Returns [len(starts), w, w]."""
-    out = torch.stack([queries[t:t + w] @ keys[t:t + w].T for t in starts])
+    out = torch.stack([queries[t : t + w] @ keys[t : t + w].T for t in starts])
     return torch.tril(out) if causal else out
 
 
@@ -302,8 +313,8 @@ def test_right_side_needs_no_shift():
     w, d = 16, 32
     wo = torch.randn(2, d, generator=g, dtype=torch.float64)
     values = torch.randn(40, 2, generator=g, dtype=torch.float64)
-    prev = torch.stack([values[t:t + w] @ wo for t in range(20)]).float()
-    cur = torch.stack([values[t + 1:t + 1 + w] @ wo for t in range(20)]).float()
+    prev = torch.stack([values[t : t + w] @ wo for t in range(20)]).float()
+    cur = torch.stack([values[t + 1 : t + 1 + w] @ wo for t in range(20)]).float()
     out = compute_metrics(spectrum(cur, side="right"), spectrum(prev, side="right"), shifted=False)
     assert spectrum(cur, side="right").vectors.shape == (20, d, 2)
     assert out["grassmannian_distance"][0].abs().max().item() < 1e-5
@@ -427,7 +438,8 @@ def test_batched_over_leading_dims(method):
             assert guard.shape == (events, layers, heads) and guard.dtype == torch.bool, name
         # one (event, layer, head) alone gives the same numbers as inside the batch
         one = compute_metrics(
-            spectrum(cur[3, 1, 2], side=side, method=method), spectrum(prev[3, 1, 2], side=side, method=method),
+            spectrum(cur[3, 1, 2], side=side, method=method),
+            spectrum(prev[3, 1, 2], side=side, method=method),
             shifted=shifted,
         )
         for name, (value, _) in one.items():

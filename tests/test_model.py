@@ -289,8 +289,10 @@ def test_ragged_decode_under_bf16_autocast_tracks_fp32(model_per_kernel):
 def test_prefill_rejects_bad_lengths(model):
     tokens = random_tokens(length=5)
     for lengths, message in [
-        (torch.tensor([1, 2]), "shape"), (torch.tensor([0, 2, 5]), r"\[1, 5\]"),
-        (torch.tensor([1, 6, 5]), r"\[1, 5\]"), (torch.tensor([1.0, 2.0, 3.0]), "int"),
+        (torch.tensor([1, 2]), "shape"),
+        (torch.tensor([0, 2, 5]), r"\[1, 5\]"),
+        (torch.tensor([1, 6, 5]), r"\[1, 5\]"),
+        (torch.tensor([1.0, 2.0, 3.0]), "int"),
     ]:
         with pytest.raises(ValueError, match=message):
             model.prefill(tokens, lengths)
@@ -336,7 +338,9 @@ def test_from_config_quick_preset():
     model = TransformerLM.from_config(config).eval()
     assert (model.vocab_size, model.context_window) == (config.graph.n, config.model.context_window)
     assert (model.d_model, model.n_layers, model.n_heads) == (
-        config.model.d_model, config.model.n_layers, config.model.n_heads,
+        config.model.d_model,
+        config.model.n_layers,
+        config.model.n_heads,
     )
     tokens = torch.randint(0, config.graph.n, (2, config.model.context_window))
     out = model(tokens, ExtractionMode.FULL)

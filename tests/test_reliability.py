@@ -17,16 +17,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import tiny_config
 
 from dcsbm_transformer.experiment import CHECKPOINT_DIR, RunOptions, run_directory, run_experiment
 from dcsbm_transformer.training.checkpoint import CheckpointWriteError
 from dcsbm_transformer.training.trainer import TrainingHooks
 
-from conftest import tiny_config
-
-CONFIG = tiny_config(
-    gate={"edge_threshold": 1.0, "rule_threshold": 1.0}, model={"dropout": 0.1}, training={"max_epochs": 3}
-)
+CONFIG = tiny_config(gate={"edge_threshold": 1.0, "rule_threshold": 1.0}, model={"dropout": 0.1}, training={"max_epochs": 3})
 
 
 def launch(root: Path, config_file: Path, hooks: dict | None = None, *extra: str) -> subprocess.Popen:
@@ -34,8 +31,20 @@ def launch(root: Path, config_file: Path, hooks: dict | None = None, *extra: str
     env.pop("DCSBM_TEST_HOOKS", None)
     if hooks:
         env["DCSBM_TEST_HOOKS"] = json.dumps({"signal_file": str(root / "paused"), **hooks})
-    command = [sys.executable, "-m", "dcsbm_transformer.cli", "run", "--config", str(config_file),
-               "--results-dir", str(root / "results"), "--cache-dir", str(root / "cache"), "--no-analyze", *extra]
+    command = [
+        sys.executable,
+        "-m",
+        "dcsbm_transformer.cli",
+        "run",
+        "--config",
+        str(config_file),
+        "--results-dir",
+        str(root / "results"),
+        "--cache-dir",
+        str(root / "cache"),
+        "--no-analyze",
+        *extra,
+    ]
     return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -166,8 +175,12 @@ def test_broken_newest_checkpoint_is_reported_and_the_previous_one_used(tmp_path
     done = finish(launch(root, config_file))
     assert done.returncode == 0, done.stderr
     assert "checkpoint_epoch_0002.pt" in done.stdout and "resuming" in done.stdout
-    reason = {"truncated": "cannot be loaded", "zero-length": "cannot be loaded", "random-bytes": "cannot be loaded",
-              "other-config": "different config"}[how]
+    reason = {
+        "truncated": "cannot be loaded",
+        "zero-length": "cannot be loaded",
+        "random-bytes": "cannot be loaded",
+        "other-config": "different config",
+    }[how]
     assert reason in done.stdout
     assert_same_run(outcome(root), expected)
 

@@ -56,8 +56,11 @@ def synthetic_arrays(seed: int = 0) -> dict[str, np.ndarray]:
         return np.where(beyond, np.nan, values).astype(np.float32)
 
     arrays = {
-        "violated": violated, "event_r": r, "event_jumper": jumper,
-        PRIMARY: per_pass(0.0), PLANTED: per_pass(-1.6 * y * (lookback <= 3)),
+        "violated": violated,
+        "event_r": r,
+        "event_jumper": jumper,
+        PRIMARY: per_pass(0.0),
+        PLANTED: per_pass(-1.6 * y * (lookback <= 3)),
         CONSTANT: np.where(beyond, np.nan, 0.0).astype(np.float32),
         "target_block_probability": per_pass(-0.25 * y),
     }
@@ -70,8 +73,13 @@ def synthetic_arrays(seed: int = 0) -> dict[str, np.ndarray]:
 
 def counts(arrays, mask) -> dict[str, int]:
     y = arrays["violated"][mask]
-    return {"events": int(mask.sum()), "violated": int(y.sum()), "followed": int((~y).sum()),
-            "edge_clean": int(mask.sum()), "edge_clean_violated": int(y.sum())}
+    return {
+        "events": int(mask.sum()),
+        "violated": int(y.sum()),
+        "followed": int((~y).sum()),
+        "edge_clean": int(mask.sum()),
+        "edge_clean_violated": int(y.sum()),
+    }
 
 
 def build_run(folder: Path) -> Path:
@@ -83,15 +91,20 @@ def build_run(folder: Path) -> Path:
     write_npz(analysis / "token_metrics.npz", arrays)
     rules = [(0, 4, 0, 1, 6), (1, 20, 1, 0, 6), (2, 9, 0, 1, 3)]  # rule, vertex, block, target block, r
     summary = {
-        "experiment_id": config.experiment_id, "exploratory": False, "exploratory_reason": None,
-        "continuations": "greedy (argmax)", "token_metrics_sha256": sha256_file(analysis / "token_metrics.npz"),
-        "constant_metrics": [CONSTANT], "counts": counts(arrays, np.ones(440, dtype=bool)),
+        "experiment_id": config.experiment_id,
+        "exploratory": False,
+        "exploratory_reason": None,
+        "continuations": "greedy (argmax)",
+        "token_metrics_sha256": sha256_file(analysis / "token_metrics.npz"),
+        "constant_metrics": [CONSTANT],
+        "counts": counts(arrays, np.ones(440, dtype=bool)),
         "counts_by_r": {str(r): counts(arrays, arrays["event_r"] == r) for r in (3, 6)},
         "counts_by_rule": [
             {**counts(arrays, arrays["event_jumper"] == rule), "rule": rule, "vertex": v, "target_block": t, "r": r}
             for rule, v, _, t, r in rules
         ],
-        "guard_hits": {"condition_number": 2}, "versions": {"python": "3.11", "numpy": np.__version__},
+        "guard_hits": {"condition_number": 2},
+        "versions": {"python": "3.11", "numpy": np.__version__},
         "timings": {"total_seconds": 1.5},
     }
     (analysis / "summary.json").write_text(json.dumps(summary))
@@ -99,15 +112,30 @@ def build_run(folder: Path) -> Path:
     write_horizon(analysis, compute_horizon(arrays, config, summary, check=registered, analysis_name="synthetic"))
     (folder / "config.json").write_text(config.to_json())
     result = {
-        "experiment_id": config.experiment_id, "status": "finished",
+        "experiment_id": config.experiment_id,
+        "status": "finished",
         "training": {"gate_passed": True, "gate_epoch": 3, "epochs_trained": 3, "failure_reason": None},
         "evaluation": {"edge_compliance": 0.998, "rule_score": 0.91, "rule_compliance": 0.93},
         "rules": [
-            {"rule": rule, "vertex": v, "block": b, "target_block": t, "r": r, "gate_events": 32,
-             "compliance": 0.91 + 0.01 * rule, "chance_bigram_argmax": float(rule % 2), "chance_bigram_sampling": 0.5}
+            {
+                "rule": rule,
+                "vertex": v,
+                "block": b,
+                "target_block": t,
+                "r": r,
+                "gate_events": 32,
+                "compliance": 0.91 + 0.01 * rule,
+                "chance_bigram_argmax": float(rule % 2),
+                "chance_bigram_sampling": 0.5,
+            }
             for rule, v, b, t, r in rules
         ],
-        "rule_blind_baseline": {"edge_compliance": 1.0, "rule_score": 0.0, "passed": False, "failure_reason": "rule 0 0.0 is not above 0.8"},
+        "rule_blind_baseline": {
+            "edge_compliance": 1.0,
+            "rule_score": 0.0,
+            "passed": False,
+            "failure_reason": "rule 0 0.0 is not above 0.8",
+        },
         "data": {"jumper_r": [6, 6, 3]},
         "environment": {"python": "3.11", "device": "cpu"},
         "timings": {"train_seconds": 2.0, "eval_seconds": 0.1},
@@ -226,7 +254,14 @@ def test_exploratory_banner_only_for_an_exploratory_run(run, tmp_path):
 def test_figures_are_valid_pngs(run, written):
     folder = run / "figures"
     names = {p.stem for p in folder.glob("*.png")}
-    assert names == {"primary", "primary_by_layer", "auroc_small_multiples_r3", "auroc_small_multiples_r6", "event_aligned", "overview"}
+    assert names == {
+        "primary",
+        "primary_by_layer",
+        "auroc_small_multiples_r3",
+        "auroc_small_multiples_r6",
+        "event_aligned",
+        "overview",
+    }
     import matplotlib.image
 
     for path in folder.glob("*.png"):
@@ -253,7 +288,6 @@ def test_missing_inputs_are_named(run, tmp_path):
         report_context(tmp_path)
 
 
-
 def test_a_multi_layer_run_shows_the_primary_metric_at_every_layer(tmp_path):
     """Per-layer answers: the primary's metric at each layer, and where the strongest arrays sit."""
     from dcsbm_transformer.analysis.report import layer_rows
@@ -265,8 +299,13 @@ def test_a_multi_layer_run_shows_the_primary_metric_at_every_layer(tmp_path):
     arrays[f"context.{deeper}"] = arrays[f"context.{PRIMARY}"]
     arrays[PRIMARY] = arrays[PLANTED].copy()  # the primary's metric separates at layer 0 only
     arrays[PRIMARY.replace("qkt", "avwo")] = arrays[NOISE[0]].copy()
-    summary = {"experiment_id": config.experiment_id, "exploratory": False, "exploratory_reason": None,
-               "token_metrics_sha256": "0" * 64, "constant_metrics": [CONSTANT]}
+    summary = {
+        "experiment_id": config.experiment_id,
+        "exploratory": False,
+        "exploratory_reason": None,
+        "token_metrics_sha256": "0" * 64,
+        "constant_metrics": [CONSTANT],
+    }
     horizon = compute_horizon(arrays, config, summary, check=RegistrationCheck(True, [], registration_payload(config)))
     rows = {(row["target"], row["layer"]): row for row in layer_rows(horizon, 6)}
     assert set(rows) == {("QKᵀ", 0), ("QKᵀ", 1), ("AVWₒ", 0)}

@@ -7,7 +7,6 @@ import pytest
 
 from dcsbm_transformer.analysis.statistics import separation
 
-
 # --------------------------------------------------------------------------------------------------
 # a. a lookback with no jumper holding both classes finite has a NaN stratified AUROC: NaN p, not 1/(P+1)
 
@@ -58,9 +57,16 @@ def _four_vertex_graph():
     from dcsbm_transformer.data.graph import Graph
 
     n = 4
-    return Graph(indptr=np.arange(0, n * n + 1, n, dtype=np.int64), indices=np.tile(np.arange(n, dtype=np.int32), n),
-                 block=np.array([0, 0, 1, 1], np.int32), theta=np.ones(n), jumper_vertex=np.array([0, 2], np.int32),
-                 jumper_target_block=np.array([1, 0], np.int32), jumper_r=np.array([1, 3], np.int32), K=2)
+    return Graph(
+        indptr=np.arange(0, n * n + 1, n, dtype=np.int64),
+        indices=np.tile(np.arange(n, dtype=np.int32), n),
+        block=np.array([0, 0, 1, 1], np.int32),
+        theta=np.ones(n),
+        jumper_vertex=np.array([0, 2], np.int32),
+        jumper_target_block=np.array([1, 0], np.int32),
+        jumper_r=np.array([1, 3], np.int32),
+        K=2,
+    )
 
 
 def test_b_no_rule_outcome_for_a_pass_that_does_not_exist():
@@ -192,8 +198,8 @@ def test_e_guard_hits_count_only_the_values_kept():
     import dataclasses
 
     import torch
-
     from conftest import tiny_config
+
     from dcsbm_transformer.analysis.events import draw_analysis_events
     from dcsbm_transformer.analysis.measure import measure
     from dcsbm_transformer.analysis.metrics import CONDITION_CAP, METRICS

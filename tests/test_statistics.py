@@ -7,8 +7,17 @@ import pytest
 from scipy.stats import binom, norm
 
 from dcsbm_transformer.analysis.statistics import (
-    auroc, auroc_ci, delong, holm, horizons, lookback_view, permuted_labels, r_strata, separation,
-    stratified_auroc, stratum_mask,
+    auroc,
+    auroc_ci,
+    delong,
+    holm,
+    horizons,
+    lookback_view,
+    permuted_labels,
+    r_strata,
+    separation,
+    stratified_auroc,
+    stratum_mask,
 )
 
 
@@ -128,8 +137,8 @@ def test_planted_signal_horizon_and_p():
     vals, y, g, rr = planted(rng, 300, 300, r, k, delta=1.5, jumpers=3)
     res = separation(vals, y, g, rr, permutations=1000, rng=np.random.default_rng(0))[r]
     assert res.status == "ok"
-    assert (res.auroc[1:k + 1] > 0.75).all()
-    assert np.all(np.abs(res.auroc[k + 1:] - 0.5) < 0.1)
+    assert (res.auroc[1 : k + 1] > 0.75).all()
+    assert np.all(np.abs(res.auroc[k + 1 :] - 0.5) < 0.1)
     assert res.horizon == k
     assert 0 < res.confident_horizon <= k
     assert res.p_value < 0.01
@@ -213,8 +222,9 @@ def test_strata_by_r_are_separate():
     vals = np.full((160, 8), np.nan, np.float32)
     vals[:80, :5] = a[0]
     vals[80:] = b[0]
-    res = separation(vals, np.concatenate([a[1], b[1]]), np.concatenate([a[2], b[2]]),
-                     np.concatenate([a[3], b[3]]), permutations=0, rng=rng)
+    res = separation(
+        vals, np.concatenate([a[1], b[1]]), np.concatenate([a[2], b[2]]), np.concatenate([a[3], b[3]]), permutations=0, rng=rng
+    )
     assert set(res) == {5, 8}
     assert res[5].auroc.shape == (5,) and res[8].auroc.shape == (8,)
     assert res[5].horizon == 2 and res[5].p_value is None

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import run_cli, tiny_config
 
 from dcsbm_transformer import cli
 from dcsbm_transformer.data.dataset import (
@@ -20,8 +21,6 @@ from dcsbm_transformer.data.dataset import (
 )
 from dcsbm_transformer.reproducibility import capture_rng_state, restore_rng_state, torch_generator
 from dcsbm_transformer.storage import atomic_write_bytes, read_npz, remove_stale_temporaries
-
-from conftest import run_cli, tiny_config
 
 
 def write_config(path, config):
@@ -71,7 +70,9 @@ def test_generate_that_cannot_write_exits_1_naming_the_file(tmp_path, monkeypatc
 
     monkeypatch.setattr(cli, "write_data", disk_full)
     config_file = write_config(tmp_path / "tiny.json", tiny_config())
-    status = cli.main(["generate", "--config", str(config_file), "--out", str(tmp_path / "out"), "--cache-dir", str(tmp_path / "cache")])
+    status = cli.main(
+        ["generate", "--config", str(config_file), "--out", str(tmp_path / "out"), "--cache-dir", str(tmp_path / "cache")]
+    )
     error = capsys.readouterr().err
     assert status == 1 and "No space left on device" in error and str(tmp_path / "out" / "train.npz") in error
     assert not (tmp_path / "out" / "config.json").exists()

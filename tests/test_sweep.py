@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 import submitit
+from conftest import REPO, run_cli
 from submitit.core import job_environment, submission
 from submitit.core.utils import DelayedSubmission
 from submitit.slurm import slurm as submitit_slurm
@@ -26,13 +27,19 @@ from submitit.slurm.test_slurm import mock_requeue, mocked_slurm
 from dcsbm_transformer.cli import main
 from dcsbm_transformer.experiment import CHECKPOINT_DIR, RunOptions, run_directory, run_experiment
 from dcsbm_transformer.sweep import (
-    PointJob, SlurmSettings, SweepError, SweepSettings, load_sweep, make_executor, point_job, run_sweep, sweep_from_dict,
+    PointJob,
+    SlurmSettings,
+    SweepError,
+    SweepSettings,
+    load_sweep,
+    make_executor,
+    point_job,
+    run_sweep,
+    sweep_from_dict,
 )
 from dcsbm_transformer.sweep.execute import owner_alive
 from dcsbm_transformer.training.lock import RunLock
 from dcsbm_transformer.training.trainer import TrainingHooks
-
-from conftest import REPO, run_cli
 
 TINY = {
     "seed": 3,
@@ -47,8 +54,18 @@ STEPS_PER_EPOCH = 100  # 3200 walks of 24 tokens, w = 8, batch 64
 # gate.rule_threshold 0.0 passes at epoch 1 (pooled compliance > 0), then 40 events are analysed;
 # 1.0 is unreachable (strict ">"): two epochs, excluded from analysis.
 TWO_POINTS = {"base": TINY, "axes": {"gate.rule_threshold": [0.0, 1.0]}}
-DETERMINISTIC = ("point", "varied", "experiment_id", "state", "gate_passed", "gate_epoch", "epochs_trained",
-                 "worst_rule_compliance", "analysis", "failure_reason")
+DETERMINISTIC = (
+    "point",
+    "varied",
+    "experiment_id",
+    "state",
+    "gate_passed",
+    "gate_epoch",
+    "epochs_trained",
+    "worst_rule_compliance",
+    "analysis",
+    "failure_reason",
+)
 
 
 def write_sweep(folder: Path, content: dict, name: str = "tiny") -> Path:
@@ -58,8 +75,17 @@ def write_sweep(folder: Path, content: dict, name: str = "tiny") -> Path:
 
 
 def sweep_args(root: Path, sweep_file: Path, *extra: str) -> list[str]:
-    return ["sweep", str(sweep_file), "--results-dir", str(root / "results"), "--sweeps-dir", str(root / "sweeps"),
-            "--cache-dir", str(root / "cache"), *extra]
+    return [
+        "sweep",
+        str(sweep_file),
+        "--results-dir",
+        str(root / "results"),
+        "--sweeps-dir",
+        str(root / "sweeps"),
+        "--cache-dir",
+        str(root / "cache"),
+        *extra,
+    ]
 
 
 def table(root: Path, name: str = "tiny") -> list[dict]:
@@ -74,15 +100,25 @@ def deterministic(rows: list[dict]) -> list[dict]:
 
 
 def test_the_grid_is_the_product_of_the_axes_in_the_order_asked():
-    plan = sweep_from_dict({
-        "name": "grid", "base": TINY, "set": {"training.max_epochs": 1, "analysis.primary.metric": "spectral_gap"},
-        "axes": {"graph.jump_scales": [[0.5], [0.75], [0.5, 1.0]], "seed": [1, 2]},
-        "order": {"seed": [2], "graph.jump_scales": [[0.5, 1.0]]},
-    })
+    plan = sweep_from_dict(
+        {
+            "name": "grid",
+            "base": TINY,
+            "set": {"training.max_epochs": 1, "analysis.primary.metric": "spectral_gap"},
+            "axes": {"graph.jump_scales": [[0.5], [0.75], [0.5, 1.0]], "seed": [1, 2]},
+            "order": {"seed": [2], "graph.jump_scales": [[0.5, 1.0]]},
+        }
+    )
     assert len(plan.points) == 6 and [p.index for p in plan.points] == [1, 2, 3, 4, 5, 6]
     # seed 2 first; within it [0.5, 1.0] first, then the rest in grid order
     assert [(p.varied["seed"], p.varied["graph.jump_scales"]) for p in plan.points] == [
-        (2, [0.5, 1.0]), (2, [0.5]), (2, [0.75]), (1, [0.5, 1.0]), (1, [0.5]), (1, [0.75])]
+        (2, [0.5, 1.0]),
+        (2, [0.5]),
+        (2, [0.75]),
+        (1, [0.5, 1.0]),
+        (1, [0.5]),
+        (1, [0.75]),
+    ]
     first = plan.points[0]
     assert first.config.seed == 2 and first.config.graph.jump_scales == (0.5, 1.0)
     assert first.config.jumper_r_values() == [4, 8]  # jumps spread over the jumpers: a mixed-r graph
@@ -95,7 +131,13 @@ def test_the_grid_is_the_product_of_the_axes_in_the_order_asked():
 def test_the_presets_expand_to_the_r_vs_w_grid_core_points_first():
     quick = load_sweep(REPO / "configs" / "sweep-quick.json")
     assert quick.name == "sweep-quick" and len(quick.points) == 24
-    assert [(p.varied["seed"], p.config.jumper_r_values()[0]) for p in quick.points[:5]] == [(1, 14), (1, 16), (1, 18), (1, 8), (1, 32)]
+    assert [(p.varied["seed"], p.config.jumper_r_values()[0]) for p in quick.points[:5]] == [
+        (1, 14),
+        (1, 16),
+        (1, 18),
+        (1, 8),
+        (1, 32),
+    ]
     assert sorted({p.config.jumper_r_values()[0] for p in quick.points}) == [8, 11, 14, 16, 18, 21, 24, 32]
     assert all(p.config.graph.n == 64 and p.config.model.context_window == 16 for p in quick.points)
     assert all(p.config.training.max_epochs == 20 and p.config.analysis.events == 4000 for p in quick.points)
@@ -107,7 +149,8 @@ def test_the_presets_expand_to_the_r_vs_w_grid_core_points_first():
 
 def test_every_problem_is_reported_at_once_each_naming_its_point(tmp_path, capsys):
     content = {
-        "base": TINY, "colour": "blue",
+        "base": TINY,
+        "colour": "blue",
         "axes": {"graph.jump_scales": [[0.5], [3.0]], "seed": [1, -1], "graph.foo": [1], "model": [{}]},
         "order": {"walks.walk_length": [24], "seed": [7]},
     }
@@ -133,7 +176,9 @@ def test_every_problem_is_reported_at_once_each_naming_its_point(tmp_path, capsy
     sweep_file = write_sweep(tmp_path, content, "bad")
     assert main(sweep_args(tmp_path, sweep_file)) == 2
     err = capsys.readouterr().err
-    assert all(text in err for text in ("graph.foo", "point 3 (graph.jump_scales=[3.0], seed=1)", "order.seed", "nothing was run or written"))
+    assert all(
+        text in err for text in ("graph.foo", "point 3 (graph.jump_scales=[3.0], seed=1)", "order.seed", "nothing was run or written")
+    )
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.json"]
 
 
@@ -199,16 +244,25 @@ def test_a_local_sweep_runs_every_point_and_writes_its_table(reference):
     root, _, done = reference
     rows = table(root)
     assert [(r["point"], r["state"], r["gate_passed"], r["gate_epoch"], r["epochs_trained"], r["analysis"]) for r in rows] == [
-        (1, "done", True, 1, 1, "done"), (2, "done", False, None, 2, "excluded (gate not passed)")]
+        (1, "done", True, 1, 1, "done"),
+        (2, "done", False, None, 2, "excluded (gate not passed)"),
+    ]
     assert rows[1]["failure_reason"].startswith("gate not passed after 2 epochs") and rows[0]["failure_reason"] is None
     assert all(r["wall_seconds"] > 0 for r in rows) and rows[0]["worst_rule_compliance"] is not None
     sweep_dir = root / "sweeps" / "tiny"
     for row in rows:
         run_dir = root / "results" / row["experiment_id"]
         assert (run_dir / "result.json").is_file()
-        assert json.loads((sweep_dir / "configs" / f"{row['experiment_id']}.json").read_text())["gate"]["rule_threshold"] == row["varied"]["gate.rule_threshold"]
+        assert (
+            json.loads((sweep_dir / "configs" / f"{row['experiment_id']}.json").read_text())["gate"]["rule_threshold"]
+            == row["varied"]["gate.rule_threshold"]
+        )
         record = json.loads((sweep_dir / "points" / f"{row['experiment_id']}.json").read_text())
-        assert record["state"] == "done" and record["threads"] == max(1, len(os.sched_getaffinity(0)) // 2) and record["executor"] == "local"
+        assert (
+            record["state"] == "done"
+            and record["threads"] == max(1, len(os.sched_getaffinity(0)) // 2)
+            and record["executor"] == "local"
+        )
     analyses = json.loads((root / "results" / rows[0]["experiment_id"] / "analysis" / "index.json").read_text())["analyses"]
     # the point's analysis, and the sampled second estimate dcsbm run adds (analysis.sensitivity_temperature)
     assert [a["name"].split("-")[1] for a in analyses] == ["greedy", "t1"]
@@ -241,8 +295,12 @@ def test_a_killed_sweep_rerun_finishes_with_the_same_table(reference, tmp_path):
     signal_file = tmp_path / "paused"
     # -1: faults.py compares these with the epoch in a checkpoint's name, which the gate checkpoint
     # (point 1 passes) lacks (None == an absent key would pause or fail its commit)
-    hooks = {"signal_file": str(signal_file), "pause_at_step": STEPS_PER_EPOCH + 10,
-             "pause_at_checkpoint_commit": -1, "fail_checkpoint_commit": -1}
+    hooks = {
+        "signal_file": str(signal_file),
+        "pause_at_step": STEPS_PER_EPOCH + 10,
+        "pause_at_checkpoint_commit": -1,
+        "fail_checkpoint_commit": -1,
+    }
     env = {**os.environ, "DCSBM_TEST_HOOKS": json.dumps(hooks)}
     command = [sys.executable, "-m", "dcsbm_transformer.cli", *sweep_args(tmp_path, sweep_file, "--jobs", "2")]
     sweep = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -278,8 +336,10 @@ def test_a_failing_point_is_recorded_and_the_others_finish(tmp_path, monkeypatch
     # p_out 0.0001: the blocks are never connected, every graph draw is rejected (GraphGenerationError);
     # a NaN loss at step 150 breaks the two-epoch point and spares the one-epoch point.
     monkeypatch.setenv("DCSBM_TEST_HOOKS", json.dumps({"nan_at_step": 150}))
-    content = {"base": {**TINY, "gate": {**TINY["gate"], "rule_threshold": 1.0}},
-               "axes": {"graph.p_out": [0.2, 0.0001], "training.max_epochs": [1, 2]}}
+    content = {
+        "base": {**TINY, "gate": {**TINY["gate"], "rule_threshold": 1.0}},
+        "axes": {"graph.p_out": [0.2, 0.0001], "training.max_epochs": [1, 2]},
+    }
     sweep_file = write_sweep(tmp_path, content)
     assert main(sweep_args(tmp_path, sweep_file, "--executor", "debug")) == 1
     err = capsys.readouterr().err
@@ -296,14 +356,18 @@ def test_a_failing_point_is_recorded_and_the_others_finish(tmp_path, monkeypatch
     monkeypatch.delenv("DCSBM_TEST_HOOKS")
     assert main(sweep_args(tmp_path, sweep_file, "--executor", "debug")) == 1
     out = capsys.readouterr().out
-    assert "point 3 (graph.p_out=0.0001, training.max_epochs=1) submitted" in out and "point 2 (graph.p_out=0.2, training.max_epochs=2) submitted" not in out
+    assert (
+        "point 3 (graph.p_out=0.0001, training.max_epochs=1) submitted" in out
+        and "point 2 (graph.p_out=0.2, training.max_epochs=2) submitted" not in out
+    )
     assert deterministic(table(tmp_path)) == deterministic(rows)
 
 
 def test_a_job_that_dies_without_a_result_is_recorded_as_failed(tmp_path, monkeypatch):
     plan = sweep_from_dict({"name": "dies", "base": TINY, "axes": {"seed": [1]}})
-    settings = SweepSettings(executor="local", results_root=tmp_path / "results", sweeps_root=tmp_path / "sweeps",
-                             cache_root=tmp_path / "cache")
+    settings = SweepSettings(
+        executor="local", results_root=tmp_path / "results", sweeps_root=tmp_path / "sweeps", cache_root=tmp_path / "cache"
+    )
 
     class Dies(PointJob):
         def __call__(self):
@@ -322,10 +386,14 @@ def test_a_job_that_dies_without_a_result_is_recorded_as_failed(tmp_path, monkey
 
 
 def test_slurm_array_script_and_requeue_resume_the_same_point(tmp_path, capsys):
-    plan = sweep_from_dict({"name": "slurm", "base": {**TINY, "gate": {**TINY["gate"], "rule_threshold": 1.0}},
-                            "axes": {"seed": [1, 2]}})
+    plan = sweep_from_dict(
+        {"name": "slurm", "base": {**TINY, "gate": {**TINY["gate"], "rule_threshold": 1.0}}, "axes": {"seed": [1, 2]}}
+    )
     settings = SweepSettings(
-        executor="slurm", results_root=tmp_path / "results", sweeps_root=tmp_path / "sweeps", cache_root=tmp_path / "cache",
+        executor="slurm",
+        results_root=tmp_path / "results",
+        sweeps_root=tmp_path / "sweeps",
+        cache_root=tmp_path / "cache",
         slurm=SlurmSettings(partition="gpu", gpus=2, time_minutes=90, array_parallelism=1, cpus_per_task=3, mem_gb=16),
     )
     sweep_dir = tmp_path / "sweeps" / "slurm"
@@ -337,9 +405,17 @@ def test_slurm_array_script_and_requeue_resume_the_same_point(tmp_path, capsys):
             array_id = jobs[0].job_id.split("_")[0]
             assert [job.job_id for job in jobs] == [f"{array_id}_0", f"{array_id}_1"]
             sbatch = submitit.core.core.Job(sweep_dir / "jobs", job_id=array_id).paths.submission_file.read_text()
-            for line in ("#SBATCH --partition=gpu", "#SBATCH --gpus-per-node=2", "#SBATCH --time=90", "#SBATCH --array=0-1%1",
-                         "#SBATCH --cpus-per-task=3", "#SBATCH --mem=16GB", "#SBATCH --job-name=dcsbm-slurm",
-                         "#SBATCH --signal=USR2@120", "export OMP_NUM_THREADS=3"):
+            for line in (
+                "#SBATCH --partition=gpu",
+                "#SBATCH --gpus-per-node=2",
+                "#SBATCH --time=90",
+                "#SBATCH --array=0-1%1",
+                "#SBATCH --cpus-per-task=3",
+                "#SBATCH --mem=16GB",
+                "#SBATCH --job-name=dcsbm-slurm",
+                "#SBATCH --signal=USR2@120",
+                "export OMP_NUM_THREADS=3",
+            ):
                 assert line in sbatch.splitlines(), (line, sbatch)
 
             # preempted mid-training: the point's run has one of two epochs (as a killed job leaves it)
@@ -350,8 +426,12 @@ def test_slurm_array_script_and_requeue_resume_the_same_point(tmp_path, capsys):
                     raise KeyboardInterrupt
 
             with pytest.raises(KeyboardInterrupt):
-                run_experiment(point.config, RunOptions(results_root=settings.results_root, cache_root=settings.cache_root),
-                               hooks=TrainingHooks(after_step=stop), echo=lambda _: None)
+                run_experiment(
+                    point.config,
+                    RunOptions(results_root=settings.results_root, cache_root=settings.cache_root),
+                    hooks=TrainingHooks(after_step=stop),
+                    echo=lambda _: None,
+                )
             with mock.job_context(job.job_id):
                 delayed = DelayedSubmission.load(job.paths.submitted_pickle)
                 handler = job_environment.SignalHandler(submitit_slurm.SlurmJobEnvironment(), job.paths, delayed)

@@ -8,11 +8,10 @@ from __future__ import annotations
 import json
 
 import pytest
+from conftest import REPO
 
 from dcsbm_transformer.cli import main
 from dcsbm_transformer.sweep import SweepError, load_sweep, sweep_from_dict
-
-from conftest import REPO
 
 # the tiny config of tests/test_sweep.py: n=32, one epoch of 100 steps, seconds per point
 TINY = {
@@ -27,16 +26,33 @@ TINY = {
 
 
 def sweep_args(root, sweep_file, *extra):
-    return ["sweep", str(sweep_file), "--results-dir", str(root / "results"), "--sweeps-dir", str(root / "sweeps"),
-            "--cache-dir", str(root / "cache"), "--executor", "debug", *extra]
+    return [
+        "sweep",
+        str(sweep_file),
+        "--results-dir",
+        str(root / "results"),
+        "--sweeps-dir",
+        str(root / "sweeps"),
+        "--cache-dir",
+        str(root / "cache"),
+        "--executor",
+        "debug",
+        *extra,
+    ]
 
 
 def test_a_bad_analyze_value_and_bad_variants_are_reported_naming_the_field():
     with pytest.raises(SweepError) as caught:
-        sweep_from_dict({
-            "name": "x", "base": TINY, "analyze": "no", "set": {"model.d_model": 16}, "axes": {"seed": [1, 2]},
-            "variants": [{}, {"model.n_layers": 2}, {"graph.foo": 1}, {"seed": 4}, {"model.d_model": 32}, 7, {}],
-        })
+        sweep_from_dict(
+            {
+                "name": "x",
+                "base": TINY,
+                "analyze": "no",
+                "set": {"model.d_model": 16},
+                "axes": {"seed": [1, 2]},
+                "variants": [{}, {"model.n_layers": 2}, {"graph.foo": 1}, {"seed": 4}, {"model.d_model": 32}, 7, {}],
+            }
+        )
     problems = caught.value.problems
     expected = [
         'analyze: expected true or false (false stops every point after training), got "no"',
@@ -55,14 +71,23 @@ def test_a_bad_analyze_value_and_bad_variants_are_reported_naming_the_field():
 
 
 def test_variants_cross_the_axes_one_factor_at_a_time():
-    plan = sweep_from_dict({
-        "name": "ofat", "base": TINY, "axes": {"seed": [1, 2]}, "order": {"seed": [2]},
-        "variants": [{}, {"model.n_layers": 2}, {"model.d_model": 32, "walks.walk_length": 32}],
-    })
+    plan = sweep_from_dict(
+        {
+            "name": "ofat",
+            "base": TINY,
+            "axes": {"seed": [1, 2]},
+            "order": {"seed": [2]},
+            "variants": [{}, {"model.n_layers": 2}, {"model.d_model": 32, "walks.walk_length": 32}],
+        }
+    )
     assert plan.analyze is True and plan.columns == ["seed", "model.n_layers", "model.d_model", "walks.walk_length"]
     assert [p.varied for p in plan.points] == [
-        {"seed": 2}, {"model.n_layers": 2, "seed": 2}, {"model.d_model": 32, "walks.walk_length": 32, "seed": 2},
-        {"seed": 1}, {"model.n_layers": 2, "seed": 1}, {"model.d_model": 32, "walks.walk_length": 32, "seed": 1},
+        {"seed": 2},
+        {"model.n_layers": 2, "seed": 2},
+        {"model.d_model": 32, "walks.walk_length": 32, "seed": 2},
+        {"seed": 1},
+        {"model.n_layers": 2, "seed": 1},
+        {"model.d_model": 32, "walks.walk_length": 32, "seed": 1},
     ]
     third = plan.points[2].config
     assert (third.model.d_model, third.walks.walk_length, third.model.n_layers, third.seed) == (32, 32, 1, 2)
@@ -86,7 +111,11 @@ def test_a_sweep_with_analyze_false_runs_a_point_to_done_without_an_analysis(tmp
     assert (row["state"], row["gate_passed"], row["gate_epoch"], row["analysis"]) == ("done", True, 1, "not asked")
     run_dir = tmp_path / "results" / row["experiment_id"]
     assert (run_dir / "result.json").is_file() and not (run_dir / "analysis").exists()
-    assert (tmp_path / "sweeps" / "tiny" / "status.tsv").read_text().splitlines()[0].split("\t")[:3] == ["point", "experiment_id", "state"]
+    assert (tmp_path / "sweeps" / "tiny" / "status.tsv").read_text().splitlines()[0].split("\t")[:3] == [
+        "point",
+        "experiment_id",
+        "state",
+    ]
 
     # a rerun counts the trained point as done and runs nothing
     assert main(sweep_args(tmp_path, sweep_file)) == 0

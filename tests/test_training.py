@@ -12,21 +12,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import run_cli, tiny_config
 
 import dcsbm_transformer
 from dcsbm_transformer import ExtractionMode, load_run
 from dcsbm_transformer.data.dataset import build_data
 from dcsbm_transformer.devices import resolve_device
 from dcsbm_transformer.experiment import CHECKPOINT_DIR, RunOptions, build_model, run_directory, run_experiment
+from dcsbm_transformer.model import TransformerLM
 from dcsbm_transformer.training.checkpoint import CheckpointError, load_checkpoint
+from dcsbm_transformer.training.evaluation import GateEvaluator
 from dcsbm_transformer.training.gate import gate_decision
 from dcsbm_transformer.training.results import Result
 from dcsbm_transformer.training.schedule import lr_multiplier, warmup_steps_for
-from dcsbm_transformer.model import TransformerLM
-from dcsbm_transformer.training.evaluation import GateEvaluator
 from dcsbm_transformer.training.trainer import Trainer, TrainingHooks, build_optimizer
-
-from conftest import run_cli, tiny_config
 
 NEVER = {"edge_threshold": 1.0, "rule_threshold": 1.0}  # strict ">": unreachable
 # passes at the first evaluation: pooled over all events some rule is obeyed somewhere (a single rule may be at 0)
@@ -38,7 +37,9 @@ class Interrupted(Exception):
 
 
 def train(config, root, hooks=None, **options):
-    return run_experiment(config, RunOptions(results_root=root, cache_root=root / "cache", **options), hooks=hooks, echo=lambda _: None)
+    return run_experiment(
+        config, RunOptions(results_root=root, cache_root=root / "cache", **options), hooks=hooks, echo=lambda _: None
+    )
 
 
 def final_weights(config, root):
@@ -48,6 +49,7 @@ def final_weights(config, root):
 
 
 # ---- TRNG-01: cross-entropy training with AdamW and warmup + cosine ---------------------------
+
 
 def test_training_loss_decreases(tmp_path):
     config = tiny_config(gate=NEVER, training={"max_epochs": 3})
@@ -98,6 +100,7 @@ def test_optimiser_lr_follows_the_schedule_across_a_resume(tmp_path):
 
 
 # ---- TRNG-03: checkpoints and resume -----------------------------------------------------------
+
 
 def test_checkpoint_resume(tmp_path):
     """Interrupted mid-epoch 3 and resumed: curves, gate outcome and final weights bitwise identical."""
@@ -213,6 +216,7 @@ def test_a_lost_result_json_is_rebuilt_from_the_final_checkpoint_without_trainin
 
 # ---- TRNG-04: curves in result.json ------------------------------------------------------------
 
+
 def test_free_running_gate_mode_trains_end_to_end(tmp_path):
     config = tiny_config(gate={**NEVER, "prompt": "first_token", "eval_sequences": 100}, training={"max_epochs": 1})
     evaluation = train(config, tmp_path)["evaluation"]
@@ -247,6 +251,7 @@ def test_curve_logging(tmp_path):
 
 
 # ---- TRNG-05: the sufficiency gate -------------------------------------------------------------
+
 
 def test_gate_decision_is_strict_and_never_passes_blind():
     assert gate_decision(0.96, [0.81, 0.9], 0.85, 0.95, 0.80).passed
@@ -300,6 +305,7 @@ def test_sufficiency_gate(tmp_path):
 
 # ---- TRNG-06: failed configs -------------------------------------------------------------------
 
+
 def test_failed_config_metadata(tmp_path):
     config = tiny_config(gate={"edge_threshold": 0.5, "rule_threshold": 1.0}, training={"max_epochs": 2})
     result = train(config, tmp_path)
@@ -314,6 +320,7 @@ def test_failed_config_metadata(tmp_path):
 
 
 # ---- results folder and analysis API -----------------------------------------------------------
+
 
 def test_load_run_gives_the_gate_model_with_extraction(tmp_path):
     config = tiny_config(gate=ALWAYS)
@@ -341,8 +348,21 @@ def run_tiny_from_the_command_line(tmp_path, config, *options, env=None):
     """``dcsbm run`` of ``config`` on the CPU, results in tmp_path/out, data cached in tmp_path/cache."""
     config_file = tmp_path / "tiny.json"
     config_file.write_text(config.to_json())
-    return run_cli("run", "--config", str(config_file), "--results-dir", "out", "--cache-dir", "cache", "--device", "cpu",
-                   "--no-analyze", *options, cwd=tmp_path, env=env)
+    return run_cli(
+        "run",
+        "--config",
+        str(config_file),
+        "--results-dir",
+        "out",
+        "--cache-dir",
+        "cache",
+        "--device",
+        "cpu",
+        "--no-analyze",
+        *options,
+        cwd=tmp_path,
+        env=env,
+    )
 
 
 def test_end_to_end_from_the_command_line(tmp_path):

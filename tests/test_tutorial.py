@@ -10,11 +10,10 @@ from __future__ import annotations
 import importlib.util
 
 import pytest
+from conftest import REPO, tiny_config
 
 from dcsbm_transformer.experiment import RunOptions
 from dcsbm_transformer.pipeline import run_pipeline
-
-from conftest import REPO, tiny_config
 
 TUTORIAL = REPO / "examples" / "tutorial.py"
 MISSING = [name for name in ("jupytext", "nbclient", "ipykernel") if importlib.util.find_spec(name) is None]

@@ -8,13 +8,12 @@ shown to fail on the same data (so the test can tell the two apart)."""
 from __future__ import annotations
 
 import numpy as np
+from conftest import tiny_config
 from scipy.stats import norm
 
 from dcsbm_transformer.analysis.horizon import compute_horizon
 from dcsbm_transformer.analysis.statistics import auroc_difference, simultaneous_difference, stratified_auroc
 from dcsbm_transformer.registration import RegistrationCheck, registration_payload
-
-from conftest import tiny_config
 
 R, EVENTS, RHO = 8, 1000, 0.5
 KEY = "qkt.layer_0.head_0.grassmannian_distance"  # the primary: higher before violations
@@ -41,13 +40,23 @@ def dataset(seed: int, metric_auroc, logits_auroc: float = 0.6):
     metric_shift = np.array([shift_for(a) for a in np.broadcast_to(metric_auroc, R)])
     x = correlated_noise(rng, EVENTS) + violated[:, None] * metric_shift[None, :]
     b = correlated_noise(rng, EVENTS) - violated[:, None] * shift_for(logits_auroc)  # logits: lower before violations
-    return {KEY: x.astype(np.float32), "target_block_probability": b.astype(np.float32), "violated": violated,
-            "event_jumper": np.arange(EVENTS) % 2, "event_r": np.full(EVENTS, R)}
+    return {
+        KEY: x.astype(np.float32),
+        "target_block_probability": b.astype(np.float32),
+        "violated": violated,
+        "event_jumper": np.arange(EVENTS) % 2,
+        "event_r": np.full(EVENTS, R),
+    }
 
 
 def verdict(arrays) -> dict:
-    summary = {"experiment_id": "sim", "exploratory": False, "exploratory_reason": None, "token_metrics_sha256": "0" * 64,
-               "constant_metrics": []}
+    summary = {
+        "experiment_id": "sim",
+        "exploratory": False,
+        "exploratory_reason": None,
+        "token_metrics_sha256": "0" * 64,
+        "constant_metrics": [],
+    }
     horizon = compute_horizon(arrays, CONFIG, summary, check=CHECK)
     return horizon["metrics"][KEY]["by_r"][str(R)]["versus_behaviour"]
 

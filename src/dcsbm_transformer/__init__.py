@@ -10,4 +10,14 @@ from .api import Run, load_run
 from .config import ConfigError, ExperimentConfig, load_config
 from .model import ExtractionMode, ModelOutput, TransformerLM
 
-__all__ = ["ConfigError", "ExperimentConfig", "ExtractionMode", "ModelOutput", "Run", "TransformerLM", "analyze_run", "load_config", "load_run"]
+__all__ = [
+    "ConfigError",
+    "ExperimentConfig",
+    "ExtractionMode",
+    "ModelOutput",
+    "Run",
+    "TransformerLM",
+    "analyze_run",
+    "load_config",
+    "load_run",
+]

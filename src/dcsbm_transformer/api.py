@@ -21,7 +21,15 @@ from typing import Any
 import numpy as np
 
 from .config import ExperimentConfig, load_config
-from .data.dataset import CACHE_ENV, LEGACY_CACHE, DataIntegrityError, ExperimentData, default_cache_root, has_cached_data, load_or_build_data
+from .data.dataset import (
+    CACHE_ENV,
+    LEGACY_CACHE,
+    DataIntegrityError,
+    ExperimentData,
+    default_cache_root,
+    has_cached_data,
+    load_or_build_data,
+)
 from .data.graph import Graph
 from .data.walks import Corpus
 from .experiment import CHECKPOINT_DIR
@@ -109,12 +117,10 @@ def _check_run_folder(directory: Path) -> None:
     runs = sorted(p.name for p in directory.iterdir() if p.is_dir() and _is_run_folder(p))
     if runs:
         raise FileNotFoundError(
-            f"{directory} is a results root, not a run folder: pass {directory / '<experiment_id>'} "
-            f"(runs here: {', '.join(runs)})"
+            f"{directory} is a results root, not a run folder: pass {directory / '<experiment_id>'} (runs here: {', '.join(runs)})"
         )
     raise FileNotFoundError(
-        f"{directory} is not a run folder: it has no config.json "
-        "(a run folder is results/<experiment_id>, written by dcsbm run)"
+        f"{directory} is not a run folder: it has no config.json (a run folder is results/<experiment_id>, written by dcsbm run)"
     )
 
 

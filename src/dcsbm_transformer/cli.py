@@ -18,30 +18,37 @@ import sys
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
+from .analysis.events import AnalysisEventsError
+from .analysis.run import AnalysisNameError, AnalysisRefused, analyze_run
+from .api import load_run
+from .comparison import ComparisonError, add_report_parser
 from .config import ConfigError, ExperimentConfig, load_config, parse_assignments, with_assignments
 from .data.dataset import DataIntegrityError, load_or_build_data, write_data
 from .data.dcsbm import GraphGenerationError
 from .data.walks import WalkGenerationError
 from .devices import resolve_device, threads_warning
 from .experiment import RunOptions
+from .mechanism.run import MechanismRequestError, mechanism_run
 from .pipeline import run_pipeline
 from .storage import atomic_write_bytes
 from .training.checkpoint import CheckpointError, CheckpointWriteError
 from .training.faults import hooks_from_environment
-from .training.results import RESULT_FILE
-from .analysis.events import AnalysisEventsError
-from .api import load_run
-from .analysis.run import AnalysisNameError, AnalysisRefused, analyze_run
-from .mechanism.run import MechanismRequestError, mechanism_run
-from .comparison import ComparisonError, add_report_parser
 from .training.lock import RunLockedError
+from .training.results import RESULT_FILE
 from .training.trainer import CompileError
 
 USAGE_ERROR = 2
 RUNTIME_FAILURE = 1
 RUNTIME_ERRORS = (
-    AnalysisEventsError, AnalysisRefused, CheckpointError, CheckpointWriteError, CompileError, DataIntegrityError,
-    GraphGenerationError, RunLockedError, WalkGenerationError,
+    AnalysisEventsError,
+    AnalysisRefused,
+    CheckpointError,
+    CheckpointWriteError,
+    CompileError,
+    DataIntegrityError,
+    GraphGenerationError,
+    RunLockedError,
+    WalkGenerationError,
 )
 
 
@@ -157,8 +164,16 @@ def command_analyze(args: argparse.Namespace) -> int:
             analysis = _with_sets(_read_config(str(folder / "config.json")), args.set, sections=("analysis",)).analysis
     _set_threads(args)
     try:
-        analyze_run(folder, events=args.events, analysis=analysis, name=args.name, overrides=overrides,
-                    device=args.device, precision=args.precision, include_failed=args.include_failed)
+        analyze_run(
+            folder,
+            events=args.events,
+            analysis=analysis,
+            name=args.name,
+            overrides=overrides,
+            device=args.device,
+            precision=args.precision,
+            include_failed=args.include_failed,
+        )
     except AnalysisNameError as error:
         raise UsageError(str(error)) from None
     return 0
@@ -167,14 +182,28 @@ def command_analyze(args: argparse.Namespace) -> int:
 def command_mechanism(args: argparse.Namespace) -> int:
     folder = _run_folder_request(args)
     try:
-        mechanism_run(folder, events=args.events, layers=args.layers, include_failed=args.include_failed,
-                      analysis=args.analysis, device=args.device)
+        mechanism_run(
+            folder,
+            events=args.events,
+            layers=args.layers,
+            include_failed=args.include_failed,
+            analysis=args.analysis,
+            device=args.device,
+        )
     except (MechanismRequestError, FileNotFoundError) as error:  # FileNotFoundError: not a run folder (load_run says why)
         raise UsageError(str(error)) from None
     return 0
 
 
-SLURM_OPTIONS = ("slurm_partition", "slurm_gpus", "slurm_time", "slurm_array_parallelism", "slurm_cpus_per_task", "slurm_mem_gb", "slurm_account")
+SLURM_OPTIONS = (
+    "slurm_partition",
+    "slurm_gpus",
+    "slurm_time",
+    "slurm_array_parallelism",
+    "slurm_cpus_per_task",
+    "slurm_mem_gb",
+    "slurm_account",
+)
 
 
 def _sweep_settings(args: argparse.Namespace):
@@ -199,11 +228,17 @@ def _sweep_settings(args: argparse.Namespace):
         if getattr(args, name) is not None and getattr(args, name) <= 0:
             raise UsageError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
     slurm = {
-        key: value for key, value in {
-            "partition": args.slurm_partition, "gpus": args.slurm_gpus, "time_minutes": args.slurm_time,
-            "array_parallelism": args.slurm_array_parallelism, "cpus_per_task": args.slurm_cpus_per_task,
-            "mem_gb": args.slurm_mem_gb, "account": args.slurm_account,
-        }.items() if value is not None
+        key: value
+        for key, value in {
+            "partition": args.slurm_partition,
+            "gpus": args.slurm_gpus,
+            "time_minutes": args.slurm_time,
+            "array_parallelism": args.slurm_array_parallelism,
+            "cpus_per_task": args.slurm_cpus_per_task,
+            "mem_gb": args.slurm_mem_gb,
+            "account": args.slurm_account,
+        }.items()
+        if value is not None
     }
     return SweepSettings(
         executor=args.executor,
@@ -252,7 +287,11 @@ def command_sweep(args: argparse.Namespace) -> int:
         print("dcsbm sweep: interrupted; rerun the same command to resume (finished points are kept)", file=sys.stderr)
         return 130
     counts = {state: sum(row["state"] == state for row in outcome.rows) for state in ("done", "failed", "pending", "running")}
-    print(f"sweep {plan.name}: " + ", ".join(f"{n} {s}" for s, n in counts.items() if n) + f"; status table: {outcome.sweep_dir / 'status.tsv'}")
+    print(
+        f"sweep {plan.name}: "
+        + ", ".join(f"{n} {s}" for s, n in counts.items() if n)
+        + f"; status table: {outcome.sweep_dir / 'status.tsv'}"
+    )
     if outcome.failed:
         lines = "\n".join(f"  - point {row['point']} {row['experiment_id']}: {row['failure_reason']}" for row in outcome.failed)
         print(
@@ -295,19 +334,37 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--restart", action="store_true", help="set the existing run folder aside and start over")
     run.add_argument("--precision", default="fp32", choices=["fp32", "bf16"], help="bf16 = autocast (changes numerics)")
     run.add_argument("--compile", action="store_true", help="torch.compile the training forward pass")
-    run.add_argument("--cache-dir", default=None, help="data cache (default: $DCSBM_CACHE_DIR, else $XDG_CACHE_HOME/dcsbm-transformer or ~/.cache/dcsbm-transformer)")
-    run.add_argument("--threads", type=int, default=None, metavar="N",
-                     help="torch CPU threads (default: one per core; a warning says when the cores are busy)")
+    run.add_argument(
+        "--cache-dir",
+        default=None,
+        help="data cache (default: $DCSBM_CACHE_DIR, else $XDG_CACHE_HOME/dcsbm-transformer or ~/.cache/dcsbm-transformer)",
+    )
+    run.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        metavar="N",
+        help="torch CPU threads (default: one per core; a warning says when the cores are busy)",
+    )
     run.add_argument("--no-analyze", action="store_true", help="stop after training and the gate (no analysis, no report)")
     run.add_argument("--no-mechanism", action="store_true", help="skip the interventions (dcsbm mechanism) after the analysis")
-    run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                     help="set a dotted config key (value as JSON), e.g. --set training.max_epochs=20; repeatable")
+    run.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="set a dotted config key (value as JSON), e.g. --set training.max_epochs=20; repeatable",
+    )
     run.set_defaults(handler=command_run)
 
     generate = commands.add_parser("generate", help="write graph.npz, train.npz and eval.npz for a config")
     generate.add_argument("--config", required=True, help="experiment config (JSON)")
     generate.add_argument("--out", required=True, help="folder to write the data files into")
-    generate.add_argument("--cache-dir", default=None, help="data cache (default: $DCSBM_CACHE_DIR, else $XDG_CACHE_HOME/dcsbm-transformer or ~/.cache/dcsbm-transformer)")
+    generate.add_argument(
+        "--cache-dir",
+        default=None,
+        help="data cache (default: $DCSBM_CACHE_DIR, else $XDG_CACHE_HOME/dcsbm-transformer or ~/.cache/dcsbm-transformer)",
+    )
     generate.set_defaults(handler=command_generate)
 
     analyze = commands.add_parser("analyze", help="SVD metrics of the attention internals at every generated token")
@@ -315,48 +372,101 @@ def build_parser() -> argparse.ArgumentParser:
     analyze.add_argument("--events", type=int, default=None, help="rule events to analyse (default: the config's analysis.events)")
     analyze.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="auto = CUDA when present")
     analyze.add_argument("--precision", default="fp32", choices=["fp32", "bf16"], help="bf16 = autocast for the forward passes")
-    analyze.add_argument("--threads", type=int, default=None, metavar="N",
-                     help="torch CPU threads (default: one per core; a warning says when the cores are busy)")
+    analyze.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        metavar="N",
+        help="torch CPU threads (default: one per core; a warning says when the cores are busy)",
+    )
     analyze.add_argument("--include-failed", action="store_true", help="analyse a run whose gate did not pass (labelled exploratory)")
-    analyze.add_argument("--name", default=None, help="label of this analysis: its folder analysis/<name>/ (default: named by its settings)")
-    analyze.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                         help="an analysis.* key for this analysis (value as JSON), e.g. --set analysis.temperature=1; repeatable. "
-                         "A new primary is exploratory: the registered one was fixed when the run was created")
+    analyze.add_argument(
+        "--name", default=None, help="label of this analysis: its folder analysis/<name>/ (default: named by its settings)"
+    )
+    analyze.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="an analysis.* key for this analysis (value as JSON), e.g. --set analysis.temperature=1; repeatable. "
+        "A new primary is exploratory: the registered one was fixed when the run was created",
+    )
     analyze.set_defaults(handler=command_analyze)
 
     mechanism = commands.add_parser(
-        "mechanism", help="interventions on an analysis's events: knock out / mean-ablate the jumper, patch it (mechanism.json, report section)"
+        "mechanism",
+        help="interventions on an analysis's events: knock out / mean-ablate the jumper, patch it (mechanism.json, report section)",
     )
     mechanism.add_argument("results_dir", metavar="RESULTS_DIR", help="one run's folder: results/<experiment_id>, analysed")
     mechanism.add_argument("--events", type=int, default=None, help="events to measure (default: every event of the analysis)")
-    mechanism.add_argument("--layers", type=int, nargs="+", default=None, metavar="L",
-                           help="layers to intervene on, one at a time and then together (default: every layer)")
-    mechanism.add_argument("--include-failed", action="store_true", help="measure a run whose gate did not pass (labelled exploratory)")
-    mechanism.add_argument("--analysis", default=None, metavar="NAME", help="the analysis whose events to use (default: the run's default analysis)")
+    mechanism.add_argument(
+        "--layers",
+        type=int,
+        nargs="+",
+        default=None,
+        metavar="L",
+        help="layers to intervene on, one at a time and then together (default: every layer)",
+    )
+    mechanism.add_argument(
+        "--include-failed", action="store_true", help="measure a run whose gate did not pass (labelled exploratory)"
+    )
+    mechanism.add_argument(
+        "--analysis", default=None, metavar="NAME", help="the analysis whose events to use (default: the run's default analysis)"
+    )
     mechanism.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="auto = CUDA when present")
     mechanism.set_defaults(handler=command_mechanism)
 
     sweep = commands.add_parser(
-        "sweep", help="run every point of a sweep file (train, gate, analyze) through submitit; reruns skip done points and resume the rest"
+        "sweep",
+        help="run every point of a sweep file (train, gate, analyze) through submitit; reruns skip done points and resume the rest",
     )
     sweep.add_argument("sweep_file", metavar="SWEEP_FILE", help="sweep file (JSON): base config, axes, order")
-    sweep.add_argument("--executor", default="local", choices=["local", "slurm", "debug"],
-                       help="local: processes on this machine; slurm: a job array; debug: one after the other in this process")
+    sweep.add_argument(
+        "--executor",
+        default="local",
+        choices=["local", "slurm", "debug"],
+        help="local: processes on this machine; slurm: a job array; debug: one after the other in this process",
+    )
     sweep.add_argument("--jobs", type=int, default=None, help="local: points run at once (default 1), each with cores // jobs threads")
-    sweep.add_argument("--threads", type=int, default=None, metavar="N",
-                       help="torch threads per point (default: local cores // jobs, SLURM --slurm-cpus-per-task)")
-    sweep.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                       help="set a dotted config key for every point (value as JSON), e.g. --set training.max_epochs=20; "
-                       "repeatable; an axis cannot be set")
-    sweep.add_argument("--dry-run", action="store_true", help="validate and print the plan (point, what varies, id, state); write nothing")
+    sweep.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        metavar="N",
+        help="torch threads per point (default: local cores // jobs, SLURM --slurm-cpus-per-task)",
+    )
+    sweep.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="set a dotted config key for every point (value as JSON), e.g. --set training.max_epochs=20; "
+        "repeatable; an axis cannot be set",
+    )
+    sweep.add_argument(
+        "--dry-run", action="store_true", help="validate and print the plan (point, what varies, id, state); write nothing"
+    )
     sweep.add_argument("--results-dir", default="results", help="results root; each point goes to <dir>/<experiment_id>")
-    sweep.add_argument("--sweeps-dir", default="sweeps", help="the sweep's configs, job logs and status table go to <dir>/<sweep name>")
-    sweep.add_argument("--cache-dir", default=None, help="data cache (default: $DCSBM_CACHE_DIR, else $XDG_CACHE_HOME/dcsbm-transformer or ~/.cache/dcsbm-transformer)")
-    sweep.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="auto = CUDA when present (on the machine that runs the job)")
+    sweep.add_argument(
+        "--sweeps-dir", default="sweeps", help="the sweep's configs, job logs and status table go to <dir>/<sweep name>"
+    )
+    sweep.add_argument(
+        "--cache-dir",
+        default=None,
+        help="data cache (default: $DCSBM_CACHE_DIR, else $XDG_CACHE_HOME/dcsbm-transformer or ~/.cache/dcsbm-transformer)",
+    )
+    sweep.add_argument(
+        "--device", default="auto", choices=["auto", "cpu", "cuda"], help="auto = CUDA when present (on the machine that runs the job)"
+    )
     sweep.add_argument("--precision", default="fp32", choices=["fp32", "bf16"], help="bf16 = autocast (changes numerics)")
     sweep.add_argument("--slurm-partition", default=None, help="SLURM partition")
     sweep.add_argument("--slurm-gpus", type=int, default=None, help="GPUs per job (default 1)")
-    sweep.add_argument("--slurm-time", type=int, default=None, help="time limit per job in minutes (default 240); a job that hits it is requeued and resumes")
+    sweep.add_argument(
+        "--slurm-time",
+        type=int,
+        default=None,
+        help="time limit per job in minutes (default 240); a job that hits it is requeued and resumes",
+    )
     sweep.add_argument("--slurm-array-parallelism", type=int, default=None, help="array tasks running at once (default 32)")
     sweep.add_argument("--slurm-cpus-per-task", type=int, default=None, help="CPUs per job, and its torch threads (default 4)")
     sweep.add_argument("--slurm-mem-gb", type=float, default=None, help="memory per job in GB (default: the partition's)")

@@ -163,7 +163,9 @@ class AnalysisConfig(_Section):
     horizon_threshold: StrictFloat = Field(0.75, gt=0.5, lt=1.0, description="AUROC a lookback must exceed to count in a horizon")
     alpha: StrictFloat = Field(0.05, gt=0, lt=1, description="significance level of the primary test and the Holm-adjusted family")
     confirmatory_fraction: StrictFloat = Field(
-        0.5, ge=0.0, lt=1.0,
+        0.5,
+        ge=0.0,
+        lt=1.0,
         description="share of the analysis events (per jumper, seeded) held out for the registered test alone; "
         "everything else is computed on the rest. 0 = no held-out set (then no confirmatory verdict)",
     )
@@ -174,7 +176,8 @@ class AnalysisConfig(_Section):
         "'predicts' violations there measures something other than rule knowledge)",
     )
     sensitivity_temperature: StrictFloat = Field(
-        1.0, ge=0.0,
+        1.0,
+        ge=0.0,
         description="dcsbm run also analyses sampled continuations at this temperature (a second estimate on the same "
         "model, exploratory), and the main report says whether the primary's answer holds there; 0 = not",
     )
@@ -182,7 +185,9 @@ class AnalysisConfig(_Section):
         4000, ge=1, description="rule events of the sampled sensitivity analysis (sampling breaks rules often: fewer suffice)"
     )
     min_effect_auroc: StrictFloat = Field(
-        0.6, gt=0.5, lt=1.0,
+        0.6,
+        gt=0.5,
+        lt=1.0,
         description="registered effect size: the primary's AUROC in its declared direction, on the held-out events at "
         "the lookback chosen on the exploratory events, must reach this for a 'confirmed' verdict",
     )
@@ -398,8 +403,9 @@ def parse_assignments(items: list[str], option: str = "--set") -> dict[str, Any]
     return out
 
 
-def with_assignments(config: ExperimentConfig, assignments: dict[str, Any], *, sections: tuple[str, ...] | None = None,
-                     source: str = "--set") -> ExperimentConfig:
+def with_assignments(
+    config: ExperimentConfig, assignments: dict[str, Any], *, sections: tuple[str, ...] | None = None, source: str = "--set"
+) -> ExperimentConfig:
     """``config`` with dotted keys set (``analysis.temperature``: 1), validated as a whole config.
 
     ``sections`` limits the keys that may be set (``("analysis",)`` for a re-analysis: anything else
@@ -409,8 +415,10 @@ def with_assignments(config: ExperimentConfig, assignments: dict[str, Any], *, s
     for key, value in assignments.items():
         parts = key.split(".")
         if sections is not None and parts[0] not in sections:
-            problems.append(f"{key}: only {', '.join(s + '.*' for s in sections)} keys can be set here "
-                            "(other keys change the trained model: that is another run)")
+            problems.append(
+                f"{key}: only {', '.join(s + '.*' for s in sections)} keys can be set here "
+                "(other keys change the trained model: that is another run)"
+            )
             continue
         node = raw
         for part in parts[:-1]:

@@ -29,13 +29,13 @@ from .model import TransformerLM
 from .registration import REGISTRATION_FILE, register
 from .reproducibility import seed_everything, torch_generator
 from .storage import atomic_write_bytes, remove_stale_temporaries, write_npz
+from .training.baselines import RuleBlindBaseline, rule_blind_baseline
 from .training.checkpoint import GATE_CHECKPOINT, SUPERSEDED_GATE_CHECKPOINT, newest_loadable
 from .training.evaluation import GateEvaluation, GateEvaluator
+from .training.gate import worst_rule
 from .training.lock import LOCK_FILE, RunLock
 from .training.plots import FIGURE_FILE, plot_training_curves
 from .training.results import RESULT_FILE, read_result, write_result
-from .training.baselines import RuleBlindBaseline, rule_blind_baseline
-from .training.gate import worst_rule
 from .training.trainer import Trainer, TrainingHooks, TrainingState, judge, mean_loss, plural
 
 CHECKPOINT_DIR = "checkpoints"
@@ -103,7 +103,9 @@ def _data_summary(data: ExperimentData) -> dict[str, Any]:
     }
 
 
-def rule_records(graph: Graph, state: TrainingState, evaluation: dict[str, Any] | None, baseline: RuleBlindBaseline) -> list[dict[str, Any]]:
+def rule_records(
+    graph: Graph, state: TrainingState, evaluation: dict[str, Any] | None, baseline: RuleBlindBaseline
+) -> list[dict[str, Any]]:
     """result.json's ``rules``: each rule's identity, the model's latest compliance and its chance levels."""
     latest = state.rule_compliance_per_jumper[-1] if state.rule_compliance_per_jumper else [None] * graph.n_jumpers
     events = (evaluation or {}).get("rule_events_by_jumper", {})
@@ -335,7 +337,9 @@ def _set_aside_superseded_gate_checkpoint(state: TrainingState, checkpoint_dir: 
     if state.gate_passed or not gate_file.exists():
         return
     gate_file.replace(checkpoint_dir / SUPERSEDED_GATE_CHECKPOINT)
-    echo(f"{gate_file.name} comes from an epoch after epoch {state.epoch}, which is trained again now; kept as {SUPERSEDED_GATE_CHECKPOINT}")
+    echo(
+        f"{gate_file.name} comes from an epoch after epoch {state.epoch}, which is trained again now; kept as {SUPERSEDED_GATE_CHECKPOINT}"
+    )
 
 
 def build_model(config: ExperimentConfig, device: torch.device) -> TransformerLM:

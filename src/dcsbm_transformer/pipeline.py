@@ -19,9 +19,9 @@ from typing import Any
 from .analysis.files import ANALYSIS_DIR
 from .analysis.report import write_report
 from .analysis.run import analyze_run
-from .mechanism.run import mechanism_run
 from .config import ExperimentConfig
 from .experiment import RunOptions, run_directory, run_experiment
+from .mechanism.run import mechanism_run
 from .training.trainer import TrainingHooks
 
 
@@ -55,10 +55,13 @@ def run_pipeline(
     training = result["training"]
     if not training["gate_passed"]:
         if config.analysis.include_failed:  # a negative control: analysed, exploratory everywhere, no mechanism
-            echo(f"{run_dir}: the gate did not pass ({training['failure_reason']}); analysed anyway as a negative control "
-                 "(analysis.include_failed), labelled exploratory")
-            summary = analyze_run(run_dir, analysis=config.analysis, include_failed=True, device=options.device,
-                                  precision=options.precision, echo=echo)
+            echo(
+                f"{run_dir}: the gate did not pass ({training['failure_reason']}); analysed anyway as a negative control "
+                "(analysis.include_failed), labelled exploratory"
+            )
+            summary = analyze_run(
+                run_dir, analysis=config.analysis, include_failed=True, device=options.device, precision=options.precision, echo=echo
+            )
             return PipelineOutcome(run_dir, result, summary, None)
         reason = f"the gate did not pass ({training['failure_reason']}): excluded from analysis"
         echo(f"{run_dir}: {reason}; `dcsbm analyze --include-failed {run_dir}` analyses it anyway, labelled exploratory")

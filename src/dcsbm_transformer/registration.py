@@ -97,16 +97,23 @@ def primary_of(config: ExperimentConfig) -> dict[str, Any]:
     p = config.analysis.primary
     layer = p.layer % config.model.n_layers
     return {
-        "target": p.target, "layer": layer, "head": p.head, "metric": p.metric, "metric_version": _metric_version(p.metric),
-        "direction": p.direction, "key": f"{p.target}.layer_{layer}.head_{p.head}.{p.metric}",
+        "target": p.target,
+        "layer": layer,
+        "head": p.head,
+        "metric": p.metric,
+        "metric_version": _metric_version(p.metric),
+        "direction": p.direction,
+        "key": f"{p.target}.layer_{layer}.head_{p.head}.{p.metric}",
     }
 
 
 def secondary_of(config: ExperimentConfig) -> dict[str, Any]:
     """The declared secondary hypothesis of ``config``: the primary's metric on AVWₒ, ``analysis.avwo_direction``."""
     primary = primary_of(config)
-    return {"key": f"avwo.layer_{primary['layer']}.head_{primary['head']}.{primary['metric']}",
-            "direction": config.analysis.avwo_direction}
+    return {
+        "key": f"avwo.layer_{primary['layer']}.head_{primary['head']}.{primary['metric']}",
+        "direction": config.analysis.avwo_direction,
+    }
 
 
 def registered_analysis(config: ExperimentConfig) -> dict[str, Any]:
@@ -127,7 +134,7 @@ def decision_rule(config: ExperimentConfig) -> dict[str, Any]:
         "exploratory events (never chosen on the held-out ones)",
         "verdicts": {
             "confirmed": "p < alpha, AUROC at j* >= min_effect_auroc, and the paired DeLong difference with every baseline "
-                         "at j* has its 95% CI above 0",
+            "at j* has its 95% CI above 0",
             "inconclusive": "p < alpha, but the effect is below min_effect_auroc or no better than a baseline",
             "rejected": "p >= alpha",
         },

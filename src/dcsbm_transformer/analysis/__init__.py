@@ -10,6 +10,13 @@ from .metrics import METRICS, Spectrum, compute_metrics, spectrum
 from .run import AnalysisRefused, analyze_run
 
 __all__ = [
-    "METRICS", "AnalysisRefused", "Continuation", "PassTargets", "Spectrum", "analyze_run", "compute_metrics",
-    "generate_continuations", "spectrum",
+    "METRICS",
+    "AnalysisRefused",
+    "Continuation",
+    "PassTargets",
+    "Spectrum",
+    "analyze_run",
+    "compute_metrics",
+    "generate_continuations",
+    "spectrum",
 ]

@@ -60,8 +60,9 @@ class PassBehaviour:
     """Per chunk: fills the behavioural and mechanistic arrays pass by pass (``record``), then the
     oracle KL from the tokens (``finish``)."""
 
-    def __init__(self, graph: Graph, history: torch.Tensor, target_block: torch.Tensor, r: torch.Tensor, passes: int,
-                 layers: int, heads: int):
+    def __init__(
+        self, graph: Graph, history: torch.Tensor, target_block: torch.Tensor, r: torch.Tensor, passes: int, layers: int, heads: int
+    ):
         device = history.device
         self.graph, self.passes, self.r, self.target_block = graph, passes, r, target_block
         self.history = history  # [E, w + 2]: walk tokens s - w - 1 .. s (the jumper last)

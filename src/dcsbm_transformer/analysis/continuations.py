@@ -118,7 +118,9 @@ class Labels:
 
     tokens: np.ndarray  # int32 [E, w + max r]: the prompt window, then the generated tokens, -1 past r
     edge_valid: np.ndarray  # int8 [E, max r]: 1 the pass's token follows an edge, 0 it does not, -1 no such pass
-    rule_outcome: np.ndarray  # int8 [E, max r]: 0 no rule due at that token (or no such pass), 1 every due rule followed, 2 one violated
+    rule_outcome: (
+        np.ndarray
+    )  # int8 [E, max r]: 0 no rule due at that token (or no such pass), 1 every due rule followed, 2 one violated
     violated: np.ndarray  # bool [E]: the event's own rule broken at its deadline (pass r)
     first_bad_edge_pass: np.ndarray  # int16 [E]: first pass whose token is not an edge, 0 when every edge holds
 
@@ -192,9 +194,13 @@ def generate_continuations(run, prompts: np.ndarray, *, temperature: float = 0.0
     members = torch.from_numpy(graph.block[None, :] == target_block[:, None])
     generator = torch.Generator().manual_seed(seed) if temperature > 0 else None
     generated, probability = continue_with_targets(
-        model, torch.from_numpy(prompts), members, int(r.max()),
+        model,
+        torch.from_numpy(prompts),
+        members,
+        int(r.max()),
         lambda k, t: targets.append(PassTargets(qkt=t.qkt.cpu(), avwo=t.avwo.cpu())),
-        temperature=temperature, generator=generator,
+        temperature=temperature,
+        generator=generator,
     )
     labels = label_continuations(prompts, generated.numpy(), r, target_block, graph)
     probability = probability.numpy()

@@ -71,7 +71,9 @@ def draw_analysis_events(config: ExperimentConfig, graph: Graph, count: int | No
         jumper = graph.jumper_index[events.vertex[usable]]
         for j in range(graph.n_jumpers):  # a loop over rules, not events
             mine = usable[jumper == j][: quota - have[j]]
-            taken[j].append((corpus.walks[events.row[mine]].astype(np.int64), events.step[mine], round_ * per_round + events.row[mine]))
+            taken[j].append(
+                (corpus.walks[events.row[mine]].astype(np.int64), events.step[mine], round_ * per_round + events.row[mine])
+            )
             have[j] += len(mine)
         if (have >= quota).all():
             break

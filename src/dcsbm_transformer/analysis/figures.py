@@ -66,8 +66,7 @@ def _title(figure: Figure, text: str, horizon: dict[str, Any]) -> None:
     """Suptitle with the experiment id; an exploratory run gets a note and a watermark."""
     if horizon["exploratory"]:
         text += "  —  EXPLORATORY (gate not passed: no confirmatory claim)"
-        figure.text(0.5, 0.5, "EXPLORATORY", fontsize=64, color="tab:red", alpha=0.12, rotation=25,
-                    ha="center", va="center", zorder=0)
+        figure.text(0.5, 0.5, "EXPLORATORY", fontsize=64, color="tab:red", alpha=0.12, rotation=25, ha="center", va="center", zorder=0)
     width = max(60, int(figure.get_figwidth() * 14))  # characters per line at fontsize 10
     figure.suptitle(f"{textwrap.fill(text, width)}\n{horizon['experiment_id']}", fontsize=10)
 
@@ -111,8 +110,16 @@ def _auroc_panel(axis, r: int, threshold: float, title: str):
 
 
 def _insufficient(axis, entry: dict[str, Any], what: str) -> None:
-    axis.text(0.5, 0.5, f"{what}: insufficient\n({entry['n_violations']} violations, {entry['n_successes']} successes)",
-              transform=axis.transAxes, ha="center", va="center", fontsize=9, color="0.3")
+    axis.text(
+        0.5,
+        0.5,
+        f"{what}: insufficient\n({entry['n_violations']} violations, {entry['n_successes']} successes)",
+        transform=axis.transAxes,
+        ha="center",
+        va="center",
+        fontsize=9,
+        color="0.3",
+    )
 
 
 def _band(axis, entry: dict[str, Any], colour: str, label: str, **style) -> None:
@@ -149,22 +156,30 @@ def draw_primary(path: Path, horizon: dict[str, Any]) -> Path:
             continue
         if entry["shuffled_95"] is not None:
             s = entry["shuffled_95"]
-            axis.axhspan(0.5 - s, 0.5 + s, color="0.75", alpha=0.35, zorder=0,
-                         label=f"shuffled labels, 95%: 0.5 ± {s:.3f}")
+            axis.axhspan(0.5 - s, 0.5 + s, color="0.75", alpha=0.35, zorder=0, label=f"shuffled labels, 95%: 0.5 ± {s:.3f}")
         _band(axis, entry, "black", f"primary ({primary['direction']} before violations)", linewidth=1.8)
         if _ok(behaviour):
-            axis.plot(np.arange(len(behaviour["auroc"])), _floats(behaviour["auroc"]), color="tab:red",
-                      linestyle="--", marker="s", markersize=3, label="logits: target-block probability")
-        axis.text(0.0, 0.98, "j = 0:\nsimul-\ntaneous,\nnot a\npre-\ndiction", fontsize=6.5, color="0.35",
-                  ha="center", va="top")
+            axis.plot(
+                np.arange(len(behaviour["auroc"])),
+                _floats(behaviour["auroc"]),
+                color="tab:red",
+                linestyle="--",
+                marker="s",
+                markersize=3,
+                label="logits: target-block probability",
+            )
+        axis.text(0.0, 0.98, "j = 0:\nsimul-\ntaneous,\nnot a\npre-\ndiction", fontsize=6.5, color="0.35", ha="center", va="top")
         axis.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2, frameon=False)
-    for axis in list(axes.flat)[len(r_values):]:
+    for axis in list(axes.flat)[len(r_values) :]:
         axis.set_visible(False)
     name = metric_label(primary["key"])
     thresholds = f"dotted: {threshold}" + (f" and {1 - threshold:.2f}" if lower else "")
     role = "Registered" if primary.get("registered") else "Exploratory (not the registered hypothesis)"
-    _title(figure, f"{role}: {name} is {primary['direction']} before violations, exploratory events "
-                   f"(95% CI band; {thresholds}; grey: j = 0)", horizon)
+    _title(
+        figure,
+        f"{role}: {name} is {primary['direction']} before violations, exploratory events (95% CI band; {thresholds}; grey: j = 0)",
+        horizon,
+    )
     figure.tight_layout()
     return _save(figure, path)
 
@@ -192,15 +207,24 @@ def draw_primary_by_layer(path: Path, horizon: dict[str, Any]) -> Path:
                 entry = s["by_r"].get(str(r))
                 if _ok(entry):
                     mark = "*" if entry["significant"] else ""
-                    _band(axis, entry, colour, f"layer {s['layer']}, head {s['head']}{mark}",
-                          linewidth=2.0 if key == horizon["primary"]["key"] else 1.0)
+                    _band(
+                        axis,
+                        entry,
+                        colour,
+                        f"layer {s['layer']}, head {s['head']}{mark}",
+                        linewidth=2.0 if key == horizon["primary"]["key"] else 1.0,
+                    )
                     drawn += 1
             if drawn:
                 axis.legend(fontsize=7, loc="best", framealpha=0.85)
             else:
                 axis.text(0.5, 0.5, "insufficient at every layer", transform=axis.transAxes, ha="center", fontsize=8)
-    _title(figure, f"{horizon['primary']['metric'].replace('_', ' ')} at every layer and head (95% CI bands; thick: the "
-                   f"primary's layer; * = significant after Holm)", horizon)
+    _title(
+        figure,
+        f"{horizon['primary']['metric'].replace('_', ' ')} at every layer and head (95% CI bands; thick: the "
+        f"primary's layer; * = significant after Holm)",
+        horizon,
+    )
     figure.tight_layout()
     return _save(figure, path)
 
@@ -238,8 +262,12 @@ def draw_small_multiples(path: Path, horizon: dict[str, Any], r: int, *, top_n: 
                 mark = "*" if entry["significant"] else ""
                 _band(axis, entry, colour, f"H{s['head']} {s['metric'].replace('_', ' ')}{mark}")
             axis.legend(fontsize=6.5, loc="best", framealpha=0.85)
-    _title(figure, f"r = {r}: AUROC(j) of the {top_n} strongest metrics per target and layer "
-                   f"(95% CI bands; * = significant after Holm; dotted: {threshold} and {1 - threshold:.2f})", horizon)
+    _title(
+        figure,
+        f"r = {r}: AUROC(j) of the {top_n} strongest metrics per target and layer "
+        f"(95% CI bands; * = significant after Holm; dotted: {threshold} and {1 - threshold:.2f})",
+        horizon,
+    )
     figure.tight_layout()
     return _save(figure, path)
 
@@ -310,9 +338,13 @@ def draw_event_aligned(path: Path, horizon: dict[str, Any], arrays: Mapping[str,
             status = "" if _ok(horizon["primary"]["by_r"][str(r)]) else " (too few events for statistics)"
             axis.set_title(f"r = {r}, {role}{metric_label(key)}{status}", fontsize=8.5)
             axis.legend(fontsize=6.5, loc="best", framealpha=0.85)
-    _title(figure, "Event-aligned mean metric ± 95% CI (mean ± 1.96·sd/√n), violations vs successes, centred within rule "
-                   "(each rule's success mean subtracted: rule identity removed); left: the window before the jumper entered "
-                   "(context only)", horizon)
+    _title(
+        figure,
+        "Event-aligned mean metric ± 95% CI (mean ± 1.96·sd/√n), violations vs successes, centred within rule "
+        "(each rule's success mean subtracted: rule identity removed); left: the window before the jumper entered "
+        "(context only)",
+        horizon,
+    )
     figure.tight_layout()
     return _save(figure, path)
 
@@ -374,16 +406,35 @@ def draw_overview(path: Path, horizon: dict[str, Any]) -> Path:
         if value.size <= 600:
             for (i, c), v in np.ndenumerate(value):
                 if np.isfinite(v):
-                    axis.text(c, i, f"{v:.2f}{'*' if significant[i, c] else ''}", ha="center", va="center",
-                              fontsize=6, color="white" if v < 0.8 else "black")
+                    axis.text(
+                        c,
+                        i,
+                        f"{v:.2f}{'*' if significant[i, c] else ''}",
+                        ha="center",
+                        va="center",
+                        fontsize=6,
+                        color="white" if v < 0.8 else "black",
+                    )
         _box_primary(axis, primary, metrics, labels)
         counts = horizon["counts_by_r"][str(r)]
         if not np.isfinite(value).any():
-            axis.text(0.5, 0.5, f"insufficient\n({counts['violations']} violations,\n{counts['successes']} successes)",
-                      transform=axis.transAxes, ha="center", va="center", fontsize=8, color="0.3")
+            axis.text(
+                0.5,
+                0.5,
+                f"insufficient\n({counts['violations']} violations,\n{counts['successes']} successes)",
+                transform=axis.transAxes,
+                ha="center",
+                va="center",
+                fontsize=8,
+                color="0.3",
+            )
     figure.colorbar(image, ax=list(axes.flat), shrink=0.8, label="best oriented AUROC, j ≥ 1")
-    _title(figure, "Overview: how well each metric separates violations from successes at its best lookback j ≥ 1 "
-                   "(* significant after Holm; box: the pre-registered metric; blank: constant or insufficient)", horizon)
+    _title(
+        figure,
+        "Overview: how well each metric separates violations from successes at its best lookback j ≥ 1 "
+        "(* significant after Holm; box: the pre-registered metric; blank: constant or insufficient)",
+        horizon,
+    )
     return _save(figure, path)
 
 
@@ -394,8 +445,9 @@ def _box_primary(axis, primary: dict[str, Any], metrics: list[str], labels: list
         axis.add_patch(Rectangle((c - 0.5, i - 0.5), 1, 1, fill=False, edgecolor="tab:red", linewidth=2))
 
 
-def draw_figures(analysis_dir: Path, horizon: dict[str, Any], arrays: Mapping[str, np.ndarray] | None, *,
-                 top_n: int = 4) -> dict[str, Path]:
+def draw_figures(
+    analysis_dir: Path, horizon: dict[str, Any], arrays: Mapping[str, np.ndarray] | None, *, top_n: int = 4
+) -> dict[str, Path]:
     """Draw every figure into ``analysis_dir / "figures"``; returns name → path.
 
     ``arrays``: token_metrics.npz (a lazily loaded ``np.load`` archive is enough: only the labels,
@@ -404,8 +456,10 @@ def draw_figures(analysis_dir: Path, horizon: dict[str, Any], arrays: Mapping[st
     ``event_aligned``, ``overview``.
     """
     folder = Path(analysis_dir) / FIGURES_DIR
-    drawn = {"primary": draw_primary(folder / "primary.png", horizon),
-             "primary_by_layer": draw_primary_by_layer(folder / "primary_by_layer.png", horizon)}
+    drawn = {
+        "primary": draw_primary(folder / "primary.png", horizon),
+        "primary_by_layer": draw_primary_by_layer(folder / "primary_by_layer.png", horizon),
+    }
     r_values = horizon["r_values"]
     for r in r_values:
         name = "auroc_small_multiples" if len(r_values) == 1 else f"auroc_small_multiples_r{r}"

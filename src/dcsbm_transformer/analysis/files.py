@@ -162,15 +162,22 @@ def read_index(run_dir: Path) -> list[dict[str, Any]]:
         raise ValueError(f"{path}: not a valid analysis index ({' '.join(str(error).split())[:200]})") from None
 
 
-def record_analysis(run_dir: Path, name: str, settings: dict[str, Any], *, label: str | None, from_run_config: bool,
-                    overrides: dict[str, Any]) -> None:
+def record_analysis(
+    run_dir: Path, name: str, settings: dict[str, Any], *, label: str | None, from_run_config: bool, overrides: dict[str, Any]
+) -> None:
     """Add (or update the labels of) an analysis in ``analysis/index.json``; call under the run lock."""
     entries = read_index(run_dir)
     digest = settings_digest(settings)
     entry = next((e for e in entries if e["name"] == name), None)
     if entry is None:
-        entry = {"name": name, "labels": [], "settings_sha256": digest, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                 "from_run_config": from_run_config, "overrides": overrides}
+        entry = {
+            "name": name,
+            "labels": [],
+            "settings_sha256": digest,
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "from_run_config": from_run_config,
+            "overrides": overrides,
+        }
         entries.append(entry)
     entry["from_run_config"] = entry["from_run_config"] or from_run_config
     if label and label != name and label not in entry["labels"]:

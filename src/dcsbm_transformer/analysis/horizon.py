@@ -36,16 +36,24 @@ import scipy
 
 from ..config import ExperimentConfig
 from ..experiment import git_commit
+from ..registration import RegistrationCheck
 from ..reproducibility import numpy_rng
 from ..storage import read_npz
-from ..registration import RegistrationCheck
-from .behaviour import ATTENTION_PREFIX, BEHAVIOURAL as BEHAVIOURAL_PREDICTORS
+from .behaviour import ATTENTION_PREFIX
+from .behaviour import BEHAVIOURAL as BEHAVIOURAL_PREDICTORS
 from .confirmatory import confirmatory_entry, headline, held_out_events
-from .incremental import incremental_value
 from .files import CONTEXT_PREFIX, HORIZON_FILE, TOKEN_METRICS_FILE, read_horizon, write_horizon
+from .incremental import incremental_value
 from .statistics import (
-    SeparationResult, auroc_ci, holm, holm_floor, permutations_needed, separation_family, simultaneous_difference,
-    stratified_auroc, stratum_mask,
+    SeparationResult,
+    auroc_ci,
+    holm,
+    holm_floor,
+    permutations_needed,
+    separation_family,
+    simultaneous_difference,
+    stratified_auroc,
+    stratum_mask,
 )
 
 KEY = re.compile(r"^(?P<target>qkt|avwo)\.layer_(?P<layer>\d+)\.head_(?P<head>\d+)\.(?P<metric>\w+)$")
@@ -61,16 +69,21 @@ def metric_arrays(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 def baseline_arrays(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """The baselines of a token_metrics.npz other than the target-block probability: the behavioural
     predictors and attention on the jumper per layer and head (``analysis.behaviour``)."""
-    return {key: values for key, values in arrays.items()
-            if key in BEHAVIOURAL_PREDICTORS[1:] or key.startswith(ATTENTION_PREFIX + ".")}
+    return {
+        key: values for key, values in arrays.items() if key in BEHAVIOURAL_PREDICTORS[1:] or key.startswith(ATTENTION_PREFIX + ".")
+    }
 
 
 def baseline_identity(key: str) -> dict[str, Any]:
     """target / layer / head / metric of a baseline row (layer and head −1 for the output's predictors)."""
     if key.startswith(ATTENTION_PREFIX + "."):
         _, layer, head = key.split(".")
-        return {"target": "attention", "layer": int(layer.removeprefix("layer_")), "head": int(head.removeprefix("head_")),
-                "metric": "attention_to_jumper"}
+        return {
+            "target": "attention",
+            "layer": int(layer.removeprefix("layer_")),
+            "head": int(head.removeprefix("head_")),
+            "metric": "attention_to_jumper",
+        }
     return {"target": "logits", "layer": -1, "head": -1, "metric": key}
 
 
@@ -87,8 +100,14 @@ INCREMENTAL_BASES = ("target_block_probability", "rule_feasible_mass", "output_e
 REGISTERED_BASES = ("target_block_probability",)
 
 
-def incremental_bases(arrays: dict[str, np.ndarray], key: str, rows: np.ndarray, j: int,
-                      behavioural: tuple[str, ...] = INCREMENTAL_BASES, attention: bool = True) -> dict[str, np.ndarray]:
+def incremental_bases(
+    arrays: dict[str, np.ndarray],
+    key: str,
+    rows: np.ndarray,
+    j: int,
+    behavioural: tuple[str, ...] = INCREMENTAL_BASES,
+    attention: bool = True,
+) -> dict[str, np.ndarray]:
     """What a metric must add to: its context-only value, the behavioural predictors and attention
     on the jumper of its own layer and head, each at lookback j, for the events ``rows``."""
     bases = {}
@@ -110,8 +129,7 @@ def incremental_entry(result: dict[str, Any], j: int, note: str) -> dict[str, An
     return {"j": j, **{k: (_number(v) if isinstance(v, float) else v) for k, v in result.items()}, "p_adjusted": None, "note": note}
 
 
-def _incremental_family(arrays: dict[str, np.ndarray], y, g, r, metric_stats: dict, keys: list[str],
-                        rng: np.random.Generator) -> None:
+def _incremental_family(arrays: dict[str, np.ndarray], y, g, r, metric_stats: dict, keys: list[str], rng: np.random.Generator) -> None:
     """The incremental-value test of each key at its best lookback (exploratory events), Holm-adjusted per r."""
     for rv in sorted({int(v) for v in np.unique(r)}):
         rows = stratum_mask(r, rv)
@@ -121,11 +139,15 @@ def _incremental_family(arrays: dict[str, np.ndarray], y, g, r, metric_stats: di
             if entry is None or entry["status"] != "ok" or entry["best_j"] is None:
                 continue
             j = entry["best_j"]
-            result = incremental_value(np.asarray(arrays[key], dtype=np.float64)[rows, j],
-                                       incremental_bases(arrays, key, rows, j), y[rows], g[rows], rng=rng)
+            result = incremental_value(
+                np.asarray(arrays[key], dtype=np.float64)[rows, j], incremental_bases(arrays, key, rows, j), y[rows], g[rows], rng=rng
+            )
             entry["incremental"] = incremental_entry(
-                result, j, "exploratory: at the metric's best lookback (chosen after looking, so the p is pointwise there), "
-                "Holm-adjusted across the metrics tested")
+                result,
+                j,
+                "exploratory: at the metric's best lookback (chosen after looking, so the p is pointwise there), "
+                "Holm-adjusted across the metrics tested",
+            )
             tested.append(entry["incremental"])
         p = np.array([np.nan if t["p_value"] is None else t["p_value"] for t in tested])
         for entry, value in zip(tested, holm(p) if p.size else []):
@@ -184,8 +206,16 @@ def _context_only(context: np.ndarray | None, y, g, min_events: int) -> dict | N
     return {"auroc": _number(st["auroc"][0]), "ci_low": _number(low[0]), "ci_high": _number(high[0])}
 
 
-def _versus_behaviour(x: np.ndarray, behaviour: np.ndarray, behaviour_auroc: np.ndarray, y, g, result: SeparationResult,
-                      direction: str | None, rng: np.random.Generator) -> dict | None:
+def _versus_behaviour(
+    x: np.ndarray,
+    behaviour: np.ndarray,
+    behaviour_auroc: np.ndarray,
+    y,
+    g,
+    result: SeparationResult,
+    direction: str | None,
+    rng: np.random.Generator,
+) -> dict | None:
     """The metric against the model's target-block probability at every lookback j >= 1, with a
     band that holds *after* the lookback is chosen (``statistics.simultaneous_difference``).
 
@@ -267,7 +297,9 @@ def primary_sentence(primary: dict[str, Any], threshold: float, alpha: float, pe
 
     Descriptive only: the verdict on the registered hypothesis comes from the held-out events
     (``confirmatory``); an unregistered primary is an exploratory hypothesis, Holm-adjusted."""
-    name = f"{TARGET_NAMES[primary['target']]} {primary['metric'].replace('_', ' ')} (layer {primary['layer']}, head {primary['head']})"
+    name = (
+        f"{TARGET_NAMES[primary['target']]} {primary['metric'].replace('_', ' ')} (layer {primary['layer']}, head {primary['head']})"
+    )
     clauses = []
     for r, entry in primary["by_r"].items():
         if entry["status"] != "ok":
@@ -281,7 +313,8 @@ def primary_sentence(primary: dict[str, Any], threshold: float, alpha: float, pe
             clauses.append(f"r = {r}: no lookback j >= 1 with enough finite values")
             continue
         horizon, confident = (
-            (entry["horizon"], entry["confident_horizon"]) if primary["direction"] == "higher"
+            (entry["horizon"], entry["confident_horizon"])
+            if primary["direction"] == "higher"
             else (entry["horizon_lower"], entry["confident_horizon_lower"])
         )
         p = entry["p_adjusted"] if not primary["registered"] else entry["p_value"]
@@ -293,7 +326,11 @@ def primary_sentence(primary: dict[str, Any], threshold: float, alpha: float, pe
             f"{entry['n_violations']} violations vs {entry['n_successes']} successes), {test}; "
             f"horizon {horizon} (confident {confident}) at threshold {threshold}"
         )
-    role = "Registered hypothesis, on the exploratory events" if primary["registered"] else "Exploratory hypothesis (not the registered one)"
+    role = (
+        "Registered hypothesis, on the exploratory events"
+        if primary["registered"]
+        else "Exploratory hypothesis (not the registered one)"
+    )
     return f"{role}: {name} is {primary['direction']} before violations. " + "; ".join(clauses) + "."
 
 
@@ -307,8 +344,14 @@ def _unregistered(reason: str) -> RegistrationCheck:
     return RegistrationCheck(False, [reason], None)
 
 
-def compute_horizon(arrays: dict[str, np.ndarray], config: ExperimentConfig, summary: dict[str, Any], *,
-                    check: RegistrationCheck | None = None, analysis_name: str = "") -> dict[str, Any]:
+def compute_horizon(
+    arrays: dict[str, np.ndarray],
+    config: ExperimentConfig,
+    summary: dict[str, Any],
+    *,
+    check: RegistrationCheck | None = None,
+    analysis_name: str = "",
+) -> dict[str, Any]:
     """The horizon.json payload (validated on writing) from the arrays of token_metrics.npz.
 
     ``config`` carries the analysis block this analysis was made with; ``check`` says whether it
@@ -349,8 +392,15 @@ def compute_horizon(arrays: dict[str, np.ndarray], config: ExperimentConfig, sum
     permutations = permutations_needed(len(exploratory), a.alpha, a.permutations) if a.permutations > 0 else 0
     rng = numpy_rng(config.seed, a.stream, "permutations")
     results = separation_family(
-        family, y, g, r, permutations=permutations, rng=rng, min_events=a.min_events,
-        threshold=a.horizon_threshold, alternatives=alternatives,
+        family,
+        y,
+        g,
+        r,
+        permutations=permutations,
+        rng=rng,
+        min_events=a.min_events,
+        threshold=a.horizon_threshold,
+        alternatives=alternatives,
     )
     stats_seconds = time.perf_counter() - started
 
@@ -380,14 +430,21 @@ def compute_horizon(arrays: dict[str, np.ndarray], config: ExperimentConfig, sum
             if key != BEHAVIOURAL and key not in baselines:
                 context = _context_only(None if context_values is None else context_values[m], y[m], g[m], a.min_events)
                 x = np.asarray(family[key], dtype=np.float64)[m, :rv]
-                versus = _versus_behaviour(x, behaviour_by_r[rv], results[BEHAVIOURAL][rv].auroc, y[m], g[m], result,
-                                           direction_of(result), versus_rng)
+                versus = _versus_behaviour(
+                    x, behaviour_by_r[rv], results[BEHAVIOURAL][rv].auroc, y[m], g[m], result, direction_of(result), versus_rng
+                )
             by_r[str(rv)] = _separation_entry(result, p_adjusted=adjusted[key].get(rv), alpha=a.alpha, context=context, versus=versus)
         return by_r
 
     def described(key: str, by_r) -> dict[str, Any]:
         parts = KEY.match(key)
-        return {"target": parts["target"], "layer": int(parts["layer"]), "head": int(parts["head"]), "metric": parts["metric"], "by_r": by_r}
+        return {
+            "target": parts["target"],
+            "layer": int(parts["layer"]),
+            "head": int(parts["head"]),
+            "metric": parts["metric"],
+            "by_r": by_r,
+        }
 
     def observed(result: SeparationResult) -> str | None:  # exploratory: the side it was found on
         return result.direction
@@ -396,14 +453,26 @@ def compute_horizon(arrays: dict[str, np.ndarray], config: ExperimentConfig, sum
     primary_by_r = statistics_of(primary, lambda _: "higher before violations" if declared == "higher" else "lower before violations")
     metric_stats[primary] = described(primary, primary_by_r)
     # the primary and the strongest Holm survivors of each r (the top list is ordered by strength)
-    survivors = [key for rv in present for key in _top_of(metric_stats, primary, rv)[:INCREMENTAL_TOP]
-                 if metric_stats[key]["by_r"][str(rv)]["significant"]]
-    _incremental_family(arrays, y, g, r, metric_stats, list(dict.fromkeys([primary, *survivors])),
-                        numpy_rng(config.seed, a.stream, "incremental"))
+    survivors = [
+        key
+        for rv in present
+        for key in _top_of(metric_stats, primary, rv)[:INCREMENTAL_TOP]
+        if metric_stats[key]["by_r"][str(rv)]["significant"]
+    ]
+    _incremental_family(
+        arrays, y, g, r, metric_stats, list(dict.fromkeys([primary, *survivors])), numpy_rng(config.seed, a.stream, "incremental")
+    )
     parts = KEY.match(primary)
     primary_entry = {
-        "registered": registered, "key": primary, "target": parts["target"], "layer": int(parts["layer"]), "head": int(parts["head"]),
-        "metric": parts["metric"], "direction": declared, "statement": a.primary.describe(), "by_r": primary_by_r,
+        "registered": registered,
+        "key": primary,
+        "target": parts["target"],
+        "layer": int(parts["layer"]),
+        "head": int(parts["head"]),
+        "metric": parts["metric"],
+        "direction": declared,
+        "statement": a.primary.describe(),
+        "by_r": primary_by_r,
     }
     primary_entry["summary"] = primary_sentence(primary_entry, a.horizon_threshold, a.alpha, a.permutations)
     behavioural = {"target": "logits", "layer": -1, "head": -1, "metric": BEHAVIOURAL, "by_r": statistics_of(BEHAVIOURAL, observed)}
@@ -428,7 +497,9 @@ def compute_horizon(arrays: dict[str, np.ndarray], config: ExperimentConfig, sum
         "headline": [],
         "sensitivity": sensitivity,
         "holm": {
-            "family_size": len(exploratory), "permutations_requested": a.permutations, "permutations_used": permutations,
+            "family_size": len(exploratory),
+            "permutations_requested": a.permutations,
+            "permutations_used": permutations,
             "floor": holm_floor(len(exploratory), permutations) if permutations > 0 else None,
         },
         "r_values": present,
@@ -440,7 +511,12 @@ def compute_horizon(arrays: dict[str, np.ndarray], config: ExperimentConfig, sum
         "constant": constant,
         "top": top,
         "timings": {"statistics_seconds": round(stats_seconds, 3), "total_seconds": round(time.perf_counter() - started, 3)},
-        "versions": {"python": platform.python_version(), "numpy": np.__version__, "scipy": scipy.__version__, "git_commit": git_commit()},
+        "versions": {
+            "python": platform.python_version(),
+            "numpy": np.__version__,
+            "scipy": scipy.__version__,
+            "git_commit": git_commit(),
+        },
     }
     label = f"{TARGET_NAMES[primary_entry['target']]} {primary_entry['metric'].replace('_', ' ')} (layer {primary_entry['layer']}, head {primary_entry['head']})"
     payload["headline"] = headline(payload, label)
@@ -453,11 +529,18 @@ def _split(arrays: dict[str, np.ndarray], held: np.ndarray, fraction: float, str
     for rv in sorted(int(v) for v in np.unique(r)):
         m = r == rv
         by_r[str(rv)] = {
-            "exploratory_violations": int((m & ~held & y).sum()), "exploratory_successes": int((m & ~held & ~y).sum()),
-            "confirmatory_violations": int((m & held & y).sum()), "confirmatory_successes": int((m & held & ~y).sum()),
+            "exploratory_violations": int((m & ~held & y).sum()),
+            "exploratory_successes": int((m & ~held & ~y).sum()),
+            "confirmatory_violations": int((m & held & y).sum()),
+            "confirmatory_successes": int((m & held & ~y).sum()),
         }
-    return {"confirmatory_fraction": fraction, "stream": stream, "exploratory_events": int((~held).sum()),
-            "confirmatory_events": int(held.sum()), "counts_by_r": by_r}
+    return {
+        "confirmatory_fraction": fraction,
+        "stream": stream,
+        "exploratory_events": int((~held).sum()),
+        "confirmatory_events": int(held.sum()),
+        "counts_by_r": by_r,
+    }
 
 
 def edge_clean_view(values: np.ndarray, first_bad_edge_pass: np.ndarray, r: np.ndarray) -> np.ndarray:
@@ -471,9 +554,15 @@ def edge_clean_view(values: np.ndarray, first_bad_edge_pass: np.ndarray, r: np.n
     return x
 
 
-def _edge_clean_sensitivity(everything: dict[str, np.ndarray], primary: str, registered: bool, results: dict,
-                            confirmatory: dict | None, edge_verdicts: dict[str, str] | None,
-                            config: ExperimentConfig) -> dict[str, Any] | None:
+def _edge_clean_sensitivity(
+    everything: dict[str, np.ndarray],
+    primary: str,
+    registered: bool,
+    results: dict,
+    confirmatory: dict | None,
+    edge_verdicts: dict[str, str] | None,
+    config: ExperimentConfig,
+) -> dict[str, Any] | None:
     """The primary again on edge-clean events only (after an invalid edge the window already holds a
     mistake the model made): its exploratory separation (``EDGE_CLEAN`` in the main family) and, in
     the registered analysis, the registered verdict there; ``holds`` says whether the answer is the
@@ -485,9 +574,14 @@ def _edge_clean_sensitivity(everything: dict[str, np.ndarray], primary: str, reg
     for rv, result in results[EDGE_CLEAN].items():
         j = result.best_j
         exploratory[str(rv)] = {
-            "status": result.status, "n_violations": result.n_violations, "n_successes": result.n_successes, "best_j": j,
-            "auroc": _number(result.auroc[j]) if j is not None else None, "ci_low": _number(result.ci_low[j]) if j is not None else None,
-            "ci_high": _number(result.ci_high[j]) if j is not None else None, "p_value": _number(result.p_value),
+            "status": result.status,
+            "n_violations": result.n_violations,
+            "n_successes": result.n_successes,
+            "best_j": j,
+            "auroc": _number(result.auroc[j]) if j is not None else None,
+            "ci_low": _number(result.ci_low[j]) if j is not None else None,
+            "ci_high": _number(result.ci_high[j]) if j is not None else None,
+            "p_value": _number(result.p_value),
         }
         before = results[primary].get(rv)
         if before is not None and before.p_value is not None and result.p_value is not None and not registered:
@@ -496,13 +590,24 @@ def _edge_clean_sensitivity(everything: dict[str, np.ndarray], primary: str, reg
         holds = [edge_verdicts.get(rv) == test["verdict"] for rv, test in confirmatory.items()]
     bad = np.asarray(everything["first_bad_edge_pass"])
     dropped = int(((bad >= 1) & (bad <= np.asarray(everything["event_r"]))).sum())
-    return {"edge_clean": {"events_with_an_invalid_edge": dropped, "exploratory": exploratory, "confirmatory_verdicts": edge_verdicts,
-                           "holds": None if not holds else bool(all(holds))}}
+    return {
+        "edge_clean": {
+            "events_with_an_invalid_edge": dropped,
+            "exploratory": exploratory,
+            "confirmatory_verdicts": edge_verdicts,
+            "holds": None if not holds else bool(all(holds)),
+        }
+    }
 
 
-def _confirmatory(arrays: dict[str, np.ndarray], held: np.ndarray, primary: str, declared: str,
-                  exploratory_results: dict[str, dict[int, SeparationResult]], config: ExperimentConfig
-                  ) -> tuple[dict[str, Any], dict[str, str] | None]:
+def _confirmatory(
+    arrays: dict[str, np.ndarray],
+    held: np.ndarray,
+    primary: str,
+    declared: str,
+    exploratory_results: dict[str, dict[int, SeparationResult]],
+    config: ExperimentConfig,
+) -> tuple[dict[str, Any], dict[str, str] | None]:
     """The registered test on the held-out events: ``({r: ConfirmatoryTest}, {r: edge-clean verdict} or None)``.
 
     The edge-clean variant of the primary (``EDGE_CLEAN``) is tested on the same shuffles, in one family."""
@@ -514,8 +619,14 @@ def _confirmatory(arrays: dict[str, np.ndarray], held: np.ndarray, primary: str,
     if "first_bad_edge_pass" in part:
         family[EDGE_CLEAN] = edge_clean_view(part[primary], part["first_bad_edge_pass"], r)
     results = separation_family(
-        family, y, g, r, permutations=a.permutations, rng=numpy_rng(config.seed, a.stream, "confirmatory"),
-        min_events=a.min_events, threshold=a.horizon_threshold,
+        family,
+        y,
+        g,
+        r,
+        permutations=a.permutations,
+        rng=numpy_rng(config.seed, a.stream, "confirmatory"),
+        min_events=a.min_events,
+        threshold=a.horizon_threshold,
         alternatives={primary: one_sided, EDGE_CLEAN: one_sided, BEHAVIOURAL: "less"},
     )
     out, edge_verdicts = {}, ({} if EDGE_CLEAN in results else None)
@@ -530,28 +641,48 @@ def _confirmatory(arrays: dict[str, np.ndarray], held: np.ndarray, primary: str,
         x = np.asarray(part[primary], dtype=np.float64)[m, :rv]
         b = np.asarray(part[BEHAVIOURAL], dtype=np.float64)[m, :rv]
         entry = confirmatory_entry(
-            held_result, chosen_j, direction=declared, x_held=x, baselines={BEHAVIOURAL: (b, logits_sign)},
-            y=y[m], g=g[m], alpha=a.alpha, min_effect=a.min_effect_auroc,
+            held_result,
+            chosen_j,
+            direction=declared,
+            x_held=x,
+            baselines={BEHAVIOURAL: (b, logits_sign)},
+            y=y[m],
+            g=g[m],
+            alpha=a.alpha,
+            min_effect=a.min_effect_auroc,
         )
         if chosen_j is not None and held_result.status == "ok":
             bases = incremental_bases(part, primary, m, chosen_j, behavioural=REGISTERED_BASES, attention=False)
-            result = incremental_value(x[:, chosen_j], bases, y[m], g[m], rng=numpy_rng(config.seed, a.stream, "incremental-registered"))
+            result = incremental_value(
+                x[:, chosen_j], bases, y[m], g[m], rng=numpy_rng(config.seed, a.stream, "incremental-registered")
+            )
             entry["incremental"] = incremental_entry(
-                result, chosen_j, "registered: beyond its context-only value and the logits, held-out events, at the lookback "
-                "chosen on the exploratory events")
+                result,
+                chosen_j,
+                "registered: beyond its context-only value and the logits, held-out events, at the lookback "
+                "chosen on the exploratory events",
+            )
             entry["incremental"]["p_adjusted"] = entry["incremental"]["p_value"]
         out[str(rv)] = entry
         if edge_verdicts is not None:
             clean = np.asarray(family[EDGE_CLEAN], dtype=np.float64)[m, :rv]
             edge_verdicts[str(rv)] = confirmatory_entry(
-                results[EDGE_CLEAN][rv], chosen_j, direction=declared, x_held=clean, baselines={BEHAVIOURAL: (b, logits_sign)},
-                y=y[m], g=g[m], alpha=a.alpha, min_effect=a.min_effect_auroc,
+                results[EDGE_CLEAN][rv],
+                chosen_j,
+                direction=declared,
+                x_held=clean,
+                baselines={BEHAVIOURAL: (b, logits_sign)},
+                y=y[m],
+                g=g[m],
+                alpha=a.alpha,
+                min_effect=a.min_effect_auroc,
             )["verdict"]
     return out, edge_verdicts
 
 
-def horizon_is_current(horizon: dict[str, Any] | None, config: ExperimentConfig, summary: dict[str, Any],
-                       check: RegistrationCheck | None = None) -> bool:
+def horizon_is_current(
+    horizon: dict[str, Any] | None, config: ExperimentConfig, summary: dict[str, Any], check: RegistrationCheck | None = None
+) -> bool:
     """Whether a horizon.json (parsed, or None) was made from this summary's token_metrics.npz
     with this analysis block's statistics settings, primary hypothesis and registration status."""
     check = check or _unregistered("no registration was checked for this analysis")
@@ -566,8 +697,9 @@ def horizon_is_current(horizon: dict[str, Any] | None, config: ExperimentConfig,
     )
 
 
-def horizon_for_run(analysis_dir: Path, config: ExperimentConfig, summary: dict[str, Any], *, check: RegistrationCheck,
-                    echo=print) -> dict[str, Any]:
+def horizon_for_run(
+    analysis_dir: Path, config: ExperimentConfig, summary: dict[str, Any], *, check: RegistrationCheck, echo=print
+) -> dict[str, Any]:
     """horizon.json of a finished analysis: reused when it was made from the same token_metrics.npz
     with the same settings, computed and written (validated, atomically) otherwise."""
     done = read_horizon(analysis_dir)
@@ -577,7 +709,9 @@ def horizon_for_run(analysis_dir: Path, config: ExperimentConfig, summary: dict[
     arrays = read_npz(analysis_dir / TOKEN_METRICS_FILE)
     payload = compute_horizon(arrays, config, summary, check=check, analysis_name=analysis_dir.name)
     write_horizon(analysis_dir, payload)
-    echo(f"{analysis_dir / HORIZON_FILE}: {len(payload['metrics'])} metric arrays tested in {payload['timings']['total_seconds']:.1f}s")
+    echo(
+        f"{analysis_dir / HORIZON_FILE}: {len(payload['metrics'])} metric arrays tested in {payload['timings']['total_seconds']:.1f}s"
+    )
     for sentence in payload["headline"]:
         echo(sentence)
     return read_horizon(analysis_dir)

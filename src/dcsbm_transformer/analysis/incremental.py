@@ -86,8 +86,15 @@ def _out_of_fold(y: np.ndarray, design: np.ndarray, fold: np.ndarray, folds: int
     return out
 
 
-def incremental_value(metric: np.ndarray, bases: dict[str, np.ndarray], violated: np.ndarray, jumper: np.ndarray, *,
-                      rng: np.random.Generator, folds: int = 5) -> dict[str, Any]:
+def incremental_value(
+    metric: np.ndarray,
+    bases: dict[str, np.ndarray],
+    violated: np.ndarray,
+    jumper: np.ndarray,
+    *,
+    rng: np.random.Generator,
+    folds: int = 5,
+) -> dict[str, Any]:
     """The nested-model test of ``metric`` [E] beyond ``bases`` (name -> [E]) within jumper.
 
     Only events where the metric and every base are finite are used. Returns ``events``,
@@ -105,9 +112,17 @@ def incremental_value(metric: np.ndarray, bases: dict[str, np.ndarray], violated
     y, g, x = y[keep], g[keep], x[keep]
     bases = {name: np.asarray(values, dtype=np.float64)[keep] for name, values in bases.items()}
     out: dict[str, Any] = {
-        "events": int(keep.sum()), "violations": int(y.sum()), "bases": list(bases), "lr_statistic": float("nan"),
-        "p_value": float("nan"), "coefficient": float("nan"), "auroc_reduced": float("nan"), "auroc_full": float("nan"),
-        "gain": float("nan"), "gain_ci_low": float("nan"), "gain_ci_high": float("nan"),
+        "events": int(keep.sum()),
+        "violations": int(y.sum()),
+        "bases": list(bases),
+        "lr_statistic": float("nan"),
+        "p_value": float("nan"),
+        "coefficient": float("nan"),
+        "auroc_reduced": float("nan"),
+        "auroc_full": float("nan"),
+        "gain": float("nan"),
+        "gain_ci_low": float("nan"),
+        "gain_ci_high": float("nan"),
     }
     if y.sum() < folds or (~y).sum() < folds:
         return out
@@ -124,6 +139,7 @@ def incremental_value(metric: np.ndarray, bases: dict[str, np.ndarray], violated
         out["auroc_reduced"] = float(stratified_auroc(predicted_reduced[both], y[both], g[both])["auroc"][0])
         out["auroc_full"] = float(stratified_auroc(predicted_full[both], y[both], g[both])["auroc"][0])
         compared = auroc_difference(predicted_full[both], predicted_reduced[both], y[both], g[both])
-        out.update(gain=float(compared["delta"][0]), gain_ci_low=float(compared["ci_low"][0]),
-                   gain_ci_high=float(compared["ci_high"][0]))
+        out.update(
+            gain=float(compared["delta"][0]), gain_ci_low=float(compared["ci_low"][0]), gain_ci_high=float(compared["ci_high"][0])
+        )
     return out

@@ -19,8 +19,8 @@ input before the rule was triggered), and the reference that pass 1's temporal m
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
@@ -81,15 +81,21 @@ def events_per_chunk(model: TransformerLM, chunk_mb: float, *, passes: int = 0, 
 
 def _embedding_metrics() -> list[str]:
     """The metrics that need the window's tokens: computed once the chunk's generated tokens are known."""
-    return [name for name, metric in METRICS.items()
-            if metric.kind == "context" and {"window_embeddings", "next_embedding"} & set(metric.needs)]
+    return [
+        name
+        for name, metric in METRICS.items()
+        if metric.kind == "context" and {"window_embeddings", "next_embedding"} & set(metric.needs)
+    ]
 
 
 def _window_context(embeddings: torch.Tensor, window: torch.Tensor, predicted: torch.Tensor) -> dict:
     """The token-embedding fields of a MetricContext for windows [E, w] and predicted tokens [E], shaped
     [E, 1, 1, ...] to broadcast over layers and heads."""
-    return {"embeddings": embeddings, "window_embeddings": embeddings[window][:, None, None],
-            "next_embedding": embeddings[predicted][:, None, None]}
+    return {
+        "embeddings": embeddings,
+        "window_embeddings": embeddings[window][:, None, None],
+        "next_embedding": embeddings[predicted][:, None, None],
+    }
 
 
 def measure(
@@ -111,7 +117,10 @@ def measure(
     passes, layers, heads = int(events.r.max()), model.n_layers, model.n_heads
     metrics = {
         metric_key(t, l, h, m): np.full((len(events), passes), np.nan, dtype=np.float32)
-        for t in TARGETS for l in range(layers) for h in range(heads) for m in METRICS
+        for t in TARGETS
+        for l in range(layers)
+        for h in range(heads)
+        for m in METRICS
     }
     guards = {name: torch.zeros((), dtype=torch.long, device=device) for name in METRICS}
     context_guards = {name: torch.zeros((), dtype=torch.long, device=device) for name in METRICS}
@@ -136,11 +145,29 @@ def measure(
             before = torch.from_numpy(events.before[begin:end]).to(device)
             target_members = members[torch.from_numpy(events.target_block[begin:end]).to(device)]
             r = torch.from_numpy(np.asarray(events.r[begin:end], dtype=np.int64)).to(device)
-            recorder = PassBehaviour(graph, torch.cat([before, prompts[:, -1:]], dim=1),
-                                     torch.from_numpy(events.target_block[begin:end]).to(device), r, passes, layers, heads)
+            recorder = PassBehaviour(
+                graph,
+                torch.cat([before, prompts[:, -1:]], dim=1),
+                torch.from_numpy(events.target_block[begin:end]).to(device),
+                r,
+                passes,
+                layers,
+                heads,
+            )
             tokens, probability, values, context_values = _measure_chunk(
-                model, prompts, before, target_members, passes, top_k, guards, temperature=temperature,
-                generator=generator, autocast=autocast, r=r, context_guards=context_guards, behaviour=recorder,
+                model,
+                prompts,
+                before,
+                target_members,
+                passes,
+                top_k,
+                guards,
+                temperature=temperature,
+                generator=generator,
+                autocast=autocast,
+                r=r,
+                context_guards=context_guards,
+                behaviour=recorder,
             )
             generated[begin:end], target_probability[begin:end] = tokens, probability
             for name, array in recorder.finish(tokens).items():
@@ -165,13 +192,30 @@ def measure(
         values[beyond] = np.nan
     seconds = {"measure_seconds": time.perf_counter() - started}
     return Measurements(
-        labels, target_probability, metrics, context, {name: int(hits) for name, hits in guards.items()}, seconds,
-        {name: int(hits) for name, hits in context_guards.items()}, behaviour,
+        labels,
+        target_probability,
+        metrics,
+        context,
+        {name: int(hits) for name, hits in guards.items()},
+        seconds,
+        {name: int(hits) for name, hits in context_guards.items()},
+        behaviour,
     )
 
 
-def _measure_chunk(model, prompts, before, target_members, passes: int, top_k: int, guards: dict, *, r: torch.Tensor,
-                   context_guards: dict, **generation):
+def _measure_chunk(
+    model,
+    prompts,
+    before,
+    target_members,
+    passes: int,
+    top_k: int,
+    guards: dict,
+    *,
+    r: torch.Tensor,
+    context_guards: dict,
+    **generation,
+):
     """One chunk of events: (tokens [E, passes], target probability [E, passes], (target, metric) ->
     values [E, passes, layers, heads], (target, metric) -> context values [E, layers, heads]) as
     numpy; guard hits of the values that are kept are added to ``guards`` (pass k of the events
@@ -231,8 +275,11 @@ def _measure_chunk(model, prompts, before, target_members, passes: int, top_k: i
             previous[target] = current
             if embedding_metrics:
                 kept[target, k] = Spectrum(
-                    values=current.values[..., : top_k + 1], vectors=current.vectors.float(), side=side,
-                    other=current.other.float(), shape=current.shape,
+                    values=current.values[..., : top_k + 1],
+                    vectors=current.vectors.float(),
+                    side=side,
+                    other=current.other.float(),
+                    shape=current.shape,
                 )
 
     def embedding_metrics_of_pass(k: int, tokens: torch.Tensor) -> None:

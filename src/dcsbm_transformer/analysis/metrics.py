@@ -263,9 +263,8 @@ def _gap(k: int, relative: bool) -> Callable[[torch.Tensor], torch.Tensor]:
 
     name = ("spectral_gap" if k == 1 else f"gap_{k}") + ("_rel" if relative else "")
     gap.__name__ = gap.__qualname__ = name
-    gap.__doc__ = (
-        f"{name} = (σ{k} − σ{k + 1}){' / σ₁' if relative else ''}  (1-based; NaN when {k + 1} > m"
-        + (" or σ₁ = 0)." if relative else ").")
+    gap.__doc__ = f"{name} = (σ{k} − σ{k + 1}){' / σ₁' if relative else ''}  (1-based; NaN when {k + 1} > m" + (
+        " or σ₁ = 0)." if relative else ")."
     )
     return gap
 
@@ -497,8 +496,9 @@ def _step_grassmann(previous: Spectrum, current: Spectrum, k: int, shifted: bool
     return _principal_distance(previous, qp, rp, current, qc, rc, k)
 
 
-def _principal_distance(a: Spectrum, qa: torch.Tensor, ra: torch.Tensor, b: Spectrum, qb: torch.Tensor, rb: torch.Tensor,
-                        k: int, *, snap: float = 0.0) -> torch.Tensor:
+def _principal_distance(
+    a: Spectrum, qa: torch.Tensor, ra: torch.Tensor, b: Spectrum, qb: torch.Tensor, rb: torch.Tensor, k: int, *, snap: float = 0.0
+) -> torch.Tensor:
     """√(Σᵢ θᵢ²), θᵢ = arccos σᵢ(Q_aᵀ Q_b), between the top-k columns of two restricted bases (their
     QR factors), the geodesic Grassmannian distance; cosines above 1 − ``snap`` count as 1. NaN
     (float64) where either top-k subspace is not unique or a restriction lost rank."""
@@ -740,50 +740,96 @@ METRICS: dict[str, Metric] = {
         Metric("participation_ratio", "spectral", "(Σσᵢ)² / (m · Σσᵢ²)", participation_ratio),
         *(Metric(f"rank_error_{k}", "spectral", f"√(Σ_{{i>{k}}} σᵢ²) / ‖M‖_F", _rank_error(k)) for k in RANK_ERROR_KS),
         Metric(
-            "grassmannian_distance", "temporal",
+            "grassmannian_distance",
+            "temporal",
             "√Σθᵢ², θᵢ = arccos σᵢ(Q_prevᵀ Q_cur) over the top-k singular subspaces (shared positions if shifted)",
             grassmannian_distance,
         ),
-        Metric("top_vector_angle", "temporal", "arccos |u₁,prev · u₁,cur| (renormalised, shared positions if shifted)",
-               top_vector_angle),
+        Metric(
+            "top_vector_angle", "temporal", "arccos |u₁,prev · u₁,cur| (renormalised, shared positions if shifted)", top_vector_angle
+        ),
         Metric("sigma1_velocity", "temporal", "σ₁(cur) − σ₁(prev)", sigma1_velocity),
-        Metric("condition_velocity", "temporal",
-               "log10 condition_number(cur) − log10 condition_number(prev), a capped side counted as the cap 1/eps (guard)",
-               condition_velocity, version=2),
+        Metric(
+            "condition_velocity",
+            "temporal",
+            "log10 condition_number(cur) − log10 condition_number(prev), a capped side counted as the cap 1/eps (guard)",
+            condition_velocity,
+            version=2,
+        ),
         # the research abstract's list, completed (issue 23)
         Metric("singular_value_variance", "spectral", "(1/m) Σ(σᵢ − σ̄)²", singular_value_variance),
         Metric("numerical_rank", "context", "#{i : σᵢ > max(rows, cols) · eps₃₂ · σ₁}", numerical_rank),
-        *(Metric(f"sigma{i}_velocity", "temporal", f"σ{i}(cur) − σ{i}(prev) (NaN when {i} > m)", _sigma_velocity(i))
-          for i in VELOCITY_KS),
-        *(Metric(f"grassmannian_{k}", "temporal",
-                 f"√Σθᵢ² over the top-{k} singular subspaces of consecutive passes (shared positions if shifted)",
-                 _grassmannian_k(k)) for k in SUBSPACE_KS),
-        Metric("subspace_drift", "context",
-               "√Σθᵢ² between pass 1's top-k subspace and the current one (positions shared with pass 1 if sliding)",
-               subspace_drift, needs=("first",)),
-        Metric("top_vector_angle_other", "context",
-               "arccos |v₁,prev · v₁,cur| on the other side (QKᵀ keys, AVWₒ positions; shared positions)",
-               top_vector_angle_other, needs=("previous", "positions")),
-        Metric("membership_change", "temporal",
-               "Jaccard distance of {p : ℓ_p ≥ k/n}, ℓ_p = Σ_{i≤k} U_{p,i}², between consecutive passes (shared positions)",
-               membership_change),
-        Metric("membership_change_other", "context", "membership_change on the other side (QKᵀ keys, AVWₒ positions)",
-               membership_change_other, needs=("previous", "positions")),
-        Metric("embedding_alignment_left", "context",
-               "|cos(ũ₁, e(x_t))|, ũ₁ = Σ_p u₁,p e(x_p) for positions, u₁ for d_model; x_t the current token",
-               embedding_alignment_left, needs=("positions", "embeddings", "window_embeddings")),
-        Metric("embedding_alignment_right", "context",
-               "|cos(ṽ₁, e(x̂_{t+1}))|, ṽ₁ = Σ_p v₁,p e(x_p) for positions, v₁ for d_model; x̂_{t+1} the predicted token",
-               embedding_alignment_right, needs=("positions", "embeddings", "window_embeddings", "next_embedding")),
-        Metric("embedding_coherence", "context",
-               "max_v ‖Qᵀ e_v‖/‖e_v‖, Q orthonormal basis of the right top-k vectors in embedding space",
-               embedding_coherence, needs=("positions", "embeddings", "window_embeddings")),
+        *(
+            Metric(f"sigma{i}_velocity", "temporal", f"σ{i}(cur) − σ{i}(prev) (NaN when {i} > m)", _sigma_velocity(i))
+            for i in VELOCITY_KS
+        ),
+        *(
+            Metric(
+                f"grassmannian_{k}",
+                "temporal",
+                f"√Σθᵢ² over the top-{k} singular subspaces of consecutive passes (shared positions if shifted)",
+                _grassmannian_k(k),
+            )
+            for k in SUBSPACE_KS
+        ),
+        Metric(
+            "subspace_drift",
+            "context",
+            "√Σθᵢ² between pass 1's top-k subspace and the current one (positions shared with pass 1 if sliding)",
+            subspace_drift,
+            needs=("first",),
+        ),
+        Metric(
+            "top_vector_angle_other",
+            "context",
+            "arccos |v₁,prev · v₁,cur| on the other side (QKᵀ keys, AVWₒ positions; shared positions)",
+            top_vector_angle_other,
+            needs=("previous", "positions"),
+        ),
+        Metric(
+            "membership_change",
+            "temporal",
+            "Jaccard distance of {p : ℓ_p ≥ k/n}, ℓ_p = Σ_{i≤k} U_{p,i}², between consecutive passes (shared positions)",
+            membership_change,
+        ),
+        Metric(
+            "membership_change_other",
+            "context",
+            "membership_change on the other side (QKᵀ keys, AVWₒ positions)",
+            membership_change_other,
+            needs=("previous", "positions"),
+        ),
+        Metric(
+            "embedding_alignment_left",
+            "context",
+            "|cos(ũ₁, e(x_t))|, ũ₁ = Σ_p u₁,p e(x_p) for positions, u₁ for d_model; x_t the current token",
+            embedding_alignment_left,
+            needs=("positions", "embeddings", "window_embeddings"),
+        ),
+        Metric(
+            "embedding_alignment_right",
+            "context",
+            "|cos(ṽ₁, e(x̂_{t+1}))|, ṽ₁ = Σ_p v₁,p e(x_p) for positions, v₁ for d_model; x̂_{t+1} the predicted token",
+            embedding_alignment_right,
+            needs=("positions", "embeddings", "window_embeddings", "next_embedding"),
+        ),
+        Metric(
+            "embedding_coherence",
+            "context",
+            "max_v ‖Qᵀ e_v‖/‖e_v‖, Q orthonormal basis of the right top-k vectors in embedding space",
+            embedding_coherence,
+            needs=("positions", "embeddings", "window_embeddings"),
+        ),
     ]
 }
 
 
 def compute_metrics(
-    current: Spectrum, previous: Spectrum | None, *, shifted: bool, context: MetricContext | None = None,
+    current: Spectrum,
+    previous: Spectrum | None,
+    *,
+    shifted: bool,
+    context: MetricContext | None = None,
     names: Iterable[str] | None = None,
 ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """Every registered metric for a batch (or those in ``names``): name -> (values [...] float32, guard_hits [...] bool).
@@ -803,8 +849,10 @@ def compute_metrics(
     results: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def not_measured() -> tuple[torch.Tensor, torch.Tensor]:
-        return (torch.full(batch, _NAN, dtype=torch.float32, device=values.device),
-                torch.zeros(batch, dtype=torch.bool, device=values.device))
+        return (
+            torch.full(batch, _NAN, dtype=torch.float32, device=values.device),
+            torch.zeros(batch, dtype=torch.bool, device=values.device),
+        )
 
     for name in METRICS if names is None else names:
         metric = METRICS[name]

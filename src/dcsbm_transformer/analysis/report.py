@@ -121,8 +121,14 @@ def read_analysis(analysis_dir: Path) -> dict[str, Any]:
         raise FileNotFoundError(f"{analysis / HORIZON_FILE} is missing or invalid: run `dcsbm analyze` again to (re)compute it")
     from ..mechanism.report import mechanism_section  # the floor above draws its own section (None without mechanism.json)
 
-    return {"config": config, "result": result, "summary": summary, "horizon": horizon, "mechanism": mechanism_section(analysis),
-            "sibling": sampled_sibling(analysis)}
+    return {
+        "config": config,
+        "result": result,
+        "summary": summary,
+        "horizon": horizon,
+        "mechanism": mechanism_section(analysis),
+        "sibling": sampled_sibling(analysis),
+    }
 
 
 # --------------------------------------------------------------------------------------------------
@@ -148,9 +154,16 @@ def metric_row(key: str, stats: dict[str, Any], r: int, *, role: str = "") -> di
     """One row of the horizon table: raw numbers (for tests) and their formatted text."""
     entry = stats["by_r"][str(r)]
     row = {
-        "key": key, "role": role, "label": metric_label(key), "metric": stats["metric"].replace("_", " "),
-        "target": TARGET_NAMES.get(stats["target"], stats["target"]), "layer": stats["layer"], "head": stats["head"],
-        "status": entry["status"], "n_violations": entry["n_violations"], "n_successes": entry["n_successes"],
+        "key": key,
+        "role": role,
+        "label": metric_label(key),
+        "metric": stats["metric"].replace("_", " "),
+        "target": TARGET_NAMES.get(stats["target"], stats["target"]),
+        "layer": stats["layer"],
+        "head": stats["head"],
+        "status": entry["status"],
+        "n_violations": entry["n_violations"],
+        "n_successes": entry["n_successes"],
     }
     if entry["status"] != "ok" or entry["best_j"] is None:
         why = "insufficient" if entry["status"] != "ok" else "no lookback j ≥ 1 with enough finite values"
@@ -159,24 +172,40 @@ def metric_row(key: str, stats: dict[str, Any], r: int, *, role: str = "") -> di
     j, side = entry["best_j"], _side(entry)
     horizon, confident = _horizons(entry, side)
     context, versus = entry["context_only"], entry["versus_behaviour"]
-    row.update({
-        "insufficient": None, "direction": entry["direction"] or "—", "side": side, "best_j": j,
-        "auroc": entry["auroc"][j], "ci_low": entry["ci_low"][j], "ci_high": entry["ci_high"][j],
-        "auroc_text": fmt_ci(entry["auroc"][j], entry["ci_low"][j], entry["ci_high"][j]),
-        "pooled": entry["auroc_pooled"][j], "pooled_text": fmt(entry["auroc_pooled"][j]),
-        "p_value": entry["p_value"], "p_adjusted": entry["p_adjusted"], "p_text": fmt_p(entry["p_adjusted"]),
-        "significant": entry["significant"], "significant_text": _yes_no(entry["significant"]),
-        "horizon": horizon, "confident_horizon": confident,
-        "horizon_text": f"{horizon} ({side})" if horizon is not None else "—",
-        "confident_text": "—" if confident is None else str(confident),
-        "shuffled_95": entry["shuffled_95"],
-        "context_auroc": None if context is None else context["auroc"],
-        "context_text": "—" if context is None else fmt_ci(context["auroc"], context["ci_low"], context["ci_high"]),
-        "delta": None if versus is None else versus["delta"],
-        "versus_text": "—" if versus is None else f"j = {versus['j']}: {fmt(versus['delta'])} [{fmt(versus['ci_low'])}, {fmt(versus['ci_high'])}]",
-        "verdict": None if versus is None else versus["verdict"] + (f" (j = {', '.join(map(str, versus['better_at']))})" if versus["better_at"] else ""),
-        "incremental_text": incremental_text(entry.get("incremental")),
-    })
+    row.update(
+        {
+            "insufficient": None,
+            "direction": entry["direction"] or "—",
+            "side": side,
+            "best_j": j,
+            "auroc": entry["auroc"][j],
+            "ci_low": entry["ci_low"][j],
+            "ci_high": entry["ci_high"][j],
+            "auroc_text": fmt_ci(entry["auroc"][j], entry["ci_low"][j], entry["ci_high"][j]),
+            "pooled": entry["auroc_pooled"][j],
+            "pooled_text": fmt(entry["auroc_pooled"][j]),
+            "p_value": entry["p_value"],
+            "p_adjusted": entry["p_adjusted"],
+            "p_text": fmt_p(entry["p_adjusted"]),
+            "significant": entry["significant"],
+            "significant_text": _yes_no(entry["significant"]),
+            "horizon": horizon,
+            "confident_horizon": confident,
+            "horizon_text": f"{horizon} ({side})" if horizon is not None else "—",
+            "confident_text": "—" if confident is None else str(confident),
+            "shuffled_95": entry["shuffled_95"],
+            "context_auroc": None if context is None else context["auroc"],
+            "context_text": "—" if context is None else fmt_ci(context["auroc"], context["ci_low"], context["ci_high"]),
+            "delta": None if versus is None else versus["delta"],
+            "versus_text": "—"
+            if versus is None
+            else f"j = {versus['j']}: {fmt(versus['delta'])} [{fmt(versus['ci_low'])}, {fmt(versus['ci_high'])}]",
+            "verdict": None
+            if versus is None
+            else versus["verdict"] + (f" (j = {', '.join(map(str, versus['better_at']))})" if versus["better_at"] else ""),
+            "incremental_text": incremental_text(entry.get("incremental")),
+        }
+    )
     return row
 
 
@@ -185,8 +214,10 @@ def incremental_text(incremental: dict[str, Any] | None) -> str:
     if not incremental or incremental["gain"] is None:
         return "—"
     p = incremental["p_adjusted"] if incremental["p_adjusted"] is not None else incremental["p_value"]
-    return (f"j = {incremental['j']}: {incremental['gain']:+.3f} [{fmt(incremental['gain_ci_low'])}, "
-            f"{fmt(incremental['gain_ci_high'])}], p {fmt_p(p)}")
+    return (
+        f"j = {incremental['j']}: {incremental['gain']:+.3f} [{fmt(incremental['gain_ci_low'])}, "
+        f"{fmt(incremental['gain_ci_high'])}], p {fmt_p(p)}"
+    )
 
 
 def baseline_rows(horizon: dict[str, Any], r: int) -> list[dict[str, Any]]:
@@ -196,15 +227,28 @@ def baseline_rows(horizon: dict[str, Any], r: int) -> list[dict[str, Any]]:
         entry = stats["by_r"].get(str(r))
         if entry is None:
             continue
-        row = {"key": key, "kind": "mechanistic" if stats["target"] == "attention" else "behavioural",
-               "counts": f"{entry['n_violations']} / {entry['n_successes']}"}
+        row = {
+            "key": key,
+            "kind": "mechanistic" if stats["target"] == "attention" else "behavioural",
+            "counts": f"{entry['n_violations']} / {entry['n_successes']}",
+        }
         if entry["status"] != "ok" or entry["best_j"] is None:
-            rows.append({**row, "insufficient": f"insufficient ({entry['n_violations']} violations, {entry['n_successes']} successes)"})
+            rows.append(
+                {**row, "insufficient": f"insufficient ({entry['n_violations']} violations, {entry['n_successes']} successes)"}
+            )
             continue
         j = entry["best_j"]
-        rows.append({**row, "insufficient": None, "best_j": j, "direction": entry["direction"] or "—",
-                     "auroc_text": fmt_ci(entry["auroc"][j], entry["ci_low"][j], entry["ci_high"][j]),
-                     "j0_text": fmt_ci(entry["auroc"][0], entry["ci_low"][0], entry["ci_high"][0]), "p_text": fmt_p(entry["p_value"])})
+        rows.append(
+            {
+                **row,
+                "insufficient": None,
+                "best_j": j,
+                "direction": entry["direction"] or "—",
+                "auroc_text": fmt_ci(entry["auroc"][j], entry["ci_low"][j], entry["ci_high"][j]),
+                "j0_text": fmt_ci(entry["auroc"][0], entry["ci_low"][0], entry["ci_high"][0]),
+                "p_text": fmt_p(entry["p_value"]),
+            }
+        )
     return rows
 
 
@@ -217,17 +261,23 @@ def versus_logits(horizon: dict[str, Any], r: int) -> dict[str, Any]:
     if m == 0:
         sentence = "No metric is significant at this r, so none can be said to do better than the logits."
     elif n == 0:
-        sentence = (f"None of the {m} significant metrics does better than the logits at any lookback (band simultaneous over "
-                    "the lookbacks): no attention "
-                    "metric separates violations from successes measurably better than the model's own target-block probability.")
+        sentence = (
+            f"None of the {m} significant metrics does better than the logits at any lookback (band simultaneous over "
+            "the lookbacks): no attention "
+            "metric separates violations from successes measurably better than the model's own target-block probability."
+        )
     else:
-        sentence = (f"{n} of the {m} significant metrics do better than the logits at some lookback (a band simultaneous "
-                    "over the lookbacks; shown where the advantage is clearest).")
+        sentence = (
+            f"{n} of the {m} significant metrics do better than the logits at some lookback (a band simultaneous "
+            "over the lookbacks; shown where the advantage is clearest)."
+        )
     details = []
     for key in better:
         versus = horizon["metrics"][key]["by_r"][str(r)]["versus_behaviour"]
-        details.append(f"{metric_label(key)} at j = {versus['j']}: oriented AUROC {fmt(versus['metric_auroc'])} vs the logits' "
-                       f"{fmt(versus['behavioural_auroc'])}, Δ {fmt(versus['delta'])} [{fmt(versus['ci_low'])}, {fmt(versus['ci_high'])}]")
+        details.append(
+            f"{metric_label(key)} at j = {versus['j']}: oriented AUROC {fmt(versus['metric_auroc'])} vs the logits' "
+            f"{fmt(versus['behavioural_auroc'])}, Δ {fmt(versus['delta'])} [{fmt(versus['ci_low'])}, {fmt(versus['ci_high'])}]"
+        )
     return {"n_better": n, "n_significant": m, "better": better, "details": details, "sentence": sentence}
 
 
@@ -239,15 +289,25 @@ def _behavioural(horizon: dict[str, Any], r: int) -> dict[str, Any]:
         return out
     side = _side(entry)
     horizon_j, confident = _horizons(entry, side)
-    out.update({
-        "insufficient": None, "side": side, "horizon": horizon_j, "confident_horizon": confident,
-        "p_text": fmt_p(entry["p_value"]), "best_j": entry["best_j"],
-        "by_j": [
-            {"j": j, "auroc": entry["auroc"][j], "text": fmt_ci(entry["auroc"][j], entry["ci_low"][j], entry["ci_high"][j]),
-             "pooled": fmt(entry["auroc_pooled"][j])}
-            for j in range(len(entry["auroc"]) - 1, -1, -1)
-        ],
-    })
+    out.update(
+        {
+            "insufficient": None,
+            "side": side,
+            "horizon": horizon_j,
+            "confident_horizon": confident,
+            "p_text": fmt_p(entry["p_value"]),
+            "best_j": entry["best_j"],
+            "by_j": [
+                {
+                    "j": j,
+                    "auroc": entry["auroc"][j],
+                    "text": fmt_ci(entry["auroc"][j], entry["ci_low"][j], entry["ci_high"][j]),
+                    "pooled": fmt(entry["auroc_pooled"][j]),
+                }
+                for j in range(len(entry["auroc"]) - 1, -1, -1)
+            ],
+        }
+    )
     return out
 
 
@@ -256,8 +316,10 @@ def _shuffled(horizon: dict[str, Any], r: int) -> dict[str, Any]:
     others = [s["by_r"][str(r)]["shuffled_95"] for k, s in horizon["metrics"].items() if k != horizon["primary"]["key"]]
     others = [v for v in others if v is not None]
     return {
-        "primary": primary, "primary_text": fmt(primary),
-        "low_text": fmt(min(others)) if others else "—", "high_text": fmt(max(others)) if others else "—",
+        "primary": primary,
+        "primary_text": fmt(primary),
+        "low_text": fmt(min(others)) if others else "—",
+        "high_text": fmt(max(others)) if others else "—",
     }
 
 
@@ -269,10 +331,15 @@ def layer_rows(horizon: dict[str, Any], r: int, top: int = TOP_ROWS) -> list[dic
     for target in TARGET_NAMES:
         for key in layer_keys(horizon, target):
             stats = horizon["metrics"][key]
-            row = metric_row(key, stats if key != horizon["primary"]["key"] else {**stats, "by_r": horizon["primary"]["by_r"]}, r,
-                             role="primary" if key == horizon["primary"]["key"] else "")
-            row["strongest_here"] = sum(s["layer"] == stats["layer"] and s["head"] == stats["head"] and s["target"] == target
-                                        for s in strongest)
+            row = metric_row(
+                key,
+                stats if key != horizon["primary"]["key"] else {**stats, "by_r": horizon["primary"]["by_r"]},
+                r,
+                role="primary" if key == horizon["primary"]["key"] else "",
+            )
+            row["strongest_here"] = sum(
+                s["layer"] == stats["layer"] and s["head"] == stats["head"] and s["target"] == target for s in strongest
+            )
             rows.append(row)
     return rows
 
@@ -284,29 +351,51 @@ def stratum(horizon: dict[str, Any], r: int, top: int = TOP_ROWS) -> dict[str, A
     rows = [metric_row(k, horizon["metrics"][k], r) for k in horizon["top"].get(str(r), [])[:top]]
     counts = horizon["counts_by_r"][str(r)]
     return {
-        "r": r, "violations": counts["violations"], "successes": counts["successes"], "primary": primary, "rows": rows,
-        "tested": len(horizon["metrics"]), "behavioural": _behavioural(horizon, r), "shuffled": _shuffled(horizon, r),
-        "baselines": baseline_rows(horizon, r), "layers": layer_rows(horizon, r, top),
+        "r": r,
+        "violations": counts["violations"],
+        "successes": counts["successes"],
+        "primary": primary,
+        "rows": rows,
+        "tested": len(horizon["metrics"]),
+        "behavioural": _behavioural(horizon, r),
+        "shuffled": _shuffled(horizon, r),
+        "baselines": baseline_rows(horizon, r),
+        "layers": layer_rows(horizon, r, top),
         "versus": versus_logits(horizon, r),
     }
 
 
-def _config_brief(config: dict[str, Any], result: dict[str, Any], summary: dict[str, Any], horizon: dict[str, Any]) -> list[tuple[str, str]]:
+def _config_brief(
+    config: dict[str, Any], result: dict[str, Any], summary: dict[str, Any], horizon: dict[str, Any]
+) -> list[tuple[str, str]]:
     g, w, m, t = config["graph"], config["walks"], config["model"], config.get("training", {})
     training = result.get("training", {})
     jumpers = g["jumpers_per_block"] * g["K"]
     r_values = result.get("data", {}).get("jumper_r") or horizon["r_values"]
-    events = (summary.get("counts") or {}).get("events", sum(c["violations"] + c["successes"] for c in horizon["counts_by_r"].values()))
+    events = (summary.get("counts") or {}).get(
+        "events", sum(c["violations"] + c["successes"] for c in horizon["counts_by_r"].values())
+    )
     return [
-        ("graph", f"DCSBM, n = {g['n']} vertices in K = {g['K']} blocks, p_in = {g['p_in']}, p_out = {g['p_out']}, seed {config.get('seed')}"),
-        ("jumpers", f"{jumpers} ({g['jumpers_per_block']} per block), jump scales {', '.join(map(str, g['jump_scales']))} "
-                    f"→ r = {', '.join(map(str, r_values))}"),
+        (
+            "graph",
+            f"DCSBM, n = {g['n']} vertices in K = {g['K']} blocks, p_in = {g['p_in']}, p_out = {g['p_out']}, seed {config.get('seed')}",
+        ),
+        (
+            "jumpers",
+            f"{jumpers} ({g['jumpers_per_block']} per block), jump scales {', '.join(map(str, g['jump_scales']))} "
+            f"→ r = {', '.join(map(str, r_values))}",
+        ),
         ("context window", f"w = {m['context_window']} tokens"),
         ("model", f"{m['n_layers']} layer(s), {m['n_heads']} head(s), d_model = {m['d_model']}, dropout {m.get('dropout', 0.0)}"),
-        ("training walks", f"{w['train_walks']:,} walks of {w['walk_length']} tokens; batch {t.get('batch_size', '—')}, "
-                           f"lr {t.get('lr', '—')}; {training.get('epochs_trained', '—')} epoch(s) trained"),
-        ("analysis events", f"{events:,} rule events (one per fresh walk, full windows only), "
-                            f"continuations {summary.get('continuations', '—')}"),
+        (
+            "training walks",
+            f"{w['train_walks']:,} walks of {w['walk_length']} tokens; batch {t.get('batch_size', '—')}, "
+            f"lr {t.get('lr', '—')}; {training.get('epochs_trained', '—')} epoch(s) trained",
+        ),
+        (
+            "analysis events",
+            f"{events:,} rule events (one per fresh walk, full windows only), continuations {summary.get('continuations', '—')}",
+        ),
         ("pre-registered", horizon["primary"]["statement"]),
     ]
 
@@ -316,9 +405,15 @@ def _gate(config: dict[str, Any], result: dict[str, Any]) -> dict[str, Any]:
     threshold = gate.get("rule_threshold")
     rules = [
         {
-            "rule": rule["rule"], "vertex": rule["vertex"], "block": rule.get("block", "—"), "target_block": rule["target_block"],
-            "r": rule["r"], "events": rule.get("gate_events", "—"), "compliance": rule.get("compliance"),
-            "compliance_text": fmt(rule.get("compliance")), "chance_argmax": fmt(rule.get("chance_bigram_argmax")),
+            "rule": rule["rule"],
+            "vertex": rule["vertex"],
+            "block": rule.get("block", "—"),
+            "target_block": rule["target_block"],
+            "r": rule["r"],
+            "events": rule.get("gate_events", "—"),
+            "compliance": rule.get("compliance"),
+            "compliance_text": fmt(rule.get("compliance")),
+            "chance_argmax": fmt(rule.get("chance_bigram_argmax")),
             "chance_sampling": fmt(rule.get("chance_bigram_sampling")),
             "above": "—" if rule.get("compliance") is None or threshold is None else _yes_no(rule["compliance"] > threshold),
         }
@@ -326,13 +421,25 @@ def _gate(config: dict[str, Any], result: dict[str, Any]) -> dict[str, Any]:
     ]
     blind = result.get("rule_blind_baseline") or {}
     return {
-        "passed": bool(training.get("gate_passed")), "epoch": training.get("gate_epoch"),
-        "failure_reason": training.get("failure_reason"), "edge_compliance": fmt(evaluation.get("edge_compliance")),
-        "rule_score": fmt(evaluation.get("rule_score")), "rule_compliance": fmt(evaluation.get("rule_compliance")),
-        "aggregate": gate.get("rule_aggregate", "—"), "rule_threshold": threshold, "edge_threshold": gate.get("edge_threshold"),
-        "prompt": gate.get("prompt", "—"), "rules": rules,
-        "blind": {"rule_score": fmt(blind.get("rule_score")), "edge_compliance": fmt(blind.get("edge_compliance")),
-                  "passed": blind.get("passed"), "failure_reason": blind.get("failure_reason")} if blind else None,
+        "passed": bool(training.get("gate_passed")),
+        "epoch": training.get("gate_epoch"),
+        "failure_reason": training.get("failure_reason"),
+        "edge_compliance": fmt(evaluation.get("edge_compliance")),
+        "rule_score": fmt(evaluation.get("rule_score")),
+        "rule_compliance": fmt(evaluation.get("rule_compliance")),
+        "aggregate": gate.get("rule_aggregate", "—"),
+        "rule_threshold": threshold,
+        "edge_threshold": gate.get("edge_threshold"),
+        "prompt": gate.get("prompt", "—"),
+        "rules": rules,
+        "blind": {
+            "rule_score": fmt(blind.get("rule_score")),
+            "edge_compliance": fmt(blind.get("edge_compliance")),
+            "passed": blind.get("passed"),
+            "failure_reason": blind.get("failure_reason"),
+        }
+        if blind
+        else None,
     }
 
 
@@ -359,11 +466,15 @@ def _versions(result: dict[str, Any], summary: dict[str, Any], horizon: dict[str
     return [(k, str(merged[k])) for k in keep if merged.get(k) is not None]
 
 
-def _timings(result: dict[str, Any], summary: dict[str, Any], horizon: dict[str, Any], figure_seconds: float | None) -> list[tuple[str, str]]:
+def _timings(
+    result: dict[str, Any], summary: dict[str, Any], horizon: dict[str, Any], figure_seconds: float | None
+) -> list[tuple[str, str]]:
     rt, st, ht = result.get("timings", {}), summary.get("timings", {}), horizon.get("timings", {})
     rows = [
-        ("training", rt.get("train_seconds")), ("gate evaluation", rt.get("eval_seconds")),
-        ("analysis: events and metrics", st.get("total_seconds")), ("statistics (horizon.json)", ht.get("total_seconds")),
+        ("training", rt.get("train_seconds")),
+        ("gate evaluation", rt.get("eval_seconds")),
+        ("analysis: events and metrics", st.get("total_seconds")),
+        ("statistics (horizon.json)", ht.get("total_seconds")),
         ("figures", figure_seconds),
     ]
     return [(name, f"{value:.1f} s") for name, value in rows if value is not None]
@@ -382,21 +493,38 @@ def _context(run: dict[str, Any], figures: dict[str, Path] | None, *, figure_sec
     settings = horizon["settings"]
     registration = horizon["registration"]
     return {
-        "experiment_id": horizon["experiment_id"], "analysis_name": horizon["analysis_name"],
-        "exploratory": exploratory, "exploratory_reason": reason,
-        "gate_failed": not gate["passed"], "headline": horizon["headline"], "registration": registration,
-        "registered": horizon["primary"]["registered"], "confirmatory": _confirmatory(horizon), "split": horizon["split"],
+        "experiment_id": horizon["experiment_id"],
+        "analysis_name": horizon["analysis_name"],
+        "exploratory": exploratory,
+        "exploratory_reason": reason,
+        "gate_failed": not gate["passed"],
+        "headline": horizon["headline"],
+        "registration": registration,
+        "registered": horizon["primary"]["registered"],
+        "confirmatory": _confirmatory(horizon),
+        "split": horizon["split"],
         "sensitivity": _sensitivity(horizon, run.get("sibling")),
-        "primary_summary": horizon["primary"]["summary"], "primary_statement": horizon["primary"]["statement"],
-        "primary_key": horizon["primary"]["key"], "config": _config_brief(config, result, summary, horizon),
-        "gate": gate, "counts": _counts(summary), "strata": [stratum(horizon, r) for r in horizon["r_values"]],
-        "constant": horizon["constant"], "threshold": settings["horizon_threshold"], "alpha": settings["alpha"],
-        "settings": [(k.replace("_", " "), str(v)) for k, v in settings.items()] + [
-            ("exploratory family (Holm)", f"{horizon['holm']['family_size']} arrays; {horizon['holm']['permutations_used']:,} "
-             f"permutations (asked {horizon['holm']['permutations_requested']:,}); smallest reachable adjusted p "
-             f"(Holm floor m/(P+1)) {fmt_p(horizon['holm']['floor'])}"),
+        "primary_summary": horizon["primary"]["summary"],
+        "primary_statement": horizon["primary"]["statement"],
+        "primary_key": horizon["primary"]["key"],
+        "config": _config_brief(config, result, summary, horizon),
+        "gate": gate,
+        "counts": _counts(summary),
+        "strata": [stratum(horizon, r) for r in horizon["r_values"]],
+        "constant": horizon["constant"],
+        "threshold": settings["horizon_threshold"],
+        "alpha": settings["alpha"],
+        "settings": [(k.replace("_", " "), str(v)) for k, v in settings.items()]
+        + [
+            (
+                "exploratory family (Holm)",
+                f"{horizon['holm']['family_size']} arrays; {horizon['holm']['permutations_used']:,} "
+                f"permutations (asked {horizon['holm']['permutations_requested']:,}); smallest reachable adjusted p "
+                f"(Holm floor m/(P+1)) {fmt_p(horizon['holm']['floor'])}",
+            ),
         ],
-        "figures": _figures(figures), "versions": _versions(result, summary, horizon),
+        "figures": _figures(figures),
+        "versions": _versions(result, summary, horizon),
         "timings": _timings(result, summary, horizon, figure_seconds),
         "guard_hits": {k: v for k, v in summary.get("guard_hits", {}).items() if v},
         "mechanism": run.get("mechanism"),
@@ -445,15 +573,29 @@ def _sensitivity(horizon: dict[str, Any], sibling: dict[str, Any] | None) -> lis
     rows = []
     edge = (horizon.get("sensitivity") or {}).get("edge_clean")
     for r, entry in horizon["primary"]["by_r"].items():
-        base = f"{fmt_ci(entry['auroc'][entry['best_j']], entry['ci_low'][entry['best_j']], entry['ci_high'][entry['best_j']])} at j = {entry['best_j']}" \
-            if entry["status"] == "ok" and entry["best_j"] is not None else entry["status"]
+        base = (
+            f"{fmt_ci(entry['auroc'][entry['best_j']], entry['ci_low'][entry['best_j']], entry['ci_high'][entry['best_j']])} at j = {entry['best_j']}"
+            if entry["status"] == "ok" and entry["best_j"] is not None
+            else entry["status"]
+        )
         if edge is not None:
             e = edge["exploratory"].get(r)
             verdicts = edge["confirmatory_verdicts"] or {}
-            text = "—" if e is None or e["best_j"] is None else f"{fmt_ci(e['auroc'], e['ci_low'], e['ci_high'])} at j = {e['best_j']}, p {fmt_p(e['p_value'])}"
-            rows.append({"r": r, "case": f"edge-clean events only ({edge['events_with_an_invalid_edge']} events with an earlier non-edge set aside at the lookbacks after it)",
-                         "primary": text, "verdict": verdicts.get(r, "—"), "all_events": base,
-                         "holds": "—" if edge["holds"] is None else ("yes" if edge["holds"] else "NO")})
+            text = (
+                "—"
+                if e is None or e["best_j"] is None
+                else f"{fmt_ci(e['auroc'], e['ci_low'], e['ci_high'])} at j = {e['best_j']}, p {fmt_p(e['p_value'])}"
+            )
+            rows.append(
+                {
+                    "r": r,
+                    "case": f"edge-clean events only ({edge['events_with_an_invalid_edge']} events with an earlier non-edge set aside at the lookbacks after it)",
+                    "primary": text,
+                    "verdict": verdicts.get(r, "—"),
+                    "all_events": base,
+                    "holds": "—" if edge["holds"] is None else ("yes" if edge["holds"] else "NO"),
+                }
+            )
         if sibling is not None:
             other = sibling["horizon"]["primary"]["by_r"].get(r)
             if other is None or other["status"] != "ok" or other["best_j"] is None:
@@ -462,17 +604,32 @@ def _sensitivity(horizon: dict[str, Any], sibling: dict[str, Any] | None) -> lis
                 j = other["best_j"]
                 p_there = other["p_adjusted"]
                 text = f"{fmt_ci(other['auroc'][j], other['ci_low'][j], other['ci_high'][j])} at j = {j}, adjusted p {fmt_p(p_there)}"
-                found_there = p_there is not None and p_there < alpha and other["direction"] == f"{horizon['primary']['direction']} before violations"
+                found_there = (
+                    p_there is not None
+                    and p_there < alpha
+                    and other["direction"] == f"{horizon['primary']['direction']} before violations"
+                )
                 test = (horizon["confirmatory"] or {}).get(r)
                 if test is not None:  # the registered answer: is there an effect in the registered direction?
                     found_here = test["verdict"] in ("confirmed", "inconclusive")
                 else:
-                    found_here = (entry["p_adjusted"] is not None and entry["p_adjusted"] < alpha
-                                  and entry["direction"] == f"{horizon['primary']['direction']} before violations")
+                    found_here = (
+                        entry["p_adjusted"] is not None
+                        and entry["p_adjusted"] < alpha
+                        and entry["direction"] == f"{horizon['primary']['direction']} before violations"
+                    )
                 holds = "yes" if found_here == found_there else "NO"
-            rows.append({"r": r, "case": f"sampled continuations, temperature {sibling['temperature']:g} (analysis/{sibling['name']}, exploratory, "
-                         f"{other['n_violations'] if other else 0} violations)", "primary": text, "verdict": "exploratory",
-                         "all_events": base, "holds": holds})
+            rows.append(
+                {
+                    "r": r,
+                    "case": f"sampled continuations, temperature {sibling['temperature']:g} (analysis/{sibling['name']}, exploratory, "
+                    f"{other['n_violations'] if other else 0} violations)",
+                    "primary": text,
+                    "verdict": "exploratory",
+                    "all_events": base,
+                    "holds": holds,
+                }
+            )
     return rows
 
 
@@ -480,23 +637,36 @@ def _confirmatory(horizon: dict[str, Any]) -> list[dict[str, Any]]:
     """The registered test per r, formatted (empty in an exploratory analysis)."""
     rows = []
     for r, test in (horizon["confirmatory"] or {}).items():
-        versus = "; ".join(
-            f"{v['baseline'].replace('_', ' ')}: Δ {fmt(v['delta'])} [{fmt(v['ci_low'])}, {fmt(v['ci_high'])}]"
-            f" ({'beaten' if v['beaten'] else 'not beaten'})" for v in test["versus"]
-        ) or "—"
-        rows.append({
-            "r": r, "verdict": test["verdict"], "p_text": "—" if test["p_value"] is None else f"{test['p_value']:.4g}",
-            "n_violations": test["n_violations"], "n_successes": test["n_successes"],
-            "j": "—" if test["j"] is None else test["j"], "auroc_text": fmt_ci(test["auroc"], test["ci_low"], test["ci_high"]),
-            "min_effect": test["min_effect_auroc"], "versus": versus, "reasons": "; ".join(test["reasons"]) or "—",
-            "incremental": incremental_text(test["incremental"]),
-        })
+        versus = (
+            "; ".join(
+                f"{v['baseline'].replace('_', ' ')}: Δ {fmt(v['delta'])} [{fmt(v['ci_low'])}, {fmt(v['ci_high'])}]"
+                f" ({'beaten' if v['beaten'] else 'not beaten'})"
+                for v in test["versus"]
+            )
+            or "—"
+        )
+        rows.append(
+            {
+                "r": r,
+                "verdict": test["verdict"],
+                "p_text": "—" if test["p_value"] is None else f"{test['p_value']:.4g}",
+                "n_violations": test["n_violations"],
+                "n_successes": test["n_successes"],
+                "j": "—" if test["j"] is None else test["j"],
+                "auroc_text": fmt_ci(test["auroc"], test["ci_low"], test["ci_high"]),
+                "min_effect": test["min_effect_auroc"],
+                "versus": versus,
+                "reasons": "; ".join(test["reasons"]) or "—",
+                "incremental": incremental_text(test["incremental"]),
+            }
+        )
     return rows
 
 
 def render(context: dict[str, Any]) -> str:
-    environment = Environment(loader=FileSystemLoader(TEMPLATES_DIR), autoescape=True, undefined=StrictUndefined,
-                              trim_blocks=True, lstrip_blocks=True)
+    environment = Environment(
+        loader=FileSystemLoader(TEMPLATES_DIR), autoescape=True, undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True
+    )
     return environment.get_template(TEMPLATE).render(**context)
 
 

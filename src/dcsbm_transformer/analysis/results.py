@@ -30,8 +30,13 @@ from .confirmatory import held_out_events
 from .files import HORIZON_FILE, SUMMARY_FILE, TOKEN_METRICS_FILE, find_analysis, read_horizon, read_index
 
 EVENT_COLUMNS = {
-    "event_r": "r", "event_step": "step", "event_vertex": "vertex", "event_target_block": "target_block",
-    "event_jumper": "jumper", "violated": "violated", "first_bad_edge_pass": "first_bad_edge_pass",
+    "event_r": "r",
+    "event_step": "step",
+    "event_vertex": "vertex",
+    "event_target_block": "target_block",
+    "event_jumper": "jumper",
+    "violated": "violated",
+    "first_bad_edge_pass": "first_bad_edge_pass",
 }
 
 
@@ -122,14 +127,30 @@ class Analysis:
             by_r = h["primary"]["by_r"] if role == "primary" else stats["by_r"]
             for r, entry in by_r.items():
                 for j, value in enumerate(entry["auroc"]):
-                    rows.append({
-                        "key": key, "target": stats["target"], "layer": stats["layer"], "head": stats["head"],
-                        "metric": stats["metric"], "role": role, "r": int(r), "j": j, "auroc": value,
-                        "ci_low": entry["ci_low"][j], "ci_high": entry["ci_high"][j], "auroc_pooled": entry["auroc_pooled"][j],
-                        "p_j": entry["p_per_j"][j], "p_j_holm": entry["p_per_j_holm"][j], "p": entry["p_value"],
-                        "p_adj": entry["p_adjusted"], "direction": entry["direction"], "status": entry["status"],
-                        "n_violations": entry["n_violations"], "n_successes": entry["n_successes"],
-                    })
+                    rows.append(
+                        {
+                            "key": key,
+                            "target": stats["target"],
+                            "layer": stats["layer"],
+                            "head": stats["head"],
+                            "metric": stats["metric"],
+                            "role": role,
+                            "r": int(r),
+                            "j": j,
+                            "auroc": value,
+                            "ci_low": entry["ci_low"][j],
+                            "ci_high": entry["ci_high"][j],
+                            "auroc_pooled": entry["auroc_pooled"][j],
+                            "p_j": entry["p_per_j"][j],
+                            "p_j_holm": entry["p_per_j_holm"][j],
+                            "p": entry["p_value"],
+                            "p_adj": entry["p_adjusted"],
+                            "direction": entry["direction"],
+                            "status": entry["status"],
+                            "n_violations": entry["n_violations"],
+                            "n_successes": entry["n_successes"],
+                        }
+                    )
         return pd.DataFrame(rows).astype({"auroc": float, "ci_low": float, "ci_high": float, "p_j": float, "p": float, "p_adj": float})
 
 

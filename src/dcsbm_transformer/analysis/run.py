@@ -35,14 +35,21 @@ from ..storage import remove_stale_temporaries, sha256_file, write_npz
 from ..training.lock import RunLock
 from .continuations import RULE_VIOLATED, TARGETS
 from .events import draw_analysis_events
-from .horizon import horizon_for_run
-from .report import write_report
 from .files import (
-    CONTEXT_PREFIX, TOKEN_METRICS_FILE, analysis_root, default_name, finished_summary, read_index,
-    record_analysis, settings_digest, write_summary,
+    CONTEXT_PREFIX,
+    TOKEN_METRICS_FILE,
+    analysis_root,
+    default_name,
+    finished_summary,
+    read_index,
+    record_analysis,
+    settings_digest,
+    write_summary,
 )
+from .horizon import horizon_for_run
 from .measure import Measurements, measure
 from .metrics import METRICS, compute_metrics, spectrum
+from .report import write_report
 from .statistics import constant_arrays, lookback_view
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -61,16 +68,23 @@ def metric_versions() -> dict[str, int]:
     return {name: int(getattr(metric, "version", 1)) for name, metric in METRICS.items()}
 
 
-def analysis_settings(analysis: AnalysisConfig, checkpoint: Path, *, precision: str, include_failed: bool,
-                      checkpoint_sha256: str | None = None) -> dict[str, Any]:
+def analysis_settings(
+    analysis: AnalysisConfig, checkpoint: Path, *, precision: str, include_failed: bool, checkpoint_sha256: str | None = None
+) -> dict[str, Any]:
     """Everything that changes what an analysis computes: its identity and folder name."""
     block = analysis.model_dump(mode="json")
     block.pop("chunk_mb")  # memory per chunk: changes no value
     return {
-        "events": analysis.events, "stream": analysis.stream, "top_k": analysis.top_k, "temperature": analysis.temperature,
-        "precision": precision, "checkpoint": checkpoint.name,
-        "checkpoint_sha256": checkpoint_sha256 or sha256_file(checkpoint), "include_failed": include_failed,
-        "metrics": metric_versions(), "analysis": block,
+        "events": analysis.events,
+        "stream": analysis.stream,
+        "top_k": analysis.top_k,
+        "temperature": analysis.temperature,
+        "precision": precision,
+        "checkpoint": checkpoint.name,
+        "checkpoint_sha256": checkpoint_sha256 or sha256_file(checkpoint),
+        "include_failed": include_failed,
+        "metrics": metric_versions(),
+        "analysis": block,
     }
 
 
@@ -98,7 +112,9 @@ def analysis_folder_for(run_dir: Path, settings: dict[str, Any], name: str | Non
         if entry["settings_sha256"] == digest:
             return root / entry["name"], name
     if (root / name).exists():
-        raise AnalysisNameError(f"--name {name!r}: {root / name} exists and is not a finished analysis of this run; choose another name")
+        raise AnalysisNameError(
+            f"--name {name!r}: {root / name} exists and is not a finished analysis of this run; choose another name"
+        )
     return root / name, name
 
 
@@ -146,14 +162,29 @@ def analyze_run(
     with RunLock(run.directory):
         horizon_for_run(out_dir, config, summary, check=check, echo=echo)
         report = write_report(out_dir)
-        record_analysis(run.directory, out_dir.name, settings, label=label, from_run_config=from_run_config,
-                        overrides=dict(overrides or {}) | ({"analysis.events": events} if events is not None else {}))
+        record_analysis(
+            run.directory,
+            out_dir.name,
+            settings,
+            label=label,
+            from_run_config=from_run_config,
+            overrides=dict(overrides or {}) | ({"analysis.events": events} if events is not None else {}),
+        )
     echo(f"report: {report}")
     return summary
 
 
-def _measure_run(run: Run, config: ExperimentConfig, settings: dict[str, Any], exploratory: bool, out_dir: Path, device: str,
-                 precision: str, started: float, echo: Callable[[str], None]) -> dict[str, Any]:
+def _measure_run(
+    run: Run,
+    config: ExperimentConfig,
+    settings: dict[str, Any],
+    exploratory: bool,
+    out_dir: Path,
+    device: str,
+    precision: str,
+    started: float,
+    echo: Callable[[str], None],
+) -> dict[str, Any]:
     """Draw the events, continue and measure them, write token_metrics.npz and summary.json."""
     with RunLock(run.directory):
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -168,8 +199,14 @@ def _measure_run(run: Run, config: ExperimentConfig, settings: dict[str, Any], e
             f"{int(drawn.r.max())} passes each, on {torch_device}" + (" — EXPLORATORY: the gate did not pass" if exploratory else "")
         )
         measured = measure(
-            model, run.graph, drawn, top_k=settings["top_k"], chunk_mb=config.analysis.chunk_mb,
-            temperature=settings["temperature"], seed=config.seed, stream=config.analysis.stream,
+            model,
+            run.graph,
+            drawn,
+            top_k=settings["top_k"],
+            chunk_mb=config.analysis.chunk_mb,
+            temperature=settings["temperature"],
+            seed=config.seed,
+            stream=config.analysis.stream,
             autocast=autocast_factory(precision, torch_device),
         )
         write_started = time.perf_counter()
@@ -256,10 +293,15 @@ def summary_payload(run: Run, events, measured: Measurements, settings, explorat
     by_rule = []
     for j in range(graph.n_jumpers):
         mine = events.jumper == j
-        by_rule.append({
-            "rule": j, "vertex": int(graph.jumper_vertex[j]), "target_block": int(graph.jumper_target_block[j]),
-            "r": int(graph.jumper_r[j]), **_counts(labels.violated[mine], edge_clean[mine]),
-        })
+        by_rule.append(
+            {
+                "rule": j,
+                "vertex": int(graph.jumper_vertex[j]),
+                "target_block": int(graph.jumper_target_block[j]),
+                "r": int(graph.jumper_r[j]),
+                **_counts(labels.violated[mine], edge_clean[mine]),
+            }
+        )
     assert (labels.rule_outcome[np.arange(len(events)), events.r - 1] == RULE_VIOLATED)[labels.violated].all()  # pass order here
     return {
         "experiment_id": run.config.experiment_id,
@@ -282,5 +324,10 @@ def summary_payload(run: Run, events, measured: Measurements, settings, explorat
         "ov_circuits": ov_circuit_spectra(run.model),
         "token_metrics_sha256": npz_sha256,
         "timings": {},
-        "versions": {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__, "git_commit": git_commit()},
+        "versions": {
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "numpy": np.__version__,
+            "git_commit": git_commit(),
+        },
     }

@@ -65,10 +65,26 @@ from scipy.special import betaln
 from scipy.stats import norm, rankdata
 
 __all__ = [
-    "ALTERNATIVES", "SeparationResult", "auroc", "auroc_ci", "auroc_difference", "delong", "holm", "horizons", "lookback_view",
-    "perfect_separation_bound", "permuted_labels",
-    "r_strata", "separation", "separation_family", "stratified_auroc", "stratum_mask", "constant_arrays",
-    "holm_floor", "permutations_needed", "simultaneous_difference",
+    "ALTERNATIVES",
+    "SeparationResult",
+    "auroc",
+    "auroc_ci",
+    "auroc_difference",
+    "delong",
+    "holm",
+    "horizons",
+    "lookback_view",
+    "perfect_separation_bound",
+    "permuted_labels",
+    "r_strata",
+    "separation",
+    "separation_family",
+    "stratified_auroc",
+    "stratum_mask",
+    "constant_arrays",
+    "holm_floor",
+    "permutations_needed",
+    "simultaneous_difference",
 ]
 
 ALTERNATIVES = ("two-sided", "greater", "less")
@@ -338,8 +354,16 @@ def auroc_difference(first: np.ndarray, second: np.ndarray, violated: np.ndarray
     return {"delta": delta, "var": var, "ci_low": delta - z * se, "ci_high": delta + z * se, "p_value": p}
 
 
-def simultaneous_difference(first: np.ndarray, second: np.ndarray, violated: np.ndarray, jumper: np.ndarray, *,
-                            rng: np.random.Generator, level: float = 0.95, draws: int = 20_000) -> dict:
+def simultaneous_difference(
+    first: np.ndarray,
+    second: np.ndarray,
+    violated: np.ndarray,
+    jumper: np.ndarray,
+    *,
+    rng: np.random.Generator,
+    level: float = 0.95,
+    draws: int = 20_000,
+) -> dict:
     """Paired AUROC differences ``D_j = A(first_j) − A(second_j)`` at every column j with a
     *simultaneous* band: its error rate holds whichever column is looked at afterwards.
 
@@ -380,7 +404,15 @@ def simultaneous_difference(first: np.ndarray, second: np.ndarray, violated: np.
         cov_parts.append((nv * ns, np.atleast_2d(np.cov(d10, rowvar=False)) / nv + np.atleast_2d(np.cov(d01, rowvar=False)) / ns))
     nan = np.full(columns, np.nan)
     if den == 0:
-        return {"delta": nan, "se": nan, "low": nan, "high": nan, "p_adjusted": nan, "critical": float("nan"), "events": int(keep.sum())}
+        return {
+            "delta": nan,
+            "se": nan,
+            "low": nan,
+            "high": nan,
+            "p_adjusted": nan,
+            "critical": float("nan"),
+            "events": int(keep.sum()),
+        }
     delta = num / den
     cov = sum((weight / den) ** 2 * part for weight, part in cov_parts)
     se = np.sqrt(np.clip(np.diag(cov), 0.0, None))
@@ -396,8 +428,15 @@ def simultaneous_difference(first: np.ndarray, second: np.ndarray, violated: np.
     with np.errstate(invalid="ignore", divide="ignore"):
         t = np.abs(delta) / se
         p_adjusted = np.where(se > 0, (1 + (maxima[None, :] >= t[:, None]).sum(axis=1)) / (1 + draws), np.nan)
-    return {"delta": delta, "se": se, "low": delta - critical * se, "high": delta + critical * se,
-            "p_adjusted": p_adjusted, "critical": critical, "events": int(keep.sum())}
+    return {
+        "delta": delta,
+        "se": se,
+        "low": delta - critical * se,
+        "high": delta + critical * se,
+        "p_adjusted": p_adjusted,
+        "critical": critical,
+        "events": int(keep.sum()),
+    }
 
 
 def auroc_ci(a: np.ndarray, var: np.ndarray, level: float = 0.95) -> tuple[np.ndarray, np.ndarray]:
@@ -431,8 +470,7 @@ def auroc_ci(a: np.ndarray, var: np.ndarray, level: float = 0.95) -> tuple[np.nd
 # permutations, multiplicity, horizons
 
 
-def permuted_labels(violated: np.ndarray, jumper: np.ndarray, n_perm: int,
-                    rng: np.random.Generator) -> np.ndarray:
+def permuted_labels(violated: np.ndarray, jumper: np.ndarray, n_perm: int, rng: np.random.Generator) -> np.ndarray:
     """``[n_perm, E]`` bool: labels shuffled independently within each jumper (counts preserved)."""
     y = np.asarray(violated, dtype=bool)
     g = np.asarray(jumper)
@@ -489,8 +527,7 @@ CONSTANT_RTOL = 1e-5  # ~100 float32 ulps: a spread below this share of the arra
 CONSTANT_FLOOR = float(np.finfo(np.float32).tiny)  # the smallest normal float32: all-zero arrays are constant
 
 
-def constant_arrays(arrays: dict[str, np.ndarray], rtol: float = CONSTANT_RTOL, *,
-                    atol: float = CONSTANT_FLOOR) -> list[str]:
+def constant_arrays(arrays: dict[str, np.ndarray], rtol: float = CONSTANT_RTOL, *, atol: float = CONSTANT_FLOOR) -> list[str]:
     """Names of the arrays that are constant up to rounding (NaN aside), in the order given.
 
     An array is constant when it has no finite value, or when its finite values satisfy::
@@ -619,6 +656,7 @@ class SeparationResult:
 
     def to_dict(self) -> dict:
         """Plain dict (arrays as lists, NaN kept as float NaN)."""
+
         def conv(v):
             if isinstance(v, np.ndarray):
                 return v.tolist()
@@ -627,11 +665,11 @@ class SeparationResult:
             if isinstance(v, tuple):
                 return [conv(w) for w in v]
             return v
+
         return {k: conv(v) for k, v in asdict(self).items()}
 
 
-def _permutation_deviations(x: np.ndarray, y: np.ndarray, g: np.ndarray, permutations: int,
-                            rng: np.random.Generator, chunk: int):
+def _permutation_deviations(x: np.ndarray, y: np.ndarray, g: np.ndarray, permutations: int, rng: np.random.Generator, chunk: int):
     """Yield, chunk by chunk, the stratified ``A_perm - 0.5`` ``[C, columns]`` of within-jumper shuffles.
 
     Per jumper, ranks are computed once for every column; for a chunk of label matrices ``L [C, n_s]``
@@ -677,20 +715,43 @@ def _family_max(stat: np.ndarray) -> np.ndarray:
     return np.where(defined, np.nanmax(np.where(np.isfinite(fam), fam, -np.inf), axis=-1), np.nan)
 
 
-def _observed(x: np.ndarray, y: np.ndarray, g: np.ndarray, r_value: int, *, permutations: int, min_events: int,
-              threshold: float, alternative: str) -> tuple[SeparationResult, np.ndarray, np.ndarray]:
+def _observed(
+    x: np.ndarray,
+    y: np.ndarray,
+    g: np.ndarray,
+    r_value: int,
+    *,
+    permutations: int,
+    min_events: int,
+    threshold: float,
+    alternative: str,
+) -> tuple[SeparationResult, np.ndarray, np.ndarray]:
     """Everything but the permutation test for one metric in one stratum: (result, valid lookbacks,
     observed per-lookback statistic)."""
     nv_tot, ns_tot = int(y.sum()), int((~y).sum())
     counts = {int(s): (int((y & (g == s)).sum()), int((~y & (g == s)).sum())) for s in np.unique(g)}
     ncol = x.shape[1]
     nan = np.full(ncol, np.nan)
-    base = dict(r=r_value, n_violations=nv_tot, n_successes=ns_tot, counts_per_jumper=counts,
-                permutations=permutations, threshold=threshold, min_events=min_events, alternative=alternative)
+    base = dict(
+        r=r_value,
+        n_violations=nv_tot,
+        n_successes=ns_tot,
+        counts_per_jumper=counts,
+        permutations=permutations,
+        threshold=threshold,
+        min_events=min_events,
+        alternative=alternative,
+    )
     if nv_tot < min_events or ns_tot < min_events:
-        result = SeparationResult(status="insufficient", auroc=nan.copy(), auroc_pooled=nan.copy(),
-                                  auroc_per_jumper={s: nan.copy() for s in counts}, ci_low=nan.copy(),
-                                  ci_high=nan.copy(), **base)
+        result = SeparationResult(
+            status="insufficient",
+            auroc=nan.copy(),
+            auroc_pooled=nan.copy(),
+            auroc_per_jumper={s: nan.copy() for s in counts},
+            ci_low=nan.copy(),
+            ci_high=nan.copy(),
+            **base,
+        )
         return result, np.zeros(ncol, dtype=bool), nan.copy()
     fin = np.isfinite(x)
     valid = ((fin & y[:, None]).sum(axis=0) >= min_events) & ((fin & ~y[:, None]).sum(axis=0) >= min_events)
@@ -702,9 +763,15 @@ def _observed(x: np.ndarray, y: np.ndarray, g: np.ndarray, r_value: int, *, perm
     if not valid[1:].any():  # nothing testable (no lookback j >= 1): counts and the j = 0 AUROC only
         a = np.where(valid, st["auroc"], np.nan)
         lo, hi = auroc_ci(a, st["var"])
-        result = SeparationResult(status="insufficient", auroc=a, auroc_pooled=np.where(valid, auroc(x, y), np.nan),
-                                  auroc_per_jumper={s: nan.copy() for s in counts}, ci_low=np.where(valid, lo, np.nan),
-                                  ci_high=np.where(valid, hi, np.nan), **base)
+        result = SeparationResult(
+            status="insufficient",
+            auroc=a,
+            auroc_pooled=np.where(valid, auroc(x, y), np.nan),
+            auroc_per_jumper={s: nan.copy() for s in counts},
+            ci_low=np.where(valid, lo, np.nan),
+            ci_high=np.where(valid, hi, np.nan),
+            **base,
+        )
         return result, np.zeros(ncol, dtype=bool), nan.copy()
     a = np.where(valid, st["auroc"], np.nan)
     lo, hi = auroc_ci(a, st["var"])
@@ -719,17 +786,33 @@ def _observed(x: np.ndarray, y: np.ndarray, g: np.ndarray, r_value: int, *, perm
     horizon_lower, confident_lower = horizons(1 - a, 1 - ci_high, threshold)
     obs = _statistic(a - 0.5, alternative)
     best_j = None if not np.isfinite(obs[1:]).any() else int(np.nanargmax(obs[1:]) + 1)
-    direction = None if best_j is None else ("higher before violations" if a[best_j] > 0.5
-                                             else "lower before violations")
-    result = SeparationResult(status="ok", auroc=a, auroc_pooled=pooled, auroc_per_jumper=per_jumper,
-                              ci_low=ci_low, ci_high=ci_high, horizon=horizon, confident_horizon=confident,
-                              horizon_lower=horizon_lower, confident_horizon_lower=confident_lower,
-                              direction=direction, best_j=best_j, **base)
+    direction = None if best_j is None else ("higher before violations" if a[best_j] > 0.5 else "lower before violations")
+    result = SeparationResult(
+        status="ok",
+        auroc=a,
+        auroc_pooled=pooled,
+        auroc_per_jumper=per_jumper,
+        ci_low=ci_low,
+        ci_high=ci_high,
+        horizon=horizon,
+        confident_horizon=confident,
+        horizon_lower=horizon_lower,
+        confident_horizon_lower=confident_lower,
+        direction=direction,
+        best_j=best_j,
+        **base,
+    )
     return result, valid, obs
 
 
-def _permutation_test(tested: list[tuple[SeparationResult, np.ndarray, np.ndarray, np.ndarray]], y: np.ndarray,
-                      g: np.ndarray, permutations: int, rng: np.random.Generator, chunk: int) -> None:
+def _permutation_test(
+    tested: list[tuple[SeparationResult, np.ndarray, np.ndarray, np.ndarray]],
+    y: np.ndarray,
+    g: np.ndarray,
+    permutations: int,
+    rng: np.random.Generator,
+    chunk: int,
+) -> None:
     """Fill in the permutation p-values of every (result, x, valid, observed statistic) in ``tested``,
     all from the same within-jumper shuffles (one wide rank-sum product per chunk)."""
     if not tested:
@@ -742,10 +825,10 @@ def _permutation_test(tested: list[tuple[SeparationResult, np.ndarray, np.ndarra
     for deviation in _permutation_deviations(wide, y, g, permutations, rng, chunk):
         c = deviation.shape[0]
         for i, (result, _, valid, obs) in enumerate(tested):
-            part = deviation[:, bounds[i]:bounds[i + 1]]
+            part = deviation[:, bounds[i] : bounds[i + 1]]
             part[:, ~valid] = np.nan
             stat = _statistic(part, result.alternative)
-            t_perm[i][done:done + c] = _family_max(stat)
+            t_perm[i][done : done + c] = _family_max(stat)
             with np.errstate(invalid="ignore"):
                 exceed[i] += np.sum(stat >= obs[None, :] - _TOL, axis=0)
         done += c
@@ -758,10 +841,19 @@ def _permutation_test(tested: list[tuple[SeparationResult, np.ndarray, np.ndarra
         result.shuffled_95 = float(np.quantile(t_perm[i], 0.95))
 
 
-def separation_family(arrays: dict[str, np.ndarray], violated: np.ndarray, jumper: np.ndarray, r: np.ndarray, *,
-                      permutations: int = 10_000, rng: np.random.Generator, min_events: int = 20,
-                      threshold: float = 0.75, chunk: int = 250,
-                      alternatives: dict[str, str] | None = None) -> dict[str, dict[int, SeparationResult]]:
+def separation_family(
+    arrays: dict[str, np.ndarray],
+    violated: np.ndarray,
+    jumper: np.ndarray,
+    r: np.ndarray,
+    *,
+    permutations: int = 10_000,
+    rng: np.random.Generator,
+    min_events: int = 20,
+    threshold: float = 0.75,
+    chunk: int = 250,
+    alternatives: dict[str, str] | None = None,
+) -> dict[str, dict[int, SeparationResult]]:
     """:func:`separation` of many metrics on the same events: ``{name: {r: result}}``.
 
     Every metric is tested on the *same* within-jumper shuffles (drawn once per chunk and ``r``
@@ -787,8 +879,16 @@ def separation_family(arrays: dict[str, np.ndarray], violated: np.ndarray, jumpe
         tested = []
         for name, values in arrays.items():
             x = np.asarray(values, dtype=np.float64)[m, :rv]  # lookback order: column j = lookback j
-            result, valid, obs = _observed(x, y[m], g[m], rv, permutations=permutations, min_events=min_events,
-                                           threshold=threshold, alternative=alternatives.get(name, "two-sided"))
+            result, valid, obs = _observed(
+                x,
+                y[m],
+                g[m],
+                rv,
+                permutations=permutations,
+                min_events=min_events,
+                threshold=threshold,
+                alternative=alternatives.get(name, "two-sided"),
+            )
             out[name][rv] = result
             if permutations > 0 and result.best_j is not None:
                 tested.append((result, x, valid, obs))
@@ -796,9 +896,19 @@ def separation_family(arrays: dict[str, np.ndarray], violated: np.ndarray, jumpe
     return out
 
 
-def separation(values: np.ndarray, violated: np.ndarray, jumper: np.ndarray, r: np.ndarray, *,
-               permutations: int = 10_000, rng: np.random.Generator, min_events: int = 20,
-               threshold: float = 0.75, chunk: int = 250, alternative: str = "two-sided") -> dict[int, SeparationResult]:
+def separation(
+    values: np.ndarray,
+    violated: np.ndarray,
+    jumper: np.ndarray,
+    r: np.ndarray,
+    *,
+    permutations: int = 10_000,
+    rng: np.random.Generator,
+    min_events: int = 20,
+    threshold: float = 0.75,
+    chunk: int = 250,
+    alternative: str = "two-sided",
+) -> dict[int, SeparationResult]:
     """Separation of violations from successes by one metric, per ``r`` stratum.
 
     ``values [E, lookbacks]`` (NaN where undefined; lookback ``j`` in column ``j``, as in
@@ -820,6 +930,15 @@ def separation(values: np.ndarray, violated: np.ndarray, jumper: np.ndarray, r: 
     values = np.asarray(values, dtype=np.float64)
     if not (np.shape(violated) == np.shape(jumper) == np.shape(r) == (values.shape[0],)):
         raise ValueError("violated, jumper and r must be [E] matching values [E, lookbacks]")
-    return separation_family({"values": values}, violated, jumper, r, permutations=permutations, rng=rng,
-                             min_events=min_events, threshold=threshold, chunk=chunk,
-                             alternatives={"values": alternative})["values"]
+    return separation_family(
+        {"values": values},
+        violated,
+        jumper,
+        r,
+        permutations=permutations,
+        rng=rng,
+        min_events=min_events,
+        threshold=threshold,
+        chunk=chunk,
+        alternatives={"values": alternative},
+    )["values"]

@@ -6,6 +6,13 @@ from .report import add_report_parser, command_report, default_out, report
 from .runs import ComparisonError, Run, filter_runs, find_runs, parse_where
 
 __all__ = [
-    "ComparisonError", "Run", "add_report_parser", "command_report", "default_out", "filter_runs", "find_runs",
-    "parse_where", "report",
+    "ComparisonError",
+    "Run",
+    "add_report_parser",
+    "command_report",
+    "default_out",
+    "filter_runs",
+    "find_runs",
+    "parse_where",
+    "report",
 ]

@@ -124,9 +124,19 @@ def draw_compliance(entries: list[dict[str, Any]], threshold: float | None) -> b
                     continue
                 x = float(v["r_over_w"])
                 failed = not e["gate"]["passed"]
-                axis.plot([x + offsets[e["series"]]], [v[which]], marker="o", linestyle="",
-                          markerfacecolor="white" if failed else colours[e["series"]], color=colours[e["series"]], alpha=0.8, zorder=3)
-                axis.plot([x + offsets[e["series"]]], [v["chance_bigram_sampling_mean"]], marker="x", color="0.6", linestyle="", zorder=2)
+                axis.plot(
+                    [x + offsets[e["series"]]],
+                    [v[which]],
+                    marker="o",
+                    linestyle="",
+                    markerfacecolor="white" if failed else colours[e["series"]],
+                    color=colours[e["series"]],
+                    alpha=0.8,
+                    zorder=3,
+                )
+                axis.plot(
+                    [x + offsets[e["series"]]], [v["chance_bigram_sampling_mean"]], marker="x", color="0.6", linestyle="", zorder=2
+                )
                 groups[(e["series"], x)].append(v[which])
         _summaries(axis, groups, colours, offsets, bounds=(0.0, 1.0))
         if threshold is not None:
@@ -194,9 +204,11 @@ def _horizon_points(entries: list[dict[str, Any]]):
             yield e["series"], float(v["r_over_w"]), int(r), {t: v[t] for t in TARGETS}
 
 
-HORIZON_ROWS = (("horizon", "predictive horizon", "lookback j (tokens before the deadline)"),
-                ("confident_horizon", "confident horizon", "lookback j (tokens before the deadline)"),
-                ("horizon_over_r", "predictive horizon / r", "share of the jump length r"))
+HORIZON_ROWS = (
+    ("horizon", "predictive horizon", "lookback j (tokens before the deadline)"),
+    ("confident_horizon", "confident horizon", "lookback j (tokens before the deadline)"),
+    ("horizon_over_r", "predictive horizon / r", "share of the jump length r"),
+)
 
 
 def draw_horizons(entries: list[dict[str, Any]]) -> bytes | None:
@@ -222,8 +234,14 @@ def draw_horizons(entries: list[dict[str, Any]]) -> bytes | None:
                 if any(side["status"] == "insufficient" for side in sides):
                     side = next(side for side in sides if side["status"] == "insufficient")
                     axis.plot([xe], [0.0], marker="x", linestyle="", color=colours[label], zorder=3)
-                    axis.annotate(f"insufficient\n{side['n_violations']}/{side['n_successes']}", (xe, 0.0),
-                                  textcoords="offset points", xytext=(4, -14), fontsize=6, color="0.35")
+                    axis.annotate(
+                        f"insufficient\n{side['n_violations']}/{side['n_successes']}",
+                        (xe, 0.0),
+                        textcoords="offset points",
+                        xytext=(4, -14),
+                        fontsize=6,
+                        color="0.35",
+                    )
                     continue
                 if target == "difference":
                     a, b = values["qkt"][field], values["avwo"][field]
@@ -233,8 +251,9 @@ def draw_horizons(entries: list[dict[str, Any]]) -> bytes | None:
                 if y is None:
                     continue
                 axis.plot([xe], [y], marker="o", linestyle="", color=colours[label], alpha=0.8, zorder=3)
-                axis.annotate(f"n={sides[0]['n_violations']}", (xe, y), textcoords="offset points", xytext=(4, 3), fontsize=6,
-                              color="0.35")
+                axis.annotate(
+                    f"n={sides[0]['n_violations']}", (xe, y), textcoords="offset points", xytext=(4, 3), fontsize=6, color="0.35"
+                )
                 groups[(label, x)].append(float(y))
             _summaries(axis, groups, colours, offsets, bounds=(None, None) if target == "difference" else (0.0, None))
             _rw_axis(axis, xs)
@@ -292,7 +311,7 @@ def draw_auroc(entries: list[dict[str, Any]], threshold: float | None) -> bytes 
         axis.set_ylabel("AUROC (violation vs success)", fontsize=8)
         axis.tick_params(labelsize=8)
         axis.legend(fontsize=7, loc="best")
-    for axis in axes[len(keys):]:
+    for axis in axes[len(keys) :]:
         axis.set_visible(False)
     metrics = sorted({e["primary"]["key"] for group in panels.values() for e, _ in group})
     figure.suptitle(f"primary metric: {', '.join(metrics)} (95% DeLong CI bands)", fontsize=9)

@@ -67,8 +67,13 @@ def _gate_row(entry: dict[str, Any]) -> dict[str, Any]:
         text, passed = f"not passed: {g['failure_reason'] or 'within max_epochs'}", False
     by_r = "; ".join(f"r={r}: {_f(v['worst'])} / {_f(v['mean'])} ({v['rules']})" for r, v in (c or {}).get("by_r", {}).items())
     return {
-        "run": _run_name(entry), "gate": text, "passed": passed, "epochs": g["epochs_trained"] if g else "–",
-        "edge": _f(c["edge"]) if c else "–", "worst": _f(c["worst"]) if c else "–", "mean": _f(c["mean"]) if c else "–",
+        "run": _run_name(entry),
+        "gate": text,
+        "passed": passed,
+        "epochs": g["epochs_trained"] if g else "–",
+        "edge": _f(c["edge"]) if c else "–",
+        "worst": _f(c["worst"]) if c else "–",
+        "mean": _f(c["mean"]) if c else "–",
         "by_r": by_r or "–",
     }
 
@@ -80,18 +85,24 @@ def _primary_rows(entry: dict[str, Any]) -> list[dict[str, Any]]:
     rows = []
     for r, v in p["by_r"].items():
         ok = v["status"] == "ok" and v["best_j"] is not None
-        rows.append({
-            "run": _run_name(entry), "statement": p["statement"], "r": r,
-            "counts": f"{v['n_violations']} / {v['n_successes']}", "best_j": v["best_j"] if ok else "–",
-            "auroc": f"{_f(v['auroc'])} [{_f(v['ci_low'])}, {_f(v['ci_high'])}]" if ok else v["status"],
-            "p": _f(v["p_value"], 4) if ok else "–",
-            "verdict": v["verdict"] if v["held_out_p"] is None else f"{v['verdict']} (held-out p = {v['held_out_p']:.4g})",
-            "by_layer": "; ".join(
-                f"{TARGET_NAMES[x['target']]} L{x['layer']}H{x['head']} "
-                + (f"{_f(x['auroc'])} (j={x['best_j']}){'*' if x['significant'] else ''}" if x["status"] == "ok" else x["status"])
-                for x in v["by_layer"].values()
-            ) or "–",
-        })
+        rows.append(
+            {
+                "run": _run_name(entry),
+                "statement": p["statement"],
+                "r": r,
+                "counts": f"{v['n_violations']} / {v['n_successes']}",
+                "best_j": v["best_j"] if ok else "–",
+                "auroc": f"{_f(v['auroc'])} [{_f(v['ci_low'])}, {_f(v['ci_high'])}]" if ok else v["status"],
+                "p": _f(v["p_value"], 4) if ok else "–",
+                "verdict": v["verdict"] if v["held_out_p"] is None else f"{v['verdict']} (held-out p = {v['held_out_p']:.4g})",
+                "by_layer": "; ".join(
+                    f"{TARGET_NAMES[x['target']]} L{x['layer']}H{x['head']} "
+                    + (f"{_f(x['auroc'])} (j={x['best_j']}){'*' if x['significant'] else ''}" if x["status"] == "ok" else x["status"])
+                    for x in v["by_layer"].values()
+                )
+                or "–",
+            }
+        )
     return rows
 
 
@@ -115,11 +126,18 @@ def _horizon_rows(entry: dict[str, Any]) -> list[dict[str, Any]]:
         difference = f"{q['horizon'] - a['horizon']:+d}" if both else "–"
         if both and confident:
             difference += f" ({q['confident_horizon'] - a['confident_horizon']:+d})"
-        rows.append({
-            "run": _run_name(entry), "series": entry["series"],
-            "metric": f"{p['metric']} (layer {p['layer']}, head {p['head']}, {p['direction']})",
-            "r": r, "rw": f"{v['r_over_w']:g}", "qkt": _horizon_text(q), "avwo": _horizon_text(a), "difference": difference,
-        })
+        rows.append(
+            {
+                "run": _run_name(entry),
+                "series": entry["series"],
+                "metric": f"{p['metric']} (layer {p['layer']}, head {p['head']}, {p['direction']})",
+                "r": r,
+                "rw": f"{v['r_over_w']:g}",
+                "qkt": _horizon_text(q),
+                "avwo": _horizon_text(a),
+                "difference": difference,
+            }
+        )
     return rows
 
 
@@ -127,8 +145,10 @@ def _excluded_counts(excluded: list[dict[str, Any]]) -> str:
     gate_failed = sum(item["reason"].startswith("excluded from analysis") for item in excluded)
     not_analysed = sum(item["reason"].startswith("gate passed,") for item in excluded)
     other = len(excluded) - gate_failed - not_analysed
-    return (f"{len(excluded)} run(s) left out of the horizon figures: {gate_failed} gate not passed, "
-            f"{not_analysed} gate passed but not analysed, {other} unfinished, unreadable, duplicate or exploratory.")
+    return (
+        f"{len(excluded)} run(s) left out of the horizon figures: {gate_failed} gate not passed, "
+        f"{not_analysed} gate passed but not analysed, {other} unfinished, unreadable, duplicate or exploratory."
+    )
 
 
 def render_page(comparison: dict[str, Any], pngs: dict[str, bytes | None]) -> str:
@@ -138,10 +158,15 @@ def render_page(comparison: dict[str, Any], pngs: dict[str, bytes | None]) -> st
     figures = []
     for name, (title, caption) in FIGURES.items():
         png = pngs.get(name)
-        figures.append({
-            "name": name, "title": title, "caption": caption, "data_uri": data_uri(png) if png else None,
-            "missing": "no run qualifies for this figure (see the runs left out above)",
-        })
+        figures.append(
+            {
+                "name": name,
+                "title": title,
+                "caption": caption,
+                "data_uri": data_uri(png) if png else None,
+                "missing": "no run qualifies for this figure (see the runs left out above)",
+            }
+        )
     context = {
         "generated": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "roots": comparison["roots"],
@@ -152,8 +177,7 @@ def render_page(comparison: dict[str, Any], pngs: dict[str, bytes | None]) -> st
         "listing": listing_rows(entries),
         "differing_keys": keys,
         "differences": [
-            {"run": _run_name(e), "cells": [str(e["differs"].get(key, "–")) for key in keys]}
-            for e in entries if e["differs"]
+            {"run": _run_name(e), "cells": [str(e["differs"].get(key, "–")) for key in keys]} for e in entries if e["differs"]
         ],
         "gate_rows": [_gate_row(e) for e in entries],
         "primary_rows": [row for e in entries if e["in_horizon_figures"] for row in _primary_rows(e)],
@@ -165,6 +189,7 @@ def render_page(comparison: dict[str, Any], pngs: dict[str, bytes | None]) -> st
         "gate_interval": GATE_INTERVAL,
         "figures": figures,
     }
-    environment = Environment(loader=FileSystemLoader(TEMPLATES_DIR), autoescape=True, undefined=StrictUndefined,
-                              trim_blocks=True, lstrip_blocks=True)
+    environment = Environment(
+        loader=FileSystemLoader(TEMPLATES_DIR), autoescape=True, undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True
+    )
     return environment.get_template(TEMPLATE).render(**context)

@@ -54,8 +54,9 @@ def _thresholds(entries: list[dict[str, Any]], runs) -> tuple[float | None, floa
     return (gates.pop() if len(gates) == 1 else None), (horizons.pop() if len(horizons) == 1 else None)
 
 
-def report(paths: list[Path], where: list[str], out: Path | None = None, echo: Callable[[str], None] = print,
-           analysis: str | None = None) -> Path:
+def report(
+    paths: list[Path], where: list[str], out: Path | None = None, echo: Callable[[str], None] = print, analysis: str | None = None
+) -> Path:
     """Compare the runs under ``paths`` (run folders or results roots) that match ``where``.
 
     ``echo`` gets the listing (every matching run with its key parameters and status) and the
@@ -103,16 +104,33 @@ def add_report_parser(subparsers) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
         "report", help="compare runs: list them, tabulate what differs, gate outcomes, compliance and horizons, with figures"
     )
-    parser.add_argument("results_dirs", metavar="RESULTS_DIR", nargs="+",
-                        help="a run folder (results/<experiment_id>) or a results root holding run folders")
-    parser.add_argument("--where", action="append", default=[], metavar="KEY=VALUE",
-                        help="keep runs whose dotted config key has this value (JSON, else a string): seed=2, "
-                        "graph.jump_scales=[0.9], model.context_window=16, or r=8 (any jumper's r); repeat to combine "
-                        "(different keys: all must hold; the same key: any of its values)")
-    parser.add_argument("--out", default=None, metavar="DIR",
-                        help="folder for comparison.html, comparison.json and figures/ (default: <first results root>/comparison)")
-    parser.add_argument("--analysis", default=None, metavar="NAME",
-                        help="compare only the analysis with this name or label (default: every analysis of every run, one row each)")
+    parser.add_argument(
+        "results_dirs",
+        metavar="RESULTS_DIR",
+        nargs="+",
+        help="a run folder (results/<experiment_id>) or a results root holding run folders",
+    )
+    parser.add_argument(
+        "--where",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="keep runs whose dotted config key has this value (JSON, else a string): seed=2, "
+        "graph.jump_scales=[0.9], model.context_window=16, or r=8 (any jumper's r); repeat to combine "
+        "(different keys: all must hold; the same key: any of its values)",
+    )
+    parser.add_argument(
+        "--out",
+        default=None,
+        metavar="DIR",
+        help="folder for comparison.html, comparison.json and figures/ (default: <first results root>/comparison)",
+    )
+    parser.add_argument(
+        "--analysis",
+        default=None,
+        metavar="NAME",
+        help="compare only the analysis with this name or label (default: every analysis of every run, one row each)",
+    )
     parser.set_defaults(handler=command_report)
     return parser
 

@@ -111,8 +111,9 @@ class Run:
             return "unfinished: no epoch finished yet (running or interrupted)"
         training = self.result["training"]
         if not self.finished:
-            return (f"unfinished: {training['epochs_trained']}/{self.config.training.max_epochs} epochs trained "
-                    "(running or interrupted)")
+            return (
+                f"unfinished: {training['epochs_trained']}/{self.config.training.max_epochs} epochs trained (running or interrupted)"
+            )
         if not training["gate_passed"]:
             reason = training["failure_reason"] or f"not passed within {self.config.training.max_epochs} epochs"
             exploratory = "; analysed anyway (--include-failed: exploratory)" if self.analysed else ""
@@ -167,8 +168,13 @@ def read_runs(folder: Path, analysis: str | None = None) -> list[Run]:
             return [bare(f"no analysis named {analysis!r}")]
     if not entries:
         stale = (folder / ANALYSIS_DIR / HORIZON_FILE).is_file()
-        return [bare("an analysis of an earlier version (analysis/horizon.json at the top): re-analyse the run" if stale
-                     else ("analysis unfinished (no analysis/index.json)" if (folder / ANALYSIS_DIR).is_dir() else None))]
+        return [
+            bare(
+                "an analysis of an earlier version (analysis/horizon.json at the top): re-analyse the run"
+                if stale
+                else ("analysis unfinished (no analysis/index.json)" if (folder / ANALYSIS_DIR).is_dir() else None)
+            )
+        ]
     runs = []
     for entry in entries:
         directory = folder / ANALYSIS_DIR / entry["name"]
@@ -182,8 +188,20 @@ def read_runs(folder: Path, analysis: str | None = None) -> list[Run]:
             summary = json.loads((directory / SUMMARY_FILE).read_text())
         except (OSError, ValueError):
             horizon, horizon_error = None, horizon_error or f"analysis/{entry['name']}/summary.json unreadable"
-        runs.append(Run(folder, config, config_error, result, result_error, horizon, horizon_error,
-                        analysis_name=entry["name"], summary=summary, registration=registration))
+        runs.append(
+            Run(
+                folder,
+                config,
+                config_error,
+                result,
+                result_error,
+                horizon,
+                horizon_error,
+                analysis_name=entry["name"],
+                summary=summary,
+                registration=registration,
+            )
+        )
     return runs
 
 
@@ -285,7 +303,11 @@ def parse_where(items: list[str]) -> dict[str, list[Any]]:
                 hint = f"{key} is a section; name one of its keys: " + ", ".join(k for k in CONFIG_KEYS if k.startswith(f"{key}."))
             else:
                 close = difflib.get_close_matches(key, [*CONFIG_KEYS, *DERIVED_KEYS], n=3, cutoff=0.5)
-                hint = f"did you mean {', '.join(close)}?" if close else "keys are dotted config keys such as graph.n, seed, model.context_window, or r"
+                hint = (
+                    f"did you mean {', '.join(close)}?"
+                    if close
+                    else "keys are dotted config keys such as graph.n, seed, model.context_window, or r"
+                )
             raise ComparisonError(f"--where {item!r}: {key!r} is not a config key ({hint})")
         value = _value(text.strip())
         if key == "r" and (not isinstance(value, int) or isinstance(value, bool)):

@@ -48,8 +48,15 @@ def parameters(run: Run) -> dict[str, Any]:
         return {key: None for key in ("n", "K", "w", "r", "r_over_w", "layers", "d_model", "seed", "train_walks")}
     w = c.model.context_window
     return {
-        "n": c.graph.n, "K": c.graph.K, "w": w, "r": run.r_values, "r_over_w": [_rw(r, w) for r in run.r_values],
-        "layers": c.model.n_layers, "d_model": c.model.d_model, "seed": c.seed, "train_walks": c.walks.train_walks,
+        "n": c.graph.n,
+        "K": c.graph.K,
+        "w": w,
+        "r": run.r_values,
+        "r_over_w": [_rw(r, w) for r in run.r_values],
+        "layers": c.model.n_layers,
+        "d_model": c.model.d_model,
+        "seed": c.seed,
+        "train_walks": c.walks.train_walks,
     }
 
 
@@ -74,8 +81,12 @@ NEGATIVE_CONTROL = "gate failed: negative control"
 def negative_control(run: Run) -> bool:
     """A run whose gate did not pass, analysed anyway (analysis.include_failed / --include-failed):
     where the rule cannot be known (r > w), a metric that still separates measures something else."""
-    return (run.state == "failed" and run.horizon is not None and run.summary is not None
-            and bool(run.summary["settings"].get("include_failed")))
+    return (
+        run.state == "failed"
+        and run.horizon is not None
+        and run.summary is not None
+        and bool(run.summary["settings"].get("include_failed"))
+    )
 
 
 def series_label(run: Run, keys: list[str]) -> str:
@@ -83,8 +94,9 @@ def series_label(run: Run, keys: list[str]) -> str:
     one series in the figures (their seeds are replicates, their r/w the x axis). Negative controls
     (gate failed, analysed anyway) form series of their own, labelled so."""
     shown = [key for key in keys if key not in AXIS_KEYS and key != "analysis.include_failed"]
-    label = "all runs" if not shown or run.config is None else ", ".join(
-        f"{key}={json.dumps(run.flat_config.get(key))}" for key in shown)
+    label = (
+        "all runs" if not shown or run.config is None else ", ".join(f"{key}={json.dumps(run.flat_config.get(key))}" for key in shown)
+    )
     return f"{label} [{NEGATIVE_CONTROL}]" if negative_control(run) else label
 
 
@@ -102,7 +114,12 @@ def compliance(run: Run) -> dict[str, Any] | None:
         return None
     w = run.config.model.context_window
     rules = [
-        {"rule": rule["rule"], "r": rule["r"], "compliance": rule["compliance"], "chance_bigram_sampling": rule["chance_bigram_sampling"]}
+        {
+            "rule": rule["rule"],
+            "r": rule["r"],
+            "compliance": rule["compliance"],
+            "chance_bigram_sampling": rule["chance_bigram_sampling"],
+        }
         for rule in run.result["rules"]
     ]
     values = [rule["compliance"] for rule in rules if rule["compliance"] is not None]
@@ -111,13 +128,20 @@ def compliance(run: Run) -> dict[str, Any] | None:
         own = [rule for rule in rules if rule["r"] == r]
         scored = [rule["compliance"] for rule in own if rule["compliance"] is not None]
         by_r[str(r)] = {
-            "r_over_w": _rw(r, w), "rules": len(own), "worst": min(scored) if scored else None, "mean": _mean(scored),
+            "r_over_w": _rw(r, w),
+            "rules": len(own),
+            "worst": min(scored) if scored else None,
+            "mean": _mean(scored),
             "chance_bigram_sampling_mean": _mean([rule["chance_bigram_sampling"] for rule in own]),
         }
     training = run.result["training"]
     return {
-        "edge": training["final_edge_compliance"], "rule_gate_score": training["final_rule_compliance"],
-        "worst": min(values) if values else None, "mean": _mean(values), "rules": rules, "by_r": by_r,
+        "edge": training["final_edge_compliance"],
+        "rule_gate_score": training["final_rule_compliance"],
+        "worst": min(values) if values else None,
+        "mean": _mean(values),
+        "rules": rules,
+        "by_r": by_r,
     }
 
 
@@ -126,15 +150,22 @@ def gate(run: Run) -> dict[str, Any] | None:
         return None
     training = run.result["training"]
     rule_threshold = run.config.gate.rule_threshold if run.config else None
-    edge_ok = (training["final_edge_compliance"] is not None and run.config is not None
-               and training["final_edge_compliance"] > run.config.gate.edge_threshold)
+    edge_ok = (
+        training["final_edge_compliance"] is not None
+        and run.config is not None
+        and training["final_edge_compliance"] > run.config.gate.edge_threshold
+    )
     by_r = {}
     for r, values in (compliance(run) or {}).get("by_r", {}).items():  # each r judged on its own rules
         by_r[r] = None if values["worst"] is None or rule_threshold is None else bool(edge_ok and values["worst"] > rule_threshold)
     return {
-        "finished": run.finished, "passed": training["gate_passed"], "epoch": training["gate_epoch"],
-        "epochs_trained": training["epochs_trained"], "max_epochs": run.config.training.max_epochs if run.config else None,
-        "failure_reason": training["failure_reason"], "passed_by_r": by_r,
+        "finished": run.finished,
+        "passed": training["gate_passed"],
+        "epoch": training["gate_epoch"],
+        "epochs_trained": training["epochs_trained"],
+        "max_epochs": run.config.training.max_epochs if run.config else None,
+        "failure_reason": training["failure_reason"],
+        "passed_by_r": by_r,
     }
 
 
@@ -161,17 +192,32 @@ def primary(run: Run) -> dict[str, Any] | None:
         test = confirmatory.get(r)
         by_r[r] = {
             "by_layer": _by_layer(run.horizon, r),
-            "status": entry["status"], "n_violations": entry["n_violations"], "n_successes": entry["n_successes"],
-            "best_j": j, "auroc": _at(entry["auroc"], j), "ci_low": _at(entry["ci_low"], j), "ci_high": _at(entry["ci_high"], j),
-            "ci_kind": "pointwise, at a lookback chosen after looking", "p_value": value,
+            "status": entry["status"],
+            "n_violations": entry["n_violations"],
+            "n_successes": entry["n_successes"],
+            "best_j": j,
+            "auroc": _at(entry["auroc"], j),
+            "ci_low": _at(entry["ci_low"], j),
+            "ci_high": _at(entry["ci_high"], j),
+            "ci_kind": "pointwise, at a lookback chosen after looking",
+            "p_value": value,
             "verdict": test["verdict"] if test is not None else "exploratory",
             "held_out_p": test["p_value"] if test is not None else None,
         }
     return {
-        "key": p["key"], "target": p["target"], "layer": p["layer"], "head": p["head"], "metric": p["metric"],
-        "direction": p["direction"], "statement": p["statement"], "registered": p["registered"], "summary": p["summary"],
-        "headline": run.horizon["headline"], "alpha": alpha,
-        "threshold": run.horizon["settings"]["horizon_threshold"], "by_r": by_r,
+        "key": p["key"],
+        "target": p["target"],
+        "layer": p["layer"],
+        "head": p["head"],
+        "metric": p["metric"],
+        "direction": p["direction"],
+        "statement": p["statement"],
+        "registered": p["registered"],
+        "summary": p["summary"],
+        "headline": run.horizon["headline"],
+        "alpha": alpha,
+        "threshold": run.horizon["settings"]["horizon_threshold"],
+        "by_r": by_r,
     }
 
 
@@ -187,17 +233,35 @@ def _by_layer(horizon: dict[str, Any], r: str) -> dict[str, dict[str, Any]]:
         if entry is None:
             continue
         j = entry["best_j"] if entry["status"] == "ok" else None
-        out[key] = {"target": stats["target"], "layer": stats["layer"], "head": stats["head"], "status": entry["status"],
-                    "best_j": j, "auroc": _at(entry["auroc"], j), "significant": entry["significant"]}
+        out[key] = {
+            "target": stats["target"],
+            "layer": stats["layer"],
+            "head": stats["head"],
+            "status": entry["status"],
+            "best_j": j,
+            "auroc": _at(entry["auroc"], j),
+            "significant": entry["significant"],
+        }
     return out
 
 
 def _horizon_of(horizon: dict[str, Any], key: str, r: str, direction: str) -> dict[str, Any]:
     """One target's horizons at r, read in ``direction``, with the class counts and the horizons as
     a share of r; ``status`` says when there are none ("insufficient": too few events, counts kept)."""
-    empty = {"key": key, "direction": direction, "horizon": None, "confident_horizon": None, "horizon_over_r": None,
-             "confident_over_r": None, "best_j": None, "n_violations": None, "n_successes": None,
-             "auroc": [], "ci_low": [], "ci_high": []}
+    empty = {
+        "key": key,
+        "direction": direction,
+        "horizon": None,
+        "confident_horizon": None,
+        "horizon_over_r": None,
+        "confident_over_r": None,
+        "best_j": None,
+        "n_violations": None,
+        "n_successes": None,
+        "auroc": [],
+        "ci_low": [],
+        "ci_high": [],
+    }
     if key in horizon["constant"]:
         return {**empty, "status": "constant (not tested)"}
     metric = horizon["primary"] if key == horizon["primary"]["key"] else horizon["metrics"].get(key)
@@ -207,11 +271,18 @@ def _horizon_of(horizon: dict[str, Any], key: str, r: str, direction: str) -> di
     suffix = "" if direction == "higher" else "_lower"
     horizon_j, confident = entry[f"horizon{suffix}"], entry[f"confident_horizon{suffix}"]
     return {
-        **empty, "status": entry["status"], "horizon": horizon_j, "confident_horizon": confident,
+        **empty,
+        "status": entry["status"],
+        "horizon": horizon_j,
+        "confident_horizon": confident,
         "horizon_over_r": None if horizon_j is None else round(horizon_j / int(r), 4),
         "confident_over_r": None if confident is None else round(confident / int(r), 4),
-        "best_j": entry["best_j"], "n_violations": entry["n_violations"], "n_successes": entry["n_successes"],
-        "auroc": entry["auroc"], "ci_low": entry["ci_low"], "ci_high": entry["ci_high"],
+        "best_j": entry["best_j"],
+        "n_violations": entry["n_violations"],
+        "n_successes": entry["n_successes"],
+        "auroc": entry["auroc"],
+        "ci_low": entry["ci_low"],
+        "ci_high": entry["ci_high"],
     }
 
 
@@ -237,8 +308,10 @@ def horizons(run: Run) -> dict[str, dict[str, Any]] | None:
         out[r] = {
             "r_over_w": _rw(int(r), run.config.model.context_window) if run.config else None,
             "avwo_direction_source": source,
-            **{target: _horizon_of(run.horizon, f"{target}.layer_{p['layer']}.head_{p['head']}.{p['metric']}", r, directions[target])
-               for target in TARGETS},
+            **{
+                target: _horizon_of(run.horizon, f"{target}.layer_{p['layer']}.head_{p['head']}.{p['metric']}", r, directions[target])
+                for target in TARGETS
+            },
         }
     return out
 
@@ -289,27 +362,35 @@ def run_entry(run: Run, keys: list[str]) -> dict[str, Any]:
     }
 
 
-def build_comparison(runs: list[Run], *, roots: list[str], where: list[str], conditions: dict[str, list[Any]], found: int) -> dict[str, Any]:
+def build_comparison(
+    runs: list[Run], *, roots: list[str], where: list[str], conditions: dict[str, list[Any]], found: int
+) -> dict[str, Any]:
     """The comparison.json payload: the filter, the differing keys, one entry per run, the exclusions."""
     keys = differing_keys([run for run in runs if run.duplicate_of is None])
     excluded = []
     for run in runs:
         left_out_compliance, left_out_horizons = exclusion(run)
         if left_out_horizons is not None:
-            excluded.append({
-                "experiment_id": run.experiment_id, "folder": str(run.folder), "analysis": run.analysis_name,
-                "figures": ["horizons"] if left_out_compliance is None else ["compliance", "horizons"],
-                "reason": left_out_horizons,
-            })
-    return _finite({
-        "schema_version": 2,  # 2: one entry per analysis (its own settings), registered verdicts
-        "roots": roots,
-        "filter": {"where": list(where), "conditions": conditions, "runs_found": found, "runs_matching": len(runs)},
-        "differing_keys": keys,
-        "horizon_rule": HORIZON_RULE,
-        "runs": [run_entry(run, keys) for run in runs],
-        "excluded": excluded,
-    })
+            excluded.append(
+                {
+                    "experiment_id": run.experiment_id,
+                    "folder": str(run.folder),
+                    "analysis": run.analysis_name,
+                    "figures": ["horizons"] if left_out_compliance is None else ["compliance", "horizons"],
+                    "reason": left_out_horizons,
+                }
+            )
+    return _finite(
+        {
+            "schema_version": 2,  # 2: one entry per analysis (its own settings), registered verdicts
+            "roots": roots,
+            "filter": {"where": list(where), "conditions": conditions, "runs_found": found, "runs_matching": len(runs)},
+            "differing_keys": keys,
+            "horizon_rule": HORIZON_RULE,
+            "runs": [run_entry(run, keys) for run in runs],
+            "excluded": excluded,
+        }
+    )
 
 
 def _finite(value: Any) -> Any:
@@ -354,10 +435,13 @@ def listing_rows(entries: list[dict[str, Any]]) -> list[list[str]]:
     for entry in entries:
         p = entry["parameters"]
         status = _listing_status(entry) + (f" [{entry['note']}]" if entry["note"] else "")
-        rows.append([
-            Path(entry["folder"]).name, *(_cell(p[key]) for key in ("n", "K", "w", "r", "r_over_w", "layers", "d_model", "seed", "train_walks")),
-            status,
-        ])
+        rows.append(
+            [
+                Path(entry["folder"]).name,
+                *(_cell(p[key]) for key in ("n", "K", "w", "r", "r_over_w", "layers", "d_model", "seed", "train_walks")),
+                status,
+            ]
+        )
     return rows
 
 

@@ -55,9 +55,7 @@ def build_data(config: ExperimentConfig) -> ExperimentData:
     walks = config.walks
     corpora = {}
     for name, count in (("train", walks.train_walks), ("eval", walks.eval_walks)):
-        corpora[name] = generate_corpus(
-            graph, count, walks.walk_length, walks.jumper_start_fraction, config.seed, f"{name}-walks"
-        )
+        corpora[name] = generate_corpus(graph, count, walks.walk_length, walks.jumper_start_fraction, config.seed, f"{name}-walks")
         verify_corpus(corpora[name], graph, name)
     return ExperimentData(graph, corpora["train"], corpora["eval"])
 
@@ -102,7 +100,9 @@ def read_data(directory: str | Path, config: ExperimentConfig) -> ExperimentData
     }
     for name, corpus in (("train", train), ("eval", eval_)):
         if corpus.walks.shape != expected[name]:
-            raise DataIntegrityError(f"{directory / (name + '.npz')}: walks have shape {corpus.walks.shape}, expected {expected[name]}")
+            raise DataIntegrityError(
+                f"{directory / (name + '.npz')}: walks have shape {corpus.walks.shape}, expected {expected[name]}"
+            )
     if graph.n != config.graph.n:
         raise DataIntegrityError(f"{directory / 'graph.npz'}: {graph.n} vertices, expected {config.graph.n}")
     return ExperimentData(graph, train, eval_)

@@ -117,7 +117,10 @@ def _vertices_for(graph: Graph, reach: np.ndarray, r_grid: np.ndarray, targets: 
             reachable = reach[r][members]  # [block_size, K]
             valid = reachable[:, target] & (reachable.sum(axis=1) >= 2) & ~used
             if not valid.any():
-                return None, f"no balanced set of non-trivial rules (block {b} has no free vertex whose r={r} rule to block {target} is non-trivial)"
+                return (
+                    None,
+                    f"no balanced set of non-trivial rules (block {b} has no free vertex whose r={r} rule to block {target} is non-trivial)",
+                )
             member = rng.choice(np.flatnonzero(valid))
             used[member] = True
             vertices.append(int(members[member]))

@@ -235,9 +235,7 @@ def start_vertices(graph: Graph, count: int, jumper_fraction: float, rng: np.ran
     return rng.permutation(np.concatenate([jumpers, others])).astype(np.int64)
 
 
-def generate_corpus(
-    graph: Graph, walk_count: int, walk_length: int, jumper_fraction: float, seed: int, stream: str
-) -> Corpus:
+def generate_corpus(graph: Graph, walk_count: int, walk_length: int, jumper_fraction: float, seed: int, stream: str) -> Corpus:
     """A corpus of ``walk_count`` rule-true walks for (seed, stream). Chunks use their own
     random streams, so the result does not depend on how the work is scheduled."""
     walker = RuleAwareWalker(graph, walk_length)

@@ -51,7 +51,8 @@ class ConditionResult(_Strict):
     edge: Proportion  # generated transitions that are edges
     edge_clean_events: Proportion  # events whose every scored generated transition is an edge
     attention_on_jumper: dict[str, Number] = Field(
-        description="layer_L.head_H -> mean weight from the last position to the jumper over passes 2..min(r, w)")
+        description="layer_L.head_H -> mean weight from the last position to the jumper over passes 2..min(r, w)"
+    )
 
 
 class PatchRule(_Strict):

@@ -170,8 +170,10 @@ def patch_jumpers(graph: Graph, jumper: np.ndarray, previous: np.ndarray) -> Pat
     candidates = np.where(same.any(axis=1, keepdims=True), same, other_target)  # [J, J]
     counts = candidates.sum(axis=1)
     if (counts == 0).any():
-        raise ValueError(f"{[graph.rule_labels[j] for j in np.flatnonzero(counts == 0)]}: no other jumper has another "
-                         "target block, so no patch can change the target")
+        raise ValueError(
+            f"{[graph.rule_labels[j] for j in np.flatnonzero(counts == 0)]}: no other jumper has another "
+            "target block, so no patch can change the target"
+        )
     # candidate lists as rows: column c of row j is j's c-th candidate (ascending rule index)
     order = np.argsort(~candidates, axis=1, kind="stable")
     jumper = np.asarray(jumper, dtype=np.int64)

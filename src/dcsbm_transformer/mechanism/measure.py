@@ -195,8 +195,9 @@ class Scored:
     edge_per_event: np.ndarray  # bool [E]: every scored generated transition is an edge
 
 
-def score_condition(graph: Graph, first: np.ndarray, generated: np.ndarray, vertex: np.ndarray,
-                    target: np.ndarray, r: np.ndarray) -> Scored:
+def score_condition(
+    graph: Graph, first: np.ndarray, generated: np.ndarray, vertex: np.ndarray, target: np.ndarray, r: np.ndarray
+) -> Scored:
     """Score continuations ``generated`` [E, steps] of prompts ending at ``first`` [E] (the jumper
     the model saw) against the rules (vertex, target block, r) [E], with the gate's scorer."""
     beyond = np.arange(generated.shape[1])[None, :] >= r[:, None]
@@ -210,8 +211,13 @@ def score_condition(graph: Graph, first: np.ndarray, generated: np.ndarray, vert
     is_edge = graph.dense_adjacency[np.maximum(source, 0), np.maximum(nxt, 0)] | ~scored
     obeyed = landed == target
     assert report.rule_events == len(first) and int(obeyed.sum()) == round((report.rule_compliance or 0) * len(first))
-    return Scored(obeyed, landed.astype(np.int64), int(round(report.edge_compliance * report.edge_transitions)),
-                  report.edge_transitions, is_edge.all(axis=1))
+    return Scored(
+        obeyed,
+        landed.astype(np.int64),
+        int(round(report.edge_compliance * report.edge_transitions)),
+        report.edge_transitions,
+        is_edge.all(axis=1),
+    )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -248,8 +254,15 @@ def _rule_rows(graph: Graph, jumper: np.ndarray, obeyed: np.ndarray) -> list[dic
     return [{"rule": j, **proportion(int(round(k[j])), int(n[j]))} for j in range(graph.n_jumpers)]
 
 
-def _condition_row(condition: Condition, graph: Graph, events: MechanismEvents, scored: Scored,
-                   attention: np.ndarray, r: np.ndarray, intact: Scored | None) -> dict:
+def _condition_row(
+    condition: Condition,
+    graph: Graph,
+    events: MechanismEvents,
+    scored: Scored,
+    attention: np.ndarray,
+    r: np.ndarray,
+    intact: Scored | None,
+) -> dict:
     """One condition's compliance: pooled and per rule (with the drop from the intact model), edges,
     and the mean attention from the last position to the jumper over passes 2..min(r, w) (``r`` [E]:
     the scored event's r; passes past it are not the event's)."""
@@ -263,7 +276,9 @@ def _condition_row(condition: Condition, graph: Graph, events: MechanismEvents, 
     with np.errstate(invalid="ignore"):
         reads = np.nanmean(passes.reshape(-1, *passes.shape[2:]), axis=0) if passes.size else np.full(passes.shape[2:], np.nan)
     return {
-        "name": condition.name, "kind": condition.kind, "layers": list(condition.layers),
+        "name": condition.name,
+        "kind": condition.kind,
+        "layers": list(condition.layers),
         "heads": None if condition.heads is None else list(condition.heads),
         "rule": proportion(int(scored.obeyed.sum()), len(scored.obeyed)),
         "rules": rules,
@@ -271,13 +286,15 @@ def _condition_row(condition: Condition, graph: Graph, events: MechanismEvents, 
         "edge_clean_events": proportion(int(scored.edge_per_event.sum()), len(scored.edge_per_event)),
         "attention_on_jumper": {
             f"layer_{layer}.head_{head}": (None if not np.isfinite(reads[layer, head]) else float(reads[layer, head]))
-            for layer in range(reads.shape[0]) for head in range(reads.shape[1])
+            for layer in range(reads.shape[0])
+            for head in range(reads.shape[1])
         },
     }
 
 
-def _patch_summary(graph: Graph, events: MechanismEvents, plan: PatchPlan, scored: Scored,
-                   chance_sampling: list[float | None]) -> dict:
+def _patch_summary(
+    graph: Graph, events: MechanismEvents, plan: PatchPlan, scored: Scored, chance_sampling: list[float | None]
+) -> dict:
     """Where patched continuations land at the patched jumper's deadline, per original rule and pooled."""
     patched_target = graph.jumper_target_block[plan.patched]
     original_target = graph.jumper_target_block[events.jumper]
@@ -293,25 +310,33 @@ def _patch_summary(graph: Graph, events: MechanismEvents, plan: PatchPlan, score
         mine = events.jumper == j
         into = np.unique(plan.patched[mine]).tolist()
         chance = [chance_sampling[p] for p in into]
-        by_rule.append({
-            "rule": j, "patched_with": into, "same_block": bool(plan.same_block[mine].all()) if mine.any() else None,
-            "chance_patched_target": None if None in chance or not chance else float(np.mean(chance)),
-            **shares(mine),
-        })
+        by_rule.append(
+            {
+                "rule": j,
+                "patched_with": into,
+                "same_block": bool(plan.same_block[mine].all()) if mine.any() else None,
+                "chance_patched_target": None if None in chance or not chance else float(np.mean(chance)),
+                **shares(mine),
+            }
+        )
     return {
         "same_block": proportion(int(plan.same_block.sum()), len(plan.same_block)),
         "prompt_edge": proportion(int(plan.edge.sum()), len(plan.edge)),
-        "note": ("every patch uses a jumper of the same block: the prompt stays in that block" if plan.same_block.all() else
-                 "some patches use another block's jumper (the graph has no same-block jumper with another target): "
-                 "then the prompt's last transition may not be an edge (prompt_edge counts those that are)"),
+        "note": (
+            "every patch uses a jumper of the same block: the prompt stays in that block"
+            if plan.same_block.all()
+            else "some patches use another block's jumper (the graph has no same-block jumper with another target): "
+            "then the prompt's last transition may not be an edge (prompt_edge counts those that are)"
+        ),
         "pooled": shares(np.ones(len(outcome), dtype=bool)),
         "by_rule": by_rule,
         "edge": proportion(scored.edge_hits, scored.edge_total),
     }
 
 
-def attention_statistics(attention: np.ndarray, violated: np.ndarray, jumper: np.ndarray, r: np.ndarray,
-                         min_events: int) -> list[dict]:
+def attention_statistics(
+    attention: np.ndarray, violated: np.ndarray, jumper: np.ndarray, r: np.ndarray, min_events: int
+) -> list[dict]:
     """Attention on the jumper (intact), [E, passes, L, H] in pass order, per layer and head and r
     stratum: mean ± CI per class and the jumper-stratified AUROC of violation with its CI, at every
     lookback j (list index j; None past the window)."""
@@ -328,11 +353,18 @@ def attention_statistics(attention: np.ndarray, violated: np.ndarray, jumper: np
                 v_mean, v_low, v_high, _ = mean_ci(x[y])
                 s_mean, s_low, s_high, _ = mean_ci(x[~y])
                 entry = {
-                    "n_violations": nv, "n_successes": ns,
+                    "n_violations": nv,
+                    "n_successes": ns,
                     "status": "ok" if min(nv, ns) >= min_events else "insufficient",
-                    "violations_mean": none(v_mean), "violations_ci_low": none(v_low), "violations_ci_high": none(v_high),
-                    "successes_mean": none(s_mean), "successes_ci_low": none(s_low), "successes_ci_high": none(s_high),
-                    "auroc": [None] * r_value, "auroc_ci_low": [None] * r_value, "auroc_ci_high": [None] * r_value,
+                    "violations_mean": none(v_mean),
+                    "violations_ci_low": none(v_low),
+                    "violations_ci_high": none(v_high),
+                    "successes_mean": none(s_mean),
+                    "successes_ci_low": none(s_low),
+                    "successes_ci_high": none(s_high),
+                    "auroc": [None] * r_value,
+                    "auroc_ci_low": [None] * r_value,
+                    "auroc_ci_high": [None] * r_value,
                 }
                 if entry["status"] == "ok":
                     stats = stratified_auroc(x, y, g)
@@ -343,9 +375,17 @@ def attention_statistics(attention: np.ndarray, violated: np.ndarray, jumper: np
     return out
 
 
-def measure_mechanism(model: TransformerLM, graph: Graph, events: MechanismEvents, layers: list[int], *,
-                      chance_sampling: list[float | None], min_events: int, device: torch.device | str = "cpu",
-                      echo: Callable[[str], None] = print) -> Measured:
+def measure_mechanism(
+    model: TransformerLM,
+    graph: Graph,
+    events: MechanismEvents,
+    layers: list[int],
+    *,
+    chance_sampling: list[float | None],
+    min_events: int,
+    device: torch.device | str = "cpu",
+    echo: Callable[[str], None] = print,
+) -> Measured:
     """Continue every event's prompt greedily under every condition (``conditions_for``) and score it."""
     timings: dict[str, float] = {}
     started = time.perf_counter()
@@ -361,8 +401,9 @@ def measure_mechanism(model: TransformerLM, graph: Graph, events: MechanismEvent
         torch.set_num_threads(max(1, threads - 1))
     try:
         means = mean_values(model, prompts)
-        rows, intact, intact_attention, patch = _run_conditions(model, graph, events, layers, prompts, means, plan, steps,
-                                                                chance_sampling, timings, device, echo)
+        rows, intact, intact_attention, patch = _run_conditions(
+            model, graph, events, layers, prompts, means, plan, steps, chance_sampling, timings, device, echo
+        )
     finally:
         torch.set_num_threads(threads)
     violated = ~intact.obeyed
@@ -383,8 +424,9 @@ def _run_conditions(model, graph, events, layers, prompts, means, plan, steps, c
             patched_prompts = torch.as_tensor(plan.prompts(events.prompts, graph), device=device)
             generated, attention = continue_greedy(model, patched_prompts, int(max(steps, patched_r.max())))
             patched_vertex = graph.jumper_vertex[plan.patched].astype(np.int64)
-            scored = score_condition(graph, patched_vertex, generated, patched_vertex,
-                                     graph.jumper_target_block[plan.patched].astype(np.int64), patched_r)
+            scored = score_condition(
+                graph, patched_vertex, generated, patched_vertex, graph.jumper_target_block[plan.patched].astype(np.int64), patched_r
+            )
             patch = _patch_summary(graph, events, plan, scored, chance_sampling)
             scored_r = patched_r
         else:
@@ -396,6 +438,8 @@ def _run_conditions(model, graph, events, layers, prompts, means, plan, steps, c
         if condition.kind == "intact":
             intact, intact_attention = scored, attention
         timings[condition.name] = round(time.perf_counter() - begun, 3)
-        echo(f"  {condition.name}: rule compliance {rows[-1]['rule']['share']:.3f}, edge {rows[-1]['edge']['share']:.3f}"
-             f" ({time.perf_counter() - begun:.1f}s)")
+        echo(
+            f"  {condition.name}: rule compliance {rows[-1]['rule']['share']:.3f}, edge {rows[-1]['edge']['share']:.3f}"
+            f" ({time.perf_counter() - begun:.1f}s)"
+        )
     return rows, intact, intact_attention, patch

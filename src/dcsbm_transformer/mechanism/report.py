@@ -90,18 +90,30 @@ def findings(payload: dict[str, Any]) -> list[str]:
         f"{fmt_share(intact['edge'])}; rule-blind chance per rule: sampling {_chance_range(rules, 'chance_sampling')}, "
         f"argmax {_chance_range(rules, 'chance_argmax')}."
     ]
-    for kind, verb in (("knockout", "Knocking out attention to the jumper"), ("mean_ablation", "Mean-ablating what is read from the jumper")):
+    for kind, verb in (
+        ("knockout", "Knocking out attention to the jumper"),
+        ("mean_ablation", "Mean-ablating what is read from the jumper"),
+    ):
         for condition in (c for c in conditions if c["kind"] == kind):
-            where = "in every selected layer" if condition["name"].endswith(".all") else f"in layer {condition['layers'][0]}" + (
-                "" if condition["heads"] is None else f", head {condition['heads'][0]}")
-            per_rule = "; ".join(f"rule {row['rule']} {fmt(row['share'])} (chance {fmt(rules[row['rule']]['chance_sampling'])})"
-                                 for row in condition["rules"])
-            lines.append(f"{verb} {where}: rule compliance {fmt_share(condition['rule'])} (intact {fmt(intact['rule']['share'])}); "
-                         f"per rule {per_rule}; edge compliance {fmt_share(condition['edge'])}.")
+            where = (
+                "in every selected layer"
+                if condition["name"].endswith(".all")
+                else f"in layer {condition['layers'][0]}" + ("" if condition["heads"] is None else f", head {condition['heads'][0]}")
+            )
+            per_rule = "; ".join(
+                f"rule {row['rule']} {fmt(row['share'])} (chance {fmt(rules[row['rule']]['chance_sampling'])})"
+                for row in condition["rules"]
+            )
+            lines.append(
+                f"{verb} {where}: rule compliance {fmt_share(condition['rule'])} (intact {fmt(intact['rule']['share'])}); "
+                f"per rule {per_rule}; edge compliance {fmt_share(condition['edge'])}."
+            )
     strongest = _strongest(conditions, "knockout")
     if strongest is not None and intact["rule"]["share"] is not None:
-        lines.append(f"The largest single-layer knockout effect is {strongest['name']}: "
-                     f"{fmt(intact['rule']['share'])} → {fmt(strongest['rule']['share'])}.")
+        lines.append(
+            f"The largest single-layer knockout effect is {strongest['name']}: "
+            f"{fmt(intact['rule']['share'])} → {fmt(strongest['rule']['share'])}."
+        )
     pooled = patch["pooled"]
     chances = [row["chance_patched_target"] for row in patch["by_rule"] if row["chance_patched_target"] is not None]
     lines.append(
@@ -116,8 +128,10 @@ def findings(payload: dict[str, Any]) -> list[str]:
         for r, entry in head["by_r"].items():
             where = f"layer {head['layer']}, head {head['head']}, r = {r}"
             if entry["status"] != "ok":
-                lines.append(f"Attention on the jumper ({where}): too few violations or successes for an AUROC "
-                             f"({entry['n_violations']} violations, {entry['n_successes']} successes).")
+                lines.append(
+                    f"Attention on the jumper ({where}): too few violations or successes for an AUROC "
+                    f"({entry['n_violations']} violations, {entry['n_successes']} successes)."
+                )
                 continue
             aurocs = [a if a is not None else np.nan for a in entry["auroc"][1:]]
             j = 1 + int(np.nanargmin(aurocs)) if np.isfinite(aurocs).any() else 0
@@ -159,8 +173,15 @@ def compliance_figure(payload: dict[str, Any]) -> Figure:
     x = np.arange(len(rules))
     for i, condition in enumerate(conditions):
         share, error = _error(condition["rules"])
-        axis.bar(x - 0.4 + (i + 0.5) * width, share, width, yerr=error, capsize=2, color=COLOURS[i % len(COLOURS)],
-                 label=f"{condition['name']} (edges {fmt(condition['edge']['share'])})")
+        axis.bar(
+            x - 0.4 + (i + 0.5) * width,
+            share,
+            width,
+            yerr=error,
+            capsize=2,
+            color=COLOURS[i % len(COLOURS)],
+            label=f"{condition['name']} (edges {fmt(condition['edge']['share'])})",
+        )
     for j, rule in enumerate(rules):
         if rule["chance_sampling"] is not None:
             axis.hlines(rule["chance_sampling"], j - 0.45, j + 0.45, colors="black", linewidth=2)
@@ -223,8 +244,11 @@ def attention_figure(payload: dict[str, Any]) -> Figure | None:
 def draw_mechanism_figures(analysis_dir: Path, payload: dict[str, Any]) -> dict[str, bytes]:
     """Draw the figures, write ``figures/<name>.png``; returns name → PNG bytes."""
     out = {}
-    for name, draw in (("mechanism_compliance", compliance_figure), ("mechanism_patch", patch_figure),
-                       ("mechanism_attention", attention_figure)):
+    for name, draw in (
+        ("mechanism_compliance", compliance_figure),
+        ("mechanism_patch", patch_figure),
+        ("mechanism_attention", attention_figure),
+    ):
         figure = draw(payload)
         if figure is None:
             continue
@@ -240,13 +264,19 @@ def draw_mechanism_figures(analysis_dir: Path, payload: dict[str, Any]) -> dict[
 def _condition_rows(payload: dict[str, Any]) -> list[dict[str, Any]]:
     rows = []
     for condition in payload["conditions"]:
-        rows.append({
-            "name": condition["name"], "description": condition["description"], "rule_text": fmt_share(condition["rule"]),
-            "rules_text": [fmt_share(row) for row in condition["rules"]],
-            "drops_text": [fmt(row.get("drop")) for row in condition["rules"]],
-            "edge_text": fmt_share(condition["edge"]),
-            "attention_text": ", ".join(f"{key.replace('_', ' ')}: {fmt(v)}" for key, v in condition["attention_on_jumper"].items()),
-        })
+        rows.append(
+            {
+                "name": condition["name"],
+                "description": condition["description"],
+                "rule_text": fmt_share(condition["rule"]),
+                "rules_text": [fmt_share(row) for row in condition["rules"]],
+                "drops_text": [fmt(row.get("drop")) for row in condition["rules"]],
+                "edge_text": fmt_share(condition["edge"]),
+                "attention_text": ", ".join(
+                    f"{key.replace('_', ' ')}: {fmt(v)}" for key, v in condition["attention_on_jumper"].items()
+                ),
+            }
+        )
     return rows
 
 
@@ -255,13 +285,18 @@ def _attention_rows(payload: dict[str, Any]) -> list[dict[str, Any]]:
     for head in payload["attention"]:
         for r, entry in head["by_r"].items():
             for j in range(int(r) - 1, -1, -1):
-                rows.append({
-                    "where": f"layer {head['layer']}, head {head['head']}", "r": r, "j": j, "status": entry["status"],
-                    "violations": f"{fmt(entry['violations_mean'][j])} [{fmt(entry['violations_ci_low'][j])}, {fmt(entry['violations_ci_high'][j])}]",
-                    "successes": f"{fmt(entry['successes_mean'][j])} [{fmt(entry['successes_ci_low'][j])}, {fmt(entry['successes_ci_high'][j])}]",
-                    "auroc": f"{fmt(entry['auroc'][j])} [{fmt(entry['auroc_ci_low'][j])}, {fmt(entry['auroc_ci_high'][j])}]",
-                    "counts": f"{entry['n_violations']} / {entry['n_successes']}",
-                })
+                rows.append(
+                    {
+                        "where": f"layer {head['layer']}, head {head['head']}",
+                        "r": r,
+                        "j": j,
+                        "status": entry["status"],
+                        "violations": f"{fmt(entry['violations_mean'][j])} [{fmt(entry['violations_ci_low'][j])}, {fmt(entry['violations_ci_high'][j])}]",
+                        "successes": f"{fmt(entry['successes_mean'][j])} [{fmt(entry['successes_ci_low'][j])}, {fmt(entry['successes_ci_high'][j])}]",
+                        "auroc": f"{fmt(entry['auroc'][j])} [{fmt(entry['auroc_ci_low'][j])}, {fmt(entry['auroc_ci_high'][j])}]",
+                        "counts": f"{entry['n_violations']} / {entry['n_successes']}",
+                    }
+                )
     return rows
 
 
@@ -273,23 +308,46 @@ def mechanism_section(analysis_dir: Path) -> dict[str, Any] | None:
     figures = draw_mechanism_figures(analysis_dir, payload)
     patch = payload["patch"]
     return {
-        "exploratory": payload["exploratory"], "findings": payload["findings"], "rules": payload["rules"],
-        "rules_text": [f"rule {r['rule']} (vertex {r['vertex']}, block {r['block']}→{r['target_block']}, r = {r['r']}, "
-                       f"{r['events']} events): chance sampling {fmt(r['chance_sampling'])}, argmax {fmt(r['chance_argmax'])}"
-                       for r in payload["rules"]],
+        "exploratory": payload["exploratory"],
+        "findings": payload["findings"],
+        "rules": payload["rules"],
+        "rules_text": [
+            f"rule {r['rule']} (vertex {r['vertex']}, block {r['block']}→{r['target_block']}, r = {r['r']}, "
+            f"{r['events']} events): chance sampling {fmt(r['chance_sampling'])}, argmax {fmt(r['chance_argmax'])}"
+            for r in payload["rules"]
+        ],
         "conditions": _condition_rows(payload),
         "patch": {
-            "note": patch["note"], "same_block": fmt_share(patch["same_block"]), "prompt_edge": fmt_share(patch["prompt_edge"]),
+            "note": patch["note"],
+            "same_block": fmt_share(patch["same_block"]),
+            "prompt_edge": fmt_share(patch["prompt_edge"]),
             "edge": fmt_share(patch["edge"]),
             "pooled": {name: fmt_share(p) for name, p in patch["pooled"].items()},
-            "rows": [{"rule": row["rule"], "patched_with": ", ".join(map(str, row["patched_with"])),
-                      "chance": fmt(row["chance_patched_target"]), "patched_target": fmt_share(row["patched_target"]),
-                      "original_target": fmt_share(row["original_target"]), "elsewhere": fmt_share(row["elsewhere"])}
-                     for row in patch["by_rule"]],
+            "rows": [
+                {
+                    "rule": row["rule"],
+                    "patched_with": ", ".join(map(str, row["patched_with"])),
+                    "chance": fmt(row["chance_patched_target"]),
+                    "patched_target": fmt_share(row["patched_target"]),
+                    "original_target": fmt_share(row["original_target"]),
+                    "elsewhere": fmt_share(row["elsewhere"]),
+                }
+                for row in patch["by_rule"]
+            ],
         },
         "attention": _attention_rows(payload),
-        "figures": [{"name": name, "title": FIGURE_TEXT[name][0], "caption": FIGURE_TEXT[name][1], "file": f"{name}.png",
-                     "src": "data:image/png;base64," + base64.b64encode(png).decode("ascii")} for name, png in figures.items()],
-        "settings": [(k.replace("_", " "), ", ".join(map(str, v)) if isinstance(v, list) else str(v)) for k, v in payload["settings"].items()],
+        "figures": [
+            {
+                "name": name,
+                "title": FIGURE_TEXT[name][0],
+                "caption": FIGURE_TEXT[name][1],
+                "file": f"{name}.png",
+                "src": "data:image/png;base64," + base64.b64encode(png).decode("ascii"),
+            }
+            for name, png in figures.items()
+        ],
+        "settings": [
+            (k.replace("_", " "), ", ".join(map(str, v)) if isinstance(v, list) else str(v)) for k, v in payload["settings"].items()
+        ],
         "timings": [(k.removesuffix("_seconds").replace("_", " "), f"{v:.1f} s") for k, v in payload["timings"].items()],
     }

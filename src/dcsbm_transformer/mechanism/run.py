@@ -23,7 +23,13 @@ import numpy as np
 import torch
 
 from ..analysis.files import (
-    HORIZON_FILE, SUMMARY_FILE, TOKEN_METRICS_FILE, analysis_root, find_analysis, read_horizon, settings_digest,
+    HORIZON_FILE,
+    SUMMARY_FILE,
+    TOKEN_METRICS_FILE,
+    analysis_root,
+    find_analysis,
+    read_horizon,
+    settings_digest,
 )
 from ..analysis.report import write_report
 from ..api import ExcludedRunWarning, load_run
@@ -37,8 +43,10 @@ from .report import findings
 
 CONTINUATIONS = "greedy (argmax), as the gate; the window slides one token per pass"
 MEAN_REFERENCE = "each head's mean value vector over every position of the measured events' prompt windows (intact model)"
-PATCH_RULE = ("the prompt's last token (the jumper) replaced by a jumper with another target block: of the same block "
-              "where the graph has one, else of another block; candidates taken in turn (event i: candidate i mod count)")
+PATCH_RULE = (
+    "the prompt's last token (the jumper) replaced by a jumper with another target block: of the same block "
+    "where the graph has one, else of another block; candidates taken in turn (event i: candidate i mod count)"
+)
 DESCRIPTIONS = {
     "intact": "the model as trained",
     "knockout": "attention from every position after the jumper to the jumper set to 0 (score -inf before the softmax, renormalised)",
@@ -56,11 +64,15 @@ def _analysis_folder(run_dir: Path, name: str | None) -> Path:
     try:
         folder = analysis_root(run_dir) / find_analysis(run_dir, name)
     except FileNotFoundError as error:
-        raise MechanismRequestError(f"{error}; the mechanism measures an analysis's events: run `dcsbm analyze {run_dir}` first") from None
+        raise MechanismRequestError(
+            f"{error}; the mechanism measures an analysis's events: run `dcsbm analyze {run_dir}` first"
+        ) from None
     if not (folder / SUMMARY_FILE).is_file() or not (folder / TOKEN_METRICS_FILE).is_file() or read_horizon(folder) is None:
         # the report the mechanism section goes into needs all three: checked before anything is measured or written
-        raise MechanismRequestError(f"{folder}: not a finished analysis (no {SUMMARY_FILE}, {TOKEN_METRICS_FILE} or valid "
-                                    f"{HORIZON_FILE}); run `dcsbm analyze {run_dir}` again")
+        raise MechanismRequestError(
+            f"{folder}: not a finished analysis (no {SUMMARY_FILE}, {TOKEN_METRICS_FILE} or valid "
+            f"{HORIZON_FILE}); run `dcsbm analyze {run_dir}` again"
+        )
     return folder
 
 
@@ -70,8 +82,10 @@ def _events(folder: Path, count: int | None, n_jumpers: int, w: int) -> Mechanis
         tokens, jumper, r = arrays["tokens"], arrays["event_jumper"].astype(np.int64), arrays["event_r"].astype(np.int64)
     if count is not None:
         if count > len(jumper):
-            raise MechanismRequestError(f"--events {count}: the analysis {folder.name} has only {len(jumper)} events; "
-                                        f"pass at most {len(jumper)} (or analyse with more: dcsbm analyze --events {count})")
+            raise MechanismRequestError(
+                f"--events {count}: the analysis {folder.name} has only {len(jumper)} events; "
+                f"pass at most {len(jumper)} (or analyse with more: dcsbm analyze --events {count})"
+            )
         quota = -(-count // n_jumpers)
         rank = np.empty(len(jumper), dtype=np.int64)  # each event's index among its rule's events, in file order
         order = np.argsort(jumper, kind="stable")
@@ -115,14 +129,22 @@ def mechanism_run(
     summary = json.loads((folder / SUMMARY_FILE).read_text())
     checkpoint_sha = sha256_file(run.checkpoint)
     if summary["settings"]["checkpoint_sha256"] != checkpoint_sha:
-        raise MechanismRequestError(f"{folder}: analysed from another checkpoint than the run's {run.checkpoint.name}; "
-                                    f"run `dcsbm analyze {run.directory}` again first")
+        raise MechanismRequestError(
+            f"{folder}: analysed from another checkpoint than the run's {run.checkpoint.name}; "
+            f"run `dcsbm analyze {run.directory}` again first"
+        )
     measured_events = _events(folder, events, run.graph.n_jumpers, run.config.model.context_window)
     settings = {
-        "events": len(measured_events), "layers": layers, "include_failed": include_failed, "checkpoint": run.checkpoint.name,
-        "checkpoint_sha256": checkpoint_sha, "analysis_name": folder.name,
-        "analysis_settings_sha256": settings_digest(summary["settings"]), "continuations": CONTINUATIONS,
-        "mean_reference": MEAN_REFERENCE, "patch_rule": PATCH_RULE,
+        "events": len(measured_events),
+        "layers": layers,
+        "include_failed": include_failed,
+        "checkpoint": run.checkpoint.name,
+        "checkpoint_sha256": checkpoint_sha,
+        "analysis_name": folder.name,
+        "analysis_settings_sha256": settings_digest(summary["settings"]),
+        "continuations": CONTINUATIONS,
+        "mean_reference": MEAN_REFERENCE,
+        "patch_rule": PATCH_RULE,
     }
     existing = read_mechanism(folder)
     if existing is not None and existing["settings"] == settings:
@@ -149,30 +171,55 @@ def mechanism_run(
 def _rules(run, events: MechanismEvents) -> list[dict[str, Any]]:
     graph, by_rule = run.graph, {rule["rule"]: rule for rule in run.result.get("rules", [])}
     counts = np.bincount(events.jumper, minlength=graph.n_jumpers)
-    return [{
-        "rule": j, "vertex": int(graph.jumper_vertex[j]), "block": int(graph.block[graph.jumper_vertex[j]]),
-        "target_block": int(graph.jumper_target_block[j]), "r": int(graph.jumper_r[j]), "events": int(counts[j]),
-        "chance_sampling": by_rule.get(j, {}).get("chance_bigram_sampling"),
-        "chance_argmax": by_rule.get(j, {}).get("chance_bigram_argmax"),
-    } for j in range(graph.n_jumpers)]
+    return [
+        {
+            "rule": j,
+            "vertex": int(graph.jumper_vertex[j]),
+            "block": int(graph.block[graph.jumper_vertex[j]]),
+            "target_block": int(graph.jumper_target_block[j]),
+            "r": int(graph.jumper_r[j]),
+            "events": int(counts[j]),
+            "chance_sampling": by_rule.get(j, {}).get("chance_bigram_sampling"),
+            "chance_argmax": by_rule.get(j, {}).get("chance_bigram_argmax"),
+        }
+        for j in range(graph.n_jumpers)
+    ]
 
 
-def _measure(run, events: MechanismEvents, layers: list[int], settings: dict[str, Any], device: torch.device,
-             echo: Callable[[str], None]) -> dict[str, Any]:
+def _measure(
+    run, events: MechanismEvents, layers: list[int], settings: dict[str, Any], device: torch.device, echo: Callable[[str], None]
+) -> dict[str, Any]:
     rules = _rules(run, events)
     measured = measure_mechanism(
-        run.model, run.graph, events, layers, chance_sampling=[rule["chance_sampling"] for rule in rules],
-        min_events=run.config.analysis.min_events, device=device, echo=echo,
+        run.model,
+        run.graph,
+        events,
+        layers,
+        chance_sampling=[rule["chance_sampling"] for rule in rules],
+        min_events=run.config.analysis.min_events,
+        device=device,
+        echo=echo,
     )
     for row in measured.conditions:
         row["description"] = DESCRIPTIONS[row["kind"]]
     exploratory = not run.result["training"]["gate_passed"]
     payload = {
-        "experiment_id": run.config.experiment_id, "analysis_name": settings["analysis_name"],
-        "exploratory": exploratory, "exploratory_reason": run.result["training"]["failure_reason"] if exploratory else None,
-        "settings": settings, "rules": rules, "conditions": measured.conditions, "patch": measured.patch,
-        "attention": measured.attention, "timings": {f"{k}_seconds" if not k.endswith("seconds") else k: v for k, v in measured.seconds.items()},
-        "versions": {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__, "git_commit": git_commit()},
+        "experiment_id": run.config.experiment_id,
+        "analysis_name": settings["analysis_name"],
+        "exploratory": exploratory,
+        "exploratory_reason": run.result["training"]["failure_reason"] if exploratory else None,
+        "settings": settings,
+        "rules": rules,
+        "conditions": measured.conditions,
+        "patch": measured.patch,
+        "attention": measured.attention,
+        "timings": {f"{k}_seconds" if not k.endswith("seconds") else k: v for k, v in measured.seconds.items()},
+        "versions": {
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "numpy": np.__version__,
+            "git_commit": git_commit(),
+        },
     }
     payload["findings"] = findings(payload)
     return payload

@@ -23,8 +23,15 @@ class KVCache:
 
     @classmethod
     def empty(
-        cls, n_layers: int, batch: int, n_heads: int, capacity: int, d_head: int,
-        *, device: torch.device, dtype: torch.dtype,
+        cls,
+        n_layers: int,
+        batch: int,
+        n_heads: int,
+        capacity: int,
+        d_head: int,
+        *,
+        device: torch.device,
+        dtype: torch.dtype,
     ) -> KVCache:
         shape = (n_layers, batch, n_heads, capacity, d_head)
         return cls(

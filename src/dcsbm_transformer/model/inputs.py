@@ -8,9 +8,7 @@ import torch
 _INTEGER_DTYPES = (torch.int8, torch.uint8, torch.int16, torch.int32, torch.int64)
 
 
-def check_tokens(
-    tokens: object, *, vocab_size: int, max_len: int, ndim: int, check_ids: bool, name: str = "tokens"
-) -> torch.Tensor:
+def check_tokens(tokens: object, *, vocab_size: int, max_len: int, ndim: int, check_ids: bool, name: str = "tokens") -> torch.Tensor:
     """Return `tokens` as an int64/int32 tensor after checking it.
 
     Checks: a torch.Tensor of an integer dtype with `ndim` dimensions; for ndim == 2 the
@@ -21,9 +19,7 @@ def check_tokens(
     if not isinstance(tokens, torch.Tensor):
         raise ValueError(f"{name} must be a torch.Tensor of integer token ids, got {type(tokens).__name__}")
     if tokens.dtype not in _INTEGER_DTYPES:
-        raise ValueError(
-            f"{name} must have an integer dtype (token ids), got {tokens.dtype}; convert with .long()"
-        )
+        raise ValueError(f"{name} must have an integer dtype (token ids), got {tokens.dtype}; convert with .long()")
     if tokens.dim() != ndim:
         expected = "[batch, T]" if ndim == 2 else "[batch]"
         raise ValueError(f"{name} must be {ndim}-D {expected}, got shape {tuple(tokens.shape)}")
@@ -33,8 +29,7 @@ def check_tokens(
             raise ValueError(f"{name} has an empty time dimension (shape {tuple(tokens.shape)}); need T >= 1")
         if length > max_len:
             raise ValueError(
-                f"{name} has T={length} positions but the context window is {max_len}; "
-                f"pass at most the last {max_len} tokens"
+                f"{name} has T={length} positions but the context window is {max_len}; pass at most the last {max_len} tokens"
             )
     if check_ids and tokens.numel() > 0:
         low, high = (int(v) for v in torch.aminmax(tokens))

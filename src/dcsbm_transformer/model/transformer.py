@@ -98,9 +98,7 @@ class TransformerLM(nn.Module):
             self.tok_emb = nn.Embedding(vocab_size, d_model)
             self.pos_emb = nn.Embedding(context_window, d_model)
             self.emb_dropout = nn.Dropout(dropout)
-            self.blocks = nn.ModuleList(
-                Block(d_model, n_heads, context_window, dropout, use_sdpa=use_sdpa) for _ in range(n_layers)
-            )
+            self.blocks = nn.ModuleList(Block(d_model, n_heads, context_window, dropout, use_sdpa=use_sdpa) for _ in range(n_layers))
             self.ln_f = nn.LayerNorm(d_model)
             self.head = nn.Linear(d_model, vocab_size)
         self._init_weights(generator)
@@ -112,8 +110,14 @@ class TransformerLM(nn.Module):
         """A fresh model for `config`: vocabulary = the graph's n vertex ids, no special tokens."""
         m = config.model
         return cls(
-            config.graph.n, m.context_window, m.d_model, m.n_layers, m.n_heads, m.dropout,
-            use_sdpa=use_sdpa, generator=generator,
+            config.graph.n,
+            m.context_window,
+            m.d_model,
+            m.n_layers,
+            m.n_heads,
+            m.dropout,
+            use_sdpa=use_sdpa,
+            generator=generator,
         )
 
     def _init_weights(self, generator: torch.Generator | None) -> None:
@@ -138,9 +142,7 @@ class TransformerLM(nn.Module):
 
     # -- forward -------------------------------------------------------------------------
     def _check(self, tokens: object, check_ids: bool, ndim: int = 2, name: str = "tokens") -> torch.Tensor:
-        return check_tokens(
-            tokens, vocab_size=self.vocab_size, max_len=self.context_window, ndim=ndim, check_ids=check_ids, name=name
-        )
+        return check_tokens(tokens, vocab_size=self.vocab_size, max_len=self.context_window, ndim=ndim, check_ids=check_ids, name=name)
 
     def embed(self, tokens: torch.Tensor, positions: torch.Tensor | None = None) -> torch.Tensor:
         """Residual stream entering block 0: token + position embedding of already-valid ids
@@ -150,9 +152,7 @@ class TransformerLM(nn.Module):
             positions = torch.arange(tokens.shape[1], device=tokens.device)
         return self.emb_dropout(self.tok_emb(tokens) + self.pos_emb(positions))
 
-    def forward(
-        self, tokens: torch.Tensor, mode: ExtractionMode = ExtractionMode.NONE, *, check_ids: bool = True
-    ) -> ModelOutput:
+    def forward(self, tokens: torch.Tensor, mode: ExtractionMode = ExtractionMode.NONE, *, check_ids: bool = True) -> ModelOutput:
         """tokens [B, T] integer ids, 1 <= T <= context_window -> ModelOutput (see its layouts).
 
         `check_ids=False` skips the id-range check, which costs a host sync on a GPU; only for
@@ -184,8 +184,12 @@ class TransformerLM(nn.Module):
         # Stack the per-layer [B, H, ...] / [B, T, d] tensors along a new layer axis (dim 1).
         stack = lambda tensors: torch.stack(tensors, dim=1) if tensors else None  # noqa: E731
         return ModelOutput(
-            logits=self.head(self.ln_f(x)), qkt=stack(qkt), attention=stack(attention), values=stack(values),
-            ov_circuits=self.ov_circuits() if mode.wants_attention else None, residual=stack(residual),
+            logits=self.head(self.ln_f(x)),
+            qkt=stack(qkt),
+            attention=stack(attention),
+            values=stack(values),
+            ov_circuits=self.ov_circuits() if mode.wants_attention else None,
+            residual=stack(residual),
         )
 
     @torch.no_grad()
@@ -258,9 +262,7 @@ class TransformerLM(nn.Module):
         return lengths.to(device=device, dtype=torch.long)
 
     @torch.no_grad()
-    def decode(
-        self, next_tokens: torch.Tensor, cache: KVCache, *, check_ids: bool = True
-    ) -> tuple[torch.Tensor, KVCache]:
+    def decode(self, next_tokens: torch.Tensor, cache: KVCache, *, check_ids: bool = True) -> tuple[torch.Tensor, KVCache]:
         """Append one token per sequence: next_tokens[i] at position cache.lengths[i] ->
         (their logits [B, vocab], cache). The cache is updated in place and returned.
 
@@ -268,9 +270,7 @@ class TransformerLM(nn.Module):
         again with prefill on the last tokens, as a sliding window must)."""
         next_tokens = self._check(next_tokens, check_ids, ndim=1, name="next_tokens")
         if next_tokens.shape[0] != cache.batch_size:
-            raise ValueError(
-                f"next_tokens has batch {next_tokens.shape[0]} but the cache holds {cache.batch_size} sequences"
-            )
+            raise ValueError(f"next_tokens has batch {next_tokens.shape[0]} but the cache holds {cache.batch_size} sequences")
         positions = cache.lengths
         if bool((positions >= self.context_window).any()):
             raise ValueError(
@@ -291,9 +291,7 @@ class TransformerLM(nn.Module):
         Returns (W_o [n_layers, n_heads, d_head, d_model], b_o [n_layers, d_model]), row-vector
         convention: the attention block output is Σ_h A_h V_h W_o[l, h] + b_o[l].
         """
-        w_o = torch.stack([
-            b.attn.proj.weight.t().reshape(self.n_heads, self.d_head, self.d_model) for b in self.blocks
-        ])
+        w_o = torch.stack([b.attn.proj.weight.t().reshape(self.n_heads, self.d_head, self.d_model) for b in self.blocks])
         b_o = torch.stack([b.attn.proj.bias for b in self.blocks])
         return w_o.clone(), b_o.clone()
 
@@ -307,21 +305,24 @@ class TransformerLM(nn.Module):
         """
         d, heads, d_head = self.d_model, self.n_heads, self.d_head
         w_o, _ = self.attention_output_weights()
-        w_v = torch.stack([  # rows 2d:3d of the fused weight produce v; transpose to x @ W_v
-            b.attn.qkv.weight[2 * d :].t().reshape(d, heads, d_head).permute(1, 0, 2) for b in self.blocks
-        ])  # [L, H, d_model, d_head]
+        w_v = torch.stack(
+            [  # rows 2d:3d of the fused weight produce v; transpose to x @ W_v
+                b.attn.qkv.weight[2 * d :].t().reshape(d, heads, d_head).permute(1, 0, 2) for b in self.blocks
+            ]
+        )  # [L, H, d_model, d_head]
         return w_v @ w_o
 
 
-def _check_shape_args(
-    vocab_size: int, context_window: int, d_model: int, n_layers: int, n_heads: int, dropout: float
-) -> None:
+def _check_shape_args(vocab_size: int, context_window: int, d_model: int, n_layers: int, n_heads: int, dropout: float) -> None:
     """Raise one ValueError naming every bad constructor argument."""
     problems = [
         f"{name} must be a positive int, got {value!r}"
         for name, value in [
-            ("vocab_size", vocab_size), ("context_window", context_window), ("d_model", d_model),
-            ("n_layers", n_layers), ("n_heads", n_heads),
+            ("vocab_size", vocab_size),
+            ("context_window", context_window),
+            ("d_model", d_model),
+            ("n_layers", n_layers),
+            ("n_heads", n_heads),
         ]
         if not isinstance(value, int) or isinstance(value, bool) or value < 1
     ]

@@ -45,7 +45,16 @@ from ..storage import atomic_write_bytes, atomic_write_json, remove_stale_tempor
 from ..training.lock import RunLock, RunLockedError
 from .plan import Point, SweepPlan, describe_point
 from .status import (
-    POINTS_DIR, Assessment, assess, now, plan_line, read_record, record_path, table_row, write_record, write_status,
+    POINTS_DIR,
+    Assessment,
+    assess,
+    now,
+    plan_line,
+    read_record,
+    record_path,
+    table_row,
+    write_record,
+    write_status,
 )
 
 EXECUTORS = ("local", "slurm", "debug")
@@ -205,9 +214,19 @@ class PointJob(submitit.helpers.Checkpointable):
             _watch_owner(self.owner)
         started, clock = now(), time.perf_counter()
         record = {
-            "experiment_id": None, "point": self.point, "varied": self.varied, "state": "running", "reason": None,
-            "started": started, "finished": None, "wall_seconds": None, "host": socket.gethostname(), "pid": os.getpid(),
-            "executor": self.executor, "job_id": _job_id(), "threads": self.threads,
+            "experiment_id": None,
+            "point": self.point,
+            "varied": self.varied,
+            "state": "running",
+            "reason": None,
+            "started": started,
+            "finished": None,
+            "wall_seconds": None,
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "executor": self.executor,
+            "job_id": _job_id(),
+            "threads": self.threads,
         }
         previous_threads = torch.get_num_threads()
         try:
@@ -236,14 +255,19 @@ class PointJob(submitit.helpers.Checkpointable):
         from ..training.faults import hooks_from_environment
 
         options = RunOptions(
-            results_root=Path(self.results_root), device=self.device, precision=self.precision,
+            results_root=Path(self.results_root),
+            device=self.device,
+            precision=self.precision,
             cache_root=Path(self.cache_root) if self.cache_root else None,
         )
         deadline = time.monotonic() + self.lock_wait_seconds
         while True:
             try:
                 outcome = run_pipeline(
-                    config, options, analyze=getattr(self, "analyze", True), hooks=hooks_from_environment(),
+                    config,
+                    options,
+                    analyze=getattr(self, "analyze", True),
+                    hooks=hooks_from_environment(),
                     echo=lambda line: print(line, flush=True),
                 )
                 return outcome.result
@@ -397,17 +421,24 @@ class _Table:
 
     def ended(self, point: Point, state: str) -> None:
         self.states[point.index] = state
-        self.assessments[point.index] = assess(point.config, Path(self.settings.results_root), self.settings.precision, self.plan.analyze)
+        self.assessments[point.index] = assess(
+            point.config, Path(self.settings.results_root), self.settings.precision, self.plan.analyze
+        )
 
     def write(self) -> list[dict[str, Any]]:
         rows = [
             table_row(
-                p, self.states[p.index], self.assessments[p.index], read_record(record_path(self.sweep_dir, p.experiment_id)),
+                p,
+                self.states[p.index],
+                self.assessments[p.index],
+                read_record(record_path(self.sweep_dir, p.experiment_id)),
                 self.plan.analyze,
             )
             for p in self.plan.points
         ]
-        write_status(self.sweep_dir, self.plan, rows, {"executor": self.settings.executor, "results_dir": str(self.settings.results_root)})
+        write_status(
+            self.sweep_dir, self.plan, rows, {"executor": self.settings.executor, "results_dir": str(self.settings.results_root)}
+        )
         return rows
 
 
@@ -451,8 +482,14 @@ def run_sweep(plan: SweepPlan, settings: SweepSettings, echo: Callable[[str], No
             echo(f"sweep {plan.name}: nothing to run")
         else:
             threads = settings.threads_per_job()
-            how = {"local": f"{settings.jobs} at a time", "debug": "in this process", "slurm": f"a SLURM array, {settings.slurm.array_parallelism} at a time"}
-            echo(f"running {len(todo)} point(s) {how[settings.executor]}, {threads} thread(s) each; status: {sweep_dir / 'status.tsv'}")
+            how = {
+                "local": f"{settings.jobs} at a time",
+                "debug": "in this process",
+                "slurm": f"a SLURM array, {settings.slurm.array_parallelism} at a time",
+            }
+            echo(
+                f"running {len(todo)} point(s) {how[settings.executor]}, {threads} thread(s) each; status: {sweep_dir / 'status.tsv'}"
+            )
             executor = make_executor(settings, sweep_dir / JOBS_DIR, plan.name)
             runner = _Runner(plan, settings, sweep_dir, executor, table, echo)
             try:

@@ -121,9 +121,7 @@ class SweepPlan:
             "order": self.order,
             "variants": self.variants,
             "analyze": self.analyze,
-            "points": [
-                {"point": p.index, "varied": p.varied, "experiment_id": p.experiment_id} for p in self.points
-            ],
+            "points": [{"point": p.index, "varied": p.varied, "experiment_id": p.experiment_id} for p in self.points],
         }
 
 
@@ -209,7 +207,9 @@ def _read_base(base: Any, base_dir: Path, problems: list[str]) -> dict[str, Any]
             problems.append(f"base: {path} holds a JSON {type(loaded).__name__}, not a config object")
             return None
         return loaded
-    problems.append(f"base: expected a config object or the path of a config file, got {render(base) if base is not None else 'nothing'}")
+    problems.append(
+        f"base: expected a config object or the path of a config file, got {render(base) if base is not None else 'nothing'}"
+    )
     return None
 
 
@@ -256,7 +256,9 @@ def sweep_from_dict(raw: Any, source: Path | None = None, text: str | None = Non
 
     name = raw.get("name", source.stem if source else None)
     if not isinstance(name, str) or not NAME_PATTERN.match(name):
-        problems.append(f"name: {render(name)} cannot name a folder (letters, digits, '.', '_', '-'; give one when the sweep has no file)")
+        problems.append(
+            f"name: {render(name)} cannot name a folder (letters, digits, '.', '_', '-'; give one when the sweep has no file)"
+        )
     description = raw.get("description")
     if description is not None and not isinstance(description, str):
         problems.append(f"description: expected text, got {render(description)}")
@@ -319,12 +321,22 @@ def sweep_from_dict(raw: Any, source: Path | None = None, text: str | None = Non
     if problems:
         raise SweepError(problems, where)
     return SweepPlan(
-        name=name, description=description, source=source, text=text, base=base or {}, axes=axes, order=order, points=points,
-        variants=variants, analyze=analyze,
+        name=name,
+        description=description,
+        source=source,
+        text=text,
+        base=base or {},
+        axes=axes,
+        order=order,
+        points=points,
+        variants=variants,
+        analyze=analyze,
     )
 
 
-def _read_variants(raw: dict[str, Any], fixed: dict[str, Any], axes_raw: dict[str, Any], problems: list[str]) -> list[dict[str, Any]] | None:
+def _read_variants(
+    raw: dict[str, Any], fixed: dict[str, Any], axes_raw: dict[str, Any], problems: list[str]
+) -> list[dict[str, Any]] | None:
     """The ``variants`` list, each a dict of valid dotted keys that are neither fixed nor axes."""
     listed = raw["variants"]
     if not isinstance(listed, list) or not listed:
@@ -336,7 +348,9 @@ def _read_variants(raw: dict[str, Any], fixed: dict[str, Any], axes_raw: dict[st
     for number, variant in enumerate(listed, start=1):
         where = f"variants[{number}]"
         if not isinstance(variant, dict):
-            problems.append(f"{where}: expected an object of dotted config keys and values ({{}} is the base itself), got {render(variant)}")
+            problems.append(
+                f"{where}: expected an object of dotted config keys and values ({{}} is the base itself), got {render(variant)}"
+            )
             ok = False
             continue
         for key in variant:
@@ -359,7 +373,10 @@ def _read_variants(raw: dict[str, Any], fixed: dict[str, Any], axes_raw: dict[st
 
 
 def _expand(
-    base: dict[str, Any], axes: dict[str, list[Any]], order: dict[str, list[Any]], problems: list[str],
+    base: dict[str, Any],
+    axes: dict[str, list[Any]],
+    order: dict[str, list[Any]],
+    problems: list[str],
     variants: list[dict[str, Any]] | None = None,
 ) -> list[Point]:
     """The grid in queue order, each point validated; problems are appended, naming the point."""

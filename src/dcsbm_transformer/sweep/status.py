@@ -36,8 +36,16 @@ STATUS_JSON = "status.json"
 STATUS_TSV = "status.tsv"
 TABLE_STATES = ("pending", "running", "done", "failed")
 COLUMNS = (
-    "point", "experiment_id", "state", "gate_passed", "gate_epoch", "epochs_trained", "worst_rule_compliance",
-    "analysis", "failure_reason", "wall_seconds",
+    "point",
+    "experiment_id",
+    "state",
+    "gate_passed",
+    "gate_epoch",
+    "epochs_trained",
+    "worst_rule_compliance",
+    "analysis",
+    "failure_reason",
+    "wall_seconds",
 )
 
 
@@ -139,9 +147,7 @@ def write_record(path: Path, record: dict[str, Any]) -> None:
 # ---- the table --------------------------------------------------------------------------------
 
 
-def table_row(
-    point: Point, state: str, assessment: Assessment, record: dict[str, Any] | None, analyze: bool = True
-) -> dict[str, Any]:
+def table_row(point: Point, state: str, assessment: Assessment, record: dict[str, Any] | None, analyze: bool = True) -> dict[str, Any]:
     """One row of the status table: ``state`` is the sweep's (pending/running/done/failed),
     ``assessment`` the point's results folder, ``record`` what its last job wrote; ``analyze``
     False (the sweep stops after training) reports a passed run's analysis as "not asked"."""

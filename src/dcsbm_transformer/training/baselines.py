@@ -27,7 +27,6 @@ from ..data.compliance import ComplianceReport
 from ..data.graph import Graph
 from .evaluation import GateEvaluator
 
-
 COUNT_CHUNK_WALKS = 8192  # bounds the temporary pair arrays (the anchor corpus has 51M transitions)
 
 

@@ -29,7 +29,17 @@ GATE_CHECKPOINT = "checkpoint_gate.pt"
 SUPERSEDED_GATE_CHECKPOINT = "checkpoint_gate.superseded.pt"  # see experiment._set_aside_superseded_gate_checkpoint
 _EPOCH_PATTERN = re.compile(r"^checkpoint_epoch_(\d{4,})\.pt$")
 REQUIRED_KEYS = (
-    "format", "config_hash", "epoch", "global_step", "model", "optimizer", "scheduler", "rng", "curves", "gate", "timings",
+    "format",
+    "config_hash",
+    "epoch",
+    "global_step",
+    "model",
+    "optimizer",
+    "scheduler",
+    "rng",
+    "curves",
+    "gate",
+    "timings",
 )
 
 
@@ -71,7 +81,9 @@ def load_checkpoint(path: Path, config_hash: str) -> dict[str, Any]:
     if state["format"] != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path}: checkpoint format {state['format']}, expected {CHECKPOINT_FORMAT}")
     if state["config_hash"] != config_hash:
-        raise CheckpointError(f"{path}: made under a different config (config hash {str(state['config_hash'])[:10]}…), refusing to resume it")
+        raise CheckpointError(
+            f"{path}: made under a different config (config hash {str(state['config_hash'])[:10]}…), refusing to resume it"
+        )
     return state
 
 
@@ -103,7 +115,8 @@ def newest_loadable(directory: Path, config_hash: str) -> ResumePoint | None:
             skipped.append(str(error))
     if candidates:
         raise CheckpointError(
-            f"none of the {len(candidates)} checkpoints in {directory} can be used:\n  " + "\n  ".join(skipped)
+            f"none of the {len(candidates)} checkpoints in {directory} can be used:\n  "
+            + "\n  ".join(skipped)
             + "\nNothing was deleted. Use --restart to start this experiment over (the old folder is kept aside)."
         )
     return None

@@ -127,12 +127,16 @@ class GateEvaluator:
         model.eval()
         try:
             with autocast or nullcontext():
-                generated = greedy_continue(
-                    model,
-                    torch.from_numpy(self.prompts).to(device),
-                    torch.from_numpy(self.prompt_lengths).to(device),
-                    self.steps,
-                ).cpu().numpy()
+                generated = (
+                    greedy_continue(
+                        model,
+                        torch.from_numpy(self.prompts).to(device),
+                        torch.from_numpy(self.prompt_lengths).to(device),
+                        self.steps,
+                    )
+                    .cpu()
+                    .numpy()
+                )
         finally:
             model.train(was_training)
         sequences = self.scored_sequences(generated)
@@ -159,7 +163,14 @@ def stratified_by_jumper(events: RuleEvents, graph: Graph, count: int, rng: np.r
             log.warning(
                 "gate: rule %d (jumper vertex %d) has only %d rule events in the eval corpus, fewer than the %d "
                 "asked of every rule (gate.eval_sequences=%d over %d rules); it is judged on %d "
-                "(more eval walks, walks.eval_walks, give it more)", j, vertex, len(own), quota, count, jumpers, len(own),
+                "(more eval walks, walks.eval_walks, give it more)",
+                j,
+                vertex,
+                len(own),
+                quota,
+                count,
+                jumpers,
+                len(own),
             )
         chosen.append(rng.choice(own, size=min(quota, len(own)), replace=False))
     return np.sort(np.concatenate(chosen))

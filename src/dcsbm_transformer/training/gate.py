@@ -68,7 +68,9 @@ def gate_decision(
     names = list(rule_names) if rule_names is not None else [f"rule {j}" for j in range(len(per_rule))]
     worst, score = worst_rule(per_rule), rule_score(aggregate, per_rule, pooled)
     if pooled is None or worst is None:
-        return GateDecision(False, "no rule events were scored, so rule compliance is unknown (the gate never passes blind)", None, None)
+        return GateDecision(
+            False, "no rule events were scored, so rule compliance is unknown (the gate never passes blind)", None, None
+        )
     if edge_compliance is None:
         return GateDecision(False, "no transitions were scored, so edge compliance is unknown", score, worst)
 

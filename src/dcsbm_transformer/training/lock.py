@@ -71,8 +71,7 @@ class RunLock:
             return os.open(self.path, os.O_CREAT | os.O_RDWR, 0o644)
         except OSError as error:
             raise OSError(
-                error.errno, f"cannot open the run lock file {self.path}: {error.strerror} "
-                "(the run folder must exist and be writable)"
+                error.errno, f"cannot open the run lock file {self.path}: {error.strerror} (the run folder must exist and be writable)"
             ) from None
 
     def _write_owner(self) -> None:

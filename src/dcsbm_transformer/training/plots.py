@@ -42,12 +42,18 @@ def plot_training_curves(
     rules = len(rule_compliance_per_jumper[0]) if rule_compliance_per_jumper else 0
     for j in range(rules):
         gate_axis.plot(
-            epochs, as_nan([epoch[j] for epoch in rule_compliance_per_jumper]), color="tab:red", alpha=0.35, linewidth=0.8,
+            epochs,
+            as_nan([epoch[j] for epoch in rule_compliance_per_jumper]),
+            color="tab:red",
+            alpha=0.35,
+            linewidth=0.8,
             label="each rule" if j == 0 else None,
         )
     gate_axis.plot(epochs, as_nan(edge_compliance), marker="o", color="tab:green", label="edge compliance")
     gate_axis.plot(epochs, as_nan(rule_compliance), marker="s", color="tab:red", label=AGGREGATE_LABEL[gate.rule_aggregate])
-    gate_axis.axhline(gate.edge_threshold, color="tab:green", linestyle="--", linewidth=1, label=f"edge threshold {gate.edge_threshold}")
+    gate_axis.axhline(
+        gate.edge_threshold, color="tab:green", linestyle="--", linewidth=1, label=f"edge threshold {gate.edge_threshold}"
+    )
     gate_axis.axhline(gate.rule_threshold, color="tab:red", linestyle="--", linewidth=1, label=f"rule threshold {gate.rule_threshold}")
     gate_axis.set_ylim(-0.02, 1.02)
     gate_axis.set_xlabel("epoch")

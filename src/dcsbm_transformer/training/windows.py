@@ -29,9 +29,7 @@ def steps_per_epoch(walk_count: int, walk_length: int, context_window: int, batc
     return math.ceil(walk_count * windows_per_walk(walk_length, context_window) / batch_size)
 
 
-def epoch_windows(
-    walk_count: int, walk_length: int, context_window: int, seed: int, epoch: int
-) -> tuple[torch.Tensor, torch.Tensor]:
+def epoch_windows(walk_count: int, walk_length: int, context_window: int, seed: int, epoch: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Shuffled (walk index, start position) of every window of ``epoch``; int64 [walks * k] each."""
     per_walk = windows_per_walk(walk_length, context_window)
     span = context_window + 1
