@@ -34,10 +34,10 @@ import numpy as np
 import torch
 
 from bench.common import print_table, record
-from dcsbm_transformer.analysis.events import draw_analysis_events
 from dcsbm_transformer.analysis.files import read_horizon
-from dcsbm_transformer.analysis.measure import CONTEXT_WINDOWS, TARGET_POSITIONS, TARGET_SIDE, events_per_chunk, measure
-from dcsbm_transformer.analysis.metrics import MetricContext, compute_metrics, spectrum
+from dcsbm_transformer.analysis.measure.batched import CONTEXT_WINDOWS, TARGET_POSITIONS, TARGET_SIDE, events_per_chunk, measure
+from dcsbm_transformer.analysis.measure.events import draw_analysis_events
+from dcsbm_transformer.analysis.measure.metrics import MetricContext, compute_metrics, spectrum
 from dcsbm_transformer.analysis.run import analyze_run
 from dcsbm_transformer.api import load_run
 from dcsbm_transformer.config import load_config

@@ -25,10 +25,10 @@ import numpy as np
 from scipy.stats import rankdata
 
 from bench.common import print_table, record
-from dcsbm_transformer.analysis.horizon import compute_horizon
-from dcsbm_transformer.analysis.measure import metric_key
-from dcsbm_transformer.analysis.metrics import METRICS
-from dcsbm_transformer.analysis.statistics import permuted_labels
+from dcsbm_transformer.analysis.measure.batched import metric_key
+from dcsbm_transformer.analysis.measure.metrics import METRICS
+from dcsbm_transformer.analysis.stats.horizon import compute_horizon
+from dcsbm_transformer.analysis.stats.statistics import permuted_labels
 from dcsbm_transformer.config import config_from_dict
 
 R, LAYERS, JUMPERS = 58, 4, 8

@@ -1,7 +1,7 @@
 """MkDocs hooks: pages written at build time from the code, so they cannot fall out of date.
 
 - ``<!-- metric-table -->`` (the maths page): every metric of the registry
-  (``dcsbm_transformer.analysis.metrics.METRICS``: name, kind, formula, version, and the first
+  (``dcsbm_transformer.analysis.measure.metrics.METRICS``: name, kind, formula, version, and the first
   paragraph of the metric function's docstring);
 - ``<!-- cli-help -->`` (the command-line page): ``dcsbm <command> --help`` for every command.
 """
@@ -19,7 +19,7 @@ def _cell(text: str) -> str:
 
 
 def metric_table() -> str:
-    from dcsbm_transformer.analysis.metrics import METRICS
+    from dcsbm_transformer.analysis.measure.metrics import METRICS
 
     rows = [
         "| metric | kind | definition (the registry's formula) | version | from the function's docstring |",

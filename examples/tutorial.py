@@ -114,7 +114,7 @@ print(moved.shape)
 # to the registered test and must not be looked at.
 
 # %%
-from dcsbm_transformer.analysis.statistics import holm, separation
+from dcsbm_transformer.analysis.stats.statistics import holm, separation
 
 events = analysis.events
 explore = ~events["held_out"].to_numpy()

@@ -10,17 +10,17 @@ import pytest
 import torch
 from conftest import run_cli, tiny_config
 
-from dcsbm_transformer.analysis.continuations import (
+from dcsbm_transformer.analysis.files import ANALYSIS_DIR, SUMMARY_FILE, TOKEN_METRICS_FILE, Summary, read_horizon
+from dcsbm_transformer.analysis.measure.batched import metric_key
+from dcsbm_transformer.analysis.measure.continuations import (
     RULE_VIOLATED,
     continue_with_targets,
     label_continuations,
 )
-from dcsbm_transformer.analysis.events import draw_analysis_events
-from dcsbm_transformer.analysis.files import ANALYSIS_DIR, SUMMARY_FILE, TOKEN_METRICS_FILE, Summary, read_horizon
-from dcsbm_transformer.analysis.measure import metric_key
-from dcsbm_transformer.analysis.metrics import METRICS
+from dcsbm_transformer.analysis.measure.events import draw_analysis_events
+from dcsbm_transformer.analysis.measure.metrics import METRICS
 from dcsbm_transformer.analysis.run import AnalysisRefused, analyze_run
-from dcsbm_transformer.analysis.statistics import holm
+from dcsbm_transformer.analysis.stats.statistics import holm
 from dcsbm_transformer.data.compliance import score_compliance
 from dcsbm_transformer.experiment import RunOptions, run_directory, run_experiment
 from dcsbm_transformer.model import ExtractionMode, TransformerLM
@@ -126,7 +126,7 @@ def test_analyze_writes_token_metrics_and_a_valid_summary(tiny_run):
     assert set(summary["guard_hits"]) == set(METRICS)
     # any stored value can be recomputed from the model and the stored tokens alone
     from dcsbm_transformer import load_run
-    from dcsbm_transformer.analysis.metrics import compute_metrics, spectrum
+    from dcsbm_transformer.analysis.measure.metrics import compute_metrics, spectrum
 
     model, w, k = load_run(folder).model, config.model.context_window, 3
     window = torch.from_numpy(arrays["tokens"][:, k - 1 : k - 1 + w].astype(np.int64))
@@ -265,7 +265,7 @@ def test_a_run_whose_gate_failed_is_refused_unless_asked(tmp_path):
 
 
 def test_chunking_bounds_memory_without_changing_a_value(quick_config, quick_data, quick_events):
-    from dcsbm_transformer.analysis.measure import events_per_chunk, measure
+    from dcsbm_transformer.analysis.measure.batched import events_per_chunk, measure
 
     torch.manual_seed(0)
     model = TransformerLM.from_config(quick_config).eval()
@@ -349,8 +349,8 @@ def test_a_pass_reads_nothing_back_from_the_device(quick_config, quick_events):
     not grow with the number of passes (tokens and values come back once, at a chunk's end)."""
     from test_training import _HostReads
 
-    from dcsbm_transformer.analysis.measure import TARGET_SIDE
-    from dcsbm_transformer.analysis.metrics import compute_metrics, spectrum
+    from dcsbm_transformer.analysis.measure.batched import TARGET_SIDE
+    from dcsbm_transformer.analysis.measure.metrics import compute_metrics, spectrum
 
     model = TransformerLM.from_config(quick_config).eval()
     prompts = torch.from_numpy(quick_events.prompts[:32])

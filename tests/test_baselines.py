@@ -1,4 +1,4 @@
-"""The baselines measured beside every metric (``analysis.behaviour``): rule-feasible mass, output
+"""The baselines measured beside every metric (``analysis.measure.behaviour``): rule-feasible mass, output
 entropy, the oracle KL from the true next-step distribution, attention on the jumper — their
 known answers, and their rows in horizon.json."""
 
@@ -10,8 +10,8 @@ import torch
 from conftest import tiny_config
 
 from dcsbm_transformer import load_run
-from dcsbm_transformer.analysis.behaviour import PassBehaviour, attention_to_jumper
-from dcsbm_transformer.analysis.events import draw_analysis_events
+from dcsbm_transformer.analysis.measure.behaviour import PassBehaviour, attention_to_jumper
+from dcsbm_transformer.analysis.measure.events import draw_analysis_events
 from dcsbm_transformer.experiment import RunOptions
 from dcsbm_transformer.pipeline import run_pipeline
 

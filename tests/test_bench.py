@@ -135,8 +135,8 @@ def test_statistics_benchmark_agrees_with_the_plain_statistic_and_records_the_ra
         "--plain-permutations",
         "2",
     )["statistics_anchor"]
-    from dcsbm_transformer.analysis.metrics import METRICS
-    from dcsbm_transformer.analysis.statistics import permutations_needed
+    from dcsbm_transformer.analysis.measure.metrics import METRICS
+    from dcsbm_transformer.analysis.stats.statistics import permutations_needed
 
     arrays = len(METRICS) * 2 * 1  # every metric on QKᵀ and AVWₒ of the layer, plus the behavioural row
     assert entry["arrays"] == arrays + 1 and entry["lookbacks"] == 58 and entry["permutations_requested"] == 20

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from dcsbm_transformer.analysis.files import ANALYSIS_DIR, read_horizon, record_analysis, write_horizon
-from dcsbm_transformer.analysis.horizon import compute_horizon
+from dcsbm_transformer.analysis.stats.horizon import compute_horizon
 from dcsbm_transformer.comparison import (
     ComparisonError,
     add_report_parser,

@@ -15,7 +15,7 @@ import sys
 import pytest
 from conftest import REPO
 
-from dcsbm_transformer.analysis.metrics import METRICS
+from dcsbm_transformer.analysis.measure.metrics import METRICS
 
 NEEDED = {
     "mkdocs": "mkdocs",

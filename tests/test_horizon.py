@@ -8,8 +8,8 @@ import pytest
 from conftest import tiny_config
 
 from dcsbm_transformer.analysis.files import Horizon, read_horizon, write_horizon
-from dcsbm_transformer.analysis.horizon import compute_horizon, primary_key
-from dcsbm_transformer.analysis.statistics import auroc_difference, holm, separation
+from dcsbm_transformer.analysis.stats.horizon import compute_horizon, primary_key
+from dcsbm_transformer.analysis.stats.statistics import auroc_difference, holm, separation
 from dcsbm_transformer.registration import RegistrationCheck, registration_payload
 
 R, K_PLANTED, EVENTS, JUMPERS = 6, 3, 600, 3

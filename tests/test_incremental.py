@@ -1,4 +1,4 @@
-"""Incremental value (``analysis.incremental``): a metric that is its context-only value plus noise
+"""Incremental value (``analysis.stats.incremental``): a metric that is its context-only value plus noise
 adds nothing — the likelihood-ratio test keeps its level and the cross-validated gain is about 0 —
 while a metric with an added independent signal is found; and the numbers are those of a direct
 statsmodels fit."""
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from dcsbm_transformer.analysis.incremental import incremental_value
+from dcsbm_transformer.analysis.stats.incremental import incremental_value
 
 EVENTS = 600
 

@@ -16,10 +16,10 @@ from conftest import REPO, run_cli, tiny_config
 from scipy import stats
 
 from dcsbm_transformer import load_run
-from dcsbm_transformer.analysis.confirmatory import VERDICTS, held_out_events
 from dcsbm_transformer.analysis.files import ANALYSIS_DIR, read_horizon
-from dcsbm_transformer.analysis.horizon import compute_horizon
-from dcsbm_transformer.analysis.statistics import holm
+from dcsbm_transformer.analysis.stats.confirmatory import VERDICTS, held_out_events
+from dcsbm_transformer.analysis.stats.horizon import compute_horizon
+from dcsbm_transformer.analysis.stats.statistics import holm
 from dcsbm_transformer.comparison import report
 from dcsbm_transformer.experiment import RunOptions, run_experiment
 from dcsbm_transformer.pipeline import run_pipeline
@@ -282,7 +282,7 @@ def run_example(code: str, run_dir: Path) -> dict:
 
 
 def test_the_add_a_metric_example_measures_a_new_metric_without_deleting_anything(copy):
-    from dcsbm_transformer.analysis.metrics import METRICS
+    from dcsbm_transformer.analysis.measure.metrics import METRICS
 
     (first,) = index_names(copy)
     stamp = (copy / ANALYSIS_DIR / first / "token_metrics.npz").stat().st_mtime_ns
@@ -310,7 +310,7 @@ def test_the_readme_python_example_runs_as_written(trained):
 
 
 def test_edge_clean_view_sets_aside_the_lookbacks_after_a_generated_non_edge():
-    from dcsbm_transformer.analysis.horizon import edge_clean_view
+    from dcsbm_transformer.analysis.stats.horizon import edge_clean_view
 
     values = np.arange(12, dtype=np.float32).reshape(3, 4)  # lookback order, r = 4: column j is pass 4 - j
     clean = edge_clean_view(values, np.array([0, 2, 4]), np.array([4, 4, 4]))

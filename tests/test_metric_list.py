@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from dcsbm_transformer.analysis.metrics import (
+from dcsbm_transformer.analysis.measure.metrics import (
     BASIS_K,
     CONDITION_EPS,
     METRICS,
@@ -529,9 +529,9 @@ def test_measure_fills_the_added_metrics_as_a_direct_recomputation_does():
     pass 1's spectrum and the token embeddings; drift is 0 at pass 1 and not measured at the context window."""
     from conftest import tiny_config
 
-    from dcsbm_transformer.analysis.continuations import forward_targets
-    from dcsbm_transformer.analysis.events import draw_analysis_events
-    from dcsbm_transformer.analysis.measure import TARGET_POSITIONS, TARGET_SIDE, measure, metric_key
+    from dcsbm_transformer.analysis.measure.batched import TARGET_POSITIONS, TARGET_SIDE, measure, metric_key
+    from dcsbm_transformer.analysis.measure.continuations import forward_targets
+    from dcsbm_transformer.analysis.measure.events import draw_analysis_events
     from dcsbm_transformer.data.dataset import build_data
     from dcsbm_transformer.model import TransformerLM
 

@@ -1,4 +1,4 @@
-"""The metric registry (analysis/metrics.py) against independent numpy float64 references,
+"""The metric registry (analysis/measure/metrics.py) against independent numpy float64 references,
 known answers, the window-shift restriction, guards, and batching."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from dcsbm_transformer.analysis.metrics import (
+from dcsbm_transformer.analysis.measure.metrics import (
     CONDITION_CAP,
     CONDITION_EPS,
     METRICS,

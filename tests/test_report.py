@@ -16,10 +16,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dcsbm_transformer.analysis.figures import draw_figures
 from dcsbm_transformer.analysis.files import read_horizon, write_horizon
-from dcsbm_transformer.analysis.horizon import compute_horizon
-from dcsbm_transformer.analysis.report import REPORT_FILE, render, report_context, write_report
+from dcsbm_transformer.analysis.report.figures import draw_figures
+from dcsbm_transformer.analysis.report.page import REPORT_FILE, render, report_context, write_report
+from dcsbm_transformer.analysis.stats.horizon import compute_horizon
 from dcsbm_transformer.config import config_from_dict
 from dcsbm_transformer.registration import RegistrationCheck, registration_payload
 from dcsbm_transformer.storage import sha256_file, write_npz
@@ -290,7 +290,7 @@ def test_missing_inputs_are_named(run, tmp_path):
 
 def test_a_multi_layer_run_shows_the_primary_metric_at_every_layer(tmp_path):
     """Per-layer answers: the primary's metric at each layer, and where the strongest arrays sit."""
-    from dcsbm_transformer.analysis.report import layer_rows
+    from dcsbm_transformer.analysis.report.page import layer_rows
 
     config = config_from_dict({**RAW_CONFIG, "model": {**RAW_CONFIG["model"], "n_layers": 2}})
     arrays = synthetic_arrays()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from dcsbm_transformer.analysis.statistics import separation
+from dcsbm_transformer.analysis.stats.statistics import separation
 
 # --------------------------------------------------------------------------------------------------
 # a. a lookback with no jumper holding both classes finite has a NaN stratified AUROC: NaN p, not 1/(P+1)
@@ -70,7 +70,7 @@ def _four_vertex_graph():
 
 
 def test_b_no_rule_outcome_for_a_pass_that_does_not_exist():
-    from dcsbm_transformer.analysis.continuations import RULE_FOLLOWED, label_continuations
+    from dcsbm_transformer.analysis.measure.continuations import RULE_FOLLOWED, label_continuations
 
     graph = _four_vertex_graph()
     # event 0 (r = 1): the prompt's vertex 2 is a jumper whose deadline falls at pass 2, past the event's r
@@ -92,7 +92,7 @@ def _velocity(before: float, after: float) -> float:
     """condition_velocity between two 2 × 2 spectra of condition numbers ``before`` -> ``after``."""
     import torch
 
-    from dcsbm_transformer.analysis.metrics import METRICS, Spectrum
+    from dcsbm_transformer.analysis.measure.metrics import METRICS, Spectrum
 
     spec = lambda c: Spectrum(values=torch.tensor([[1.0, 1.0 / c]], dtype=torch.float64), vectors=None)  # noqa: E731
     value, _ = METRICS["condition_velocity"].function(spec(before), spec(after), False)
@@ -100,7 +100,7 @@ def _velocity(before: float, after: float) -> float:
 
 
 def test_c_condition_velocity_order_survives_the_cap():
-    from dcsbm_transformer.analysis.metrics import CONDITION_CAP
+    from dcsbm_transformer.analysis.measure.metrics import CONDITION_CAP
 
     four_decades, one_decade = _velocity(10.0, 1e5), _velocity(1e5, 1e6)
     assert four_decades > one_decade  # was 99990 < 900000: the raw difference ranks by level, not by change
@@ -115,7 +115,7 @@ def test_c_condition_velocity_order_survives_the_cap():
 
 
 def test_c_metric_versions_mark_the_changed_definition():
-    from dcsbm_transformer.analysis.metrics import METRICS
+    from dcsbm_transformer.analysis.measure.metrics import METRICS
 
     assert METRICS["condition_velocity"].version == 2
     assert all(metric.version == 1 for name, metric in METRICS.items() if name != "condition_velocity")
@@ -136,7 +136,7 @@ def _binormal(rng, n_v, n_s, true_auroc, replicates):
 
 
 def test_d_perfect_separation_gets_a_lower_bound_clearly_below_one():
-    from dcsbm_transformer.analysis.statistics import auroc_ci, delong, stratified_auroc
+    from dcsbm_transformer.analysis.stats.statistics import auroc_ci, delong, stratified_auroc
 
     x = np.r_[np.arange(10) + 100.0, np.arange(10.0)]  # 10 violations, all above 10 successes
     y = np.r_[np.ones(10, bool), np.zeros(10, bool)]
@@ -158,7 +158,7 @@ def test_d_perfect_separation_bound_holds_its_level_in_simulation():
     """Binormal scores, 10 vs 10, true AUROC 0.90 and 0.95 (perfect separation in 5% and 18% of
     samples): the lower 95% bound exceeds the truth in at most 2.5% + Monte-Carlo error of them
     (before: 5.2% and 17.8%, every perfect sample)."""
-    from dcsbm_transformer.analysis.statistics import auroc_ci, delong
+    from dcsbm_transformer.analysis.stats.statistics import auroc_ci, delong
 
     rng = np.random.default_rng(5)
     replicates = 4000
@@ -174,7 +174,7 @@ def test_d_coverage_at_moderate_auroc_is_unchanged():
     0.70 and 0.80 (40 vs 60) at 95% within Monte-Carlo error."""
     from scipy.stats import norm
 
-    from dcsbm_transformer.analysis.statistics import auroc_ci, delong
+    from dcsbm_transformer.analysis.stats.statistics import auroc_ci, delong
 
     rng = np.random.default_rng(6)
     replicates = 3000
@@ -200,9 +200,9 @@ def test_e_guard_hits_count_only_the_values_kept():
     import torch
     from conftest import tiny_config
 
-    from dcsbm_transformer.analysis.events import draw_analysis_events
-    from dcsbm_transformer.analysis.measure import measure
-    from dcsbm_transformer.analysis.metrics import CONDITION_CAP, METRICS
+    from dcsbm_transformer.analysis.measure.batched import measure
+    from dcsbm_transformer.analysis.measure.events import draw_analysis_events
+    from dcsbm_transformer.analysis.measure.metrics import CONDITION_CAP, METRICS
     from dcsbm_transformer.data.dataset import build_data
     from dcsbm_transformer.model import TransformerLM
 
@@ -234,7 +234,7 @@ def test_e_guard_hits_count_only_the_values_kept():
 
 
 def test_f_constant_arrays_within_rounding_of_their_scale():
-    from dcsbm_transformer.analysis.statistics import constant_arrays
+    from dcsbm_transformer.analysis.stats.statistics import constant_arrays
 
     rng = np.random.default_rng(7)
     ulp_jitter = (1e6 + rng.integers(-2, 3, size=(50, 4)) * np.spacing(np.float32(1e6))).astype(np.float32)
@@ -260,7 +260,7 @@ def test_f_constant_arrays_within_rounding_of_their_scale():
 
 
 def test_g_holm_floor_and_permutations_needed():
-    from dcsbm_transformer.analysis.statistics import holm, holm_floor, permutations_needed
+    from dcsbm_transformer.analysis.stats.statistics import holm, holm_floor, permutations_needed
 
     # the floor is what Holm makes of m permutation p-values all at their smallest, 1/(P+1)
     m, P = 512, 10_000  # e.g. 4 layers x 4 heads x 2 targets x 16 metrics

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy.stats import binom, norm
 
-from dcsbm_transformer.analysis.statistics import (
+from dcsbm_transformer.analysis.stats.statistics import (
     auroc,
     auroc_ci,
     delong,

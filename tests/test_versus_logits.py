@@ -11,8 +11,8 @@ import numpy as np
 from conftest import tiny_config
 from scipy.stats import norm
 
-from dcsbm_transformer.analysis.horizon import compute_horizon
-from dcsbm_transformer.analysis.statistics import auroc_difference, simultaneous_difference, stratified_auroc
+from dcsbm_transformer.analysis.stats.horizon import compute_horizon
+from dcsbm_transformer.analysis.stats.statistics import auroc_difference, simultaneous_difference, stratified_auroc
 from dcsbm_transformer.registration import RegistrationCheck, registration_payload
 
 R, EVENTS, RHO = 8, 1000, 0.5

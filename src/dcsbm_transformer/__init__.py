@@ -2,7 +2,7 @@
 
 The public interface (DESIGN.md, "Interfaces that others rely on")::
 
-    from dcsbm_transformer import load_config, TransformerLM, ExtractionMode, load_run, analyze_run
+    from . import load_config, TransformerLM, ExtractionMode, load_run, analyze_run
 """
 
 from .analysis.run import analyze_run

@@ -18,7 +18,7 @@ import sys
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
-from .analysis.events import AnalysisEventsError
+from .analysis.measure.events import AnalysisEventsError
 from .analysis.run import AnalysisNameError, AnalysisRefused, analyze_run
 from .api import load_run
 from .comparison import ComparisonError, add_report_parser

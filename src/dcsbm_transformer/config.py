@@ -121,13 +121,15 @@ class PrimaryHypothesis(_Section):
     target: Literal["qkt", "avwo"] = Field("qkt", description="QKᵀ or AVWₒ")
     layer: StrictInt = Field(-1, description="layer index; negative counts from the last (-1 = last layer)")
     head: StrictInt = Field(0, ge=0)
-    metric: str = Field("grassmannian_distance", description="a registered metric (dcsbm_transformer.analysis.metrics.METRICS)")
+    metric: str = Field(
+        "grassmannian_distance", description="a registered metric (dcsbm_transformer.analysis.measure.metrics.METRICS)"
+    )
     direction: Literal["higher", "lower"] = Field("higher", description="the metric's side before violations")
 
     @field_validator("metric")
     @classmethod
     def _registered(cls, metric: str) -> str:
-        from .analysis.metrics import METRICS  # the registry is the one list of metric names
+        from .analysis.measure.metrics import METRICS  # the registry is the one list of metric names
 
         if metric not in METRICS:
             raise ValueError(f"{metric!r} is not a registered metric; choose one of {', '.join(METRICS)}")

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from .analysis.files import ANALYSIS_DIR
-from .analysis.report import write_report
+from .analysis.report.page import write_report
 from .analysis.run import analyze_run
 from .config import ExperimentConfig
 from .experiment import RunOptions, run_directory, run_experiment

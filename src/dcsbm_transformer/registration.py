@@ -87,7 +87,7 @@ class Registration(_Strict):
 
 
 def _metric_version(metric: str) -> int:
-    from .analysis.metrics import METRICS  # the registry is the one list of metric names and versions
+    from .analysis.measure.metrics import METRICS  # the registry is the one list of metric names and versions
 
     return int(getattr(METRICS[metric], "version", 1))
 

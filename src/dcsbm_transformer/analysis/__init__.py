@@ -5,8 +5,8 @@ interactive work: ``generate_continuations`` (tokens, labels and SVD targets of 
 few prompts), ``spectrum`` and ``compute_metrics`` with the registry ``METRICS``.
 """
 
-from .continuations import Continuation, PassTargets, generate_continuations
-from .metrics import METRICS, Spectrum, compute_metrics, spectrum
+from .measure.continuations import Continuation, PassTargets, generate_continuations
+from .measure.metrics import METRICS, Spectrum, compute_metrics, spectrum
 from .run import AnalysisRefused, analyze_run
 
 __all__ = [

@@ -228,7 +228,7 @@ def finished_summary(directory: Path, settings: dict[str, Any]) -> dict[str, Any
 
 
 # --------------------------------------------------------------------------------------------------
-# horizon.json: the statistics of every metric (analysis.horizon builds it)
+# horizon.json: the statistics of every metric (analysis.stats.horizon builds it)
 
 HORIZON_FILE = "horizon.json"
 # 2: lookback-ordered arrays, the registration check, the held-out confirmatory test and its verdict,
@@ -266,7 +266,7 @@ class VersusBehaviour(_Strict):
 
 
 class Incremental(_Strict):
-    """Nested logistic models within jumper at lookback j (``analysis.incremental``): the metric beyond its bases."""
+    """Nested logistic models within jumper at lookback j (``analysis.stats.incremental``): the metric beyond its bases."""
 
     j: int
     events: int
@@ -426,7 +426,7 @@ class Horizon(_Strict):
     counts_by_r: dict[str, dict[str, int]]  # r -> {"violations", "successes"}
     primary: PrimaryResult
     behavioural: MetricStatistics  # the model's own target-block probability (metric "target_block_probability")
-    # the other baselines (analysis.behaviour): rule_feasible_mass, output_entropy, oracle_kl (target "logits") and
+    # the other baselines (analysis.measure.behaviour): rule_feasible_mass, output_entropy, oracle_kl (target "logits") and
     # attention_jumper.layer_<L>.head_<H> (target "attention"); two-sided, not in the exploratory family
     baselines: dict[str, MetricStatistics]
     metrics: dict[str, MetricStatistics]  # every non-constant metric array (the exploratory family + the primary's)

@@ -7,7 +7,7 @@ analysis; see ``analysis.files``). ``Analysis.events`` is a pandas DataFrame of 
 row each, with the held-out flag of the registered test). ``Analysis.horizon`` is the parsed
 ``horizon.json`` and ``Analysis.horizon_frame()`` the same numbers as a tidy DataFrame, one row
 per (array, r, lookback). The statistics that made them are public in
-``dcsbm_transformer.analysis.statistics`` (``stratified_auroc``, ``delong``, ``auroc_ci``,
+``dcsbm_transformer.analysis.stats.statistics`` (``stratified_auroc``, ``delong``, ``auroc_ci``,
 ``auroc_difference``, ``separation``, ``holm``…), so a metric of one's own is tested with the same
 machinery.
 """
@@ -26,8 +26,8 @@ import pandas as pd
 
 from ..config import ExperimentConfig
 from ..reproducibility import numpy_rng
-from .confirmatory import held_out_events
 from .files import HORIZON_FILE, SUMMARY_FILE, TOKEN_METRICS_FILE, find_analysis, read_horizon, read_index
+from .stats.confirmatory import held_out_events
 
 EVENT_COLUMNS = {
     "event_r": "r",

@@ -33,8 +33,6 @@ from ..experiment import git_commit
 from ..registration import read_registration, registration_check
 from ..storage import remove_stale_temporaries, sha256_file, write_npz
 from ..training.lock import RunLock
-from .continuations import RULE_VIOLATED, TARGETS
-from .events import draw_analysis_events
 from .files import (
     CONTEXT_PREFIX,
     TOKEN_METRICS_FILE,
@@ -46,11 +44,13 @@ from .files import (
     settings_digest,
     write_summary,
 )
-from .horizon import horizon_for_run
-from .measure import Measurements, measure
-from .metrics import METRICS, compute_metrics, spectrum
-from .report import write_report
-from .statistics import constant_arrays, lookback_view
+from .measure.batched import Measurements, measure
+from .measure.continuations import RULE_VIOLATED, TARGETS
+from .measure.events import draw_analysis_events
+from .measure.metrics import METRICS, compute_metrics, spectrum
+from .report.page import write_report
+from .stats.horizon import horizon_for_run
+from .stats.statistics import constant_arrays, lookback_view
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 

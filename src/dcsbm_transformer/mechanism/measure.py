@@ -36,7 +36,7 @@ undefined (None). Means carry ``mean ± z·sd/√n``.
 weight A[last position, jumper position] per layer and head, in lookback order (j = r − k,
 ``files.py`` of the analysis). Its mean ± CI for violations and successes, and the AUROC of
 violation against it per r stratum (jumper-stratified, DeLong variance, logit-scale CI:
-``analysis.statistics``) — below 0.5 means *less* attention on the jumper before a violation.
+``analysis.stats.statistics``) — below 0.5 means *less* attention on the jumper before a violation.
 
 Vectorised over events: the only Python loops are over conditions, passes and row slices.
 """
@@ -51,8 +51,8 @@ import numpy as np
 import torch
 from scipy.stats import norm
 
-from ..analysis.behaviour import attention_to_jumper
-from ..analysis.statistics import auroc_ci, lookback_view, r_strata, stratified_auroc
+from ..analysis.measure.behaviour import attention_to_jumper
+from ..analysis.stats.statistics import auroc_ci, lookback_view, r_strata, stratified_auroc
 from ..data.compliance import RuleEvents, score_compliance
 from ..data.graph import Graph
 from ..model import TransformerLM

@@ -1,6 +1,6 @@
 """The mechanism section of ``report.html``: findings in words, tables and three figures.
 
-``mechanism_section(analysis_dir)`` is the context the template ``analysis/templates/mechanism.html.j2``
+``mechanism_section(analysis_dir)`` is the context the template ``analysis/report/templates/mechanism.html.j2``
 renders (None when the folder has no valid mechanism.json); ``analysis.report`` asks for it and
 includes the template. Figures are drawn with matplotlib's object API (no pyplot state), written to
 ``figures/mechanism_*.png`` and embedded as base64 PNGs, as the analysis's own figures are:

@@ -31,7 +31,7 @@ from ..analysis.files import (
     read_horizon,
     settings_digest,
 )
-from ..analysis.report import write_report
+from ..analysis.report.page import write_report
 from ..api import ExcludedRunWarning, load_run
 from ..devices import resolve_device
 from ..experiment import git_commit

@@ -68,8 +68,8 @@ def analysis_finished(run_dir: Path, config: ExperimentConfig, precision: str) -
     config's analysis settings (its folder's summary.json vouching for its token_metrics.npz, and a
     horizon.json computed from that npz with these settings and registration status). When in
     doubt, False: the job then runs, and ``analyze_run`` reuses whatever is already finished."""
-    from ..analysis.horizon import horizon_is_current
     from ..analysis.run import analysis_settings
+    from ..analysis.stats.horizon import horizon_is_current
     from ..registration import read_registration, registration_check
 
     result = read_result(run_dir)

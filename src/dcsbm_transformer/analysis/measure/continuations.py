@@ -27,9 +27,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..data.compliance import find_rule_events
-from ..data.graph import Graph
-from ..model import TransformerLM
+from ...data.compliance import find_rule_events
+from ...data.graph import Graph
+from ...model import TransformerLM
 from .behaviour import PassBehaviour
 
 TARGETS = ("qkt", "avwo")
@@ -67,7 +67,7 @@ def continue_with_targets(
 
     Returns (generated tokens int64 [E, passes], probability of the target block at each pass
     float32 [E, passes]); calls ``on_pass(k, targets)`` for k = 1..passes, and ``behaviour``
-    records the other baselines of each pass (``analysis.behaviour``).
+    records the other baselines of each pass (``analysis.measure.behaviour``).
     """
     w_o, _ = model.attention_output_weights()  # [L, H, d_head, d_model]
     window = prompts.clone()

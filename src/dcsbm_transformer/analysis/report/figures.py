@@ -29,10 +29,10 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
-from ..storage import atomic_write_bytes
-from .files import CONTEXT_PREFIX
-from .horizon import KEY, TARGET_NAMES
-from .statistics import stratum_mask
+from ...storage import atomic_write_bytes
+from ..files import CONTEXT_PREFIX
+from ..stats.horizon import KEY, TARGET_NAMES
+from ..stats.statistics import stratum_mask
 
 FIGURES_DIR = "figures"
 LOOKBACK_LABEL = "lookback j (passes before the deadline)"

@@ -28,9 +28,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from ..data.graph import Graph
-from ..model import TransformerLM
-from ..reproducibility import torch_generator
+from ...data.graph import Graph
+from ...model import TransformerLM
+from ...reproducibility import torch_generator
 from .behaviour import PassBehaviour
 from .continuations import TARGETS, Labels, PassTargets, continue_with_targets, forward_targets, label_continuations
 from .events import AnalysisEvents
@@ -66,7 +66,7 @@ class Measurements:
     seconds: dict[str, float] = field(default_factory=dict)
     # metric name -> guard hits among the values kept in ``context`` (the window ending at s - 1)
     context_guard_hits: dict[str, int] = field(default_factory=dict)
-    # the other baselines (analysis.behaviour): name -> float32 [E, max r], NaN where undefined or no pass
+    # the other baselines (analysis.measure.behaviour): name -> float32 [E, max r], NaN where undefined or no pass
     behaviour: dict[str, np.ndarray] = field(default_factory=dict)
 
 

@@ -35,8 +35,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..data.graph import Graph
-from ..data.walks import RuleAwareWalker
+from ...data.graph import Graph
+from ...data.walks import RuleAwareWalker
 
 BEHAVIOURAL = ("target_block_probability", "rule_feasible_mass", "output_entropy", "oracle_kl")
 ATTENTION_PREFIX = "attention_jumper"

@@ -16,10 +16,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..config import ExperimentConfig
-from ..data.graph import Graph
-from ..data.walks import generate_corpus
-from ..reproducibility import numpy_rng
+from ...config import ExperimentConfig
+from ...data.graph import Graph
+from ...data.walks import generate_corpus
+from ...reproducibility import numpy_rng
 
 MAX_ROUNDS = 20
 

@@ -265,7 +265,7 @@ def headline(horizon: dict[str, Any], name: str) -> list[str]:
 
 
 def _incremental_clause(incremental: dict[str, Any] | None, beyond: str) -> str:
-    """One sentence on the nested-model test (``analysis.incremental``), or nothing when absent."""
+    """One sentence on the nested-model test (``analysis.stats.incremental``), or nothing when absent."""
     if not incremental or incremental["gain"] is None:
         return ""
     p = incremental["p_adjusted"] if incremental["p_adjusted"] is not None else incremental["p_value"]

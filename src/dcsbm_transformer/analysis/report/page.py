@@ -1,7 +1,7 @@
 """``results/<id>/analysis/report.html``: one self-contained page a researcher can read without the code.
 
 Built from the run's files alone — config.json, result.json, analysis/summary.json,
-analysis/horizon.json and analysis/token_metrics.npz — with the figures (``analysis.figures``)
+analysis/horizon.json and analysis/token_metrics.npz — with the figures (``analysis.report.figures``)
 embedded as base64 PNGs and no external CSS or JavaScript. ``report_context`` is the data the
 template renders (numbers raw and formatted), so tests check numbers without parsing HTML.
 
@@ -24,10 +24,10 @@ from typing import Any
 import numpy as np
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
-from ..storage import atomic_write_bytes
+from ...storage import atomic_write_bytes
+from ..files import HORIZON_FILE, SUMMARY_FILE, TOKEN_METRICS_FILE, read_horizon, read_index
+from ..stats.horizon import TARGET_NAMES
 from .figures import draw_figures, layer_keys, metric_label
-from .files import HORIZON_FILE, SUMMARY_FILE, TOKEN_METRICS_FILE, read_horizon, read_index
-from .horizon import TARGET_NAMES
 
 REPORT_FILE = "report.html"
 TEMPLATE = "report.html.j2"
@@ -119,7 +119,7 @@ def read_analysis(analysis_dir: Path) -> dict[str, Any]:
     horizon = read_horizon(analysis)
     if horizon is None:
         raise FileNotFoundError(f"{analysis / HORIZON_FILE} is missing or invalid: run `dcsbm analyze` again to (re)compute it")
-    from ..mechanism.report import mechanism_section  # the floor above draws its own section (None without mechanism.json)
+    from ...mechanism.report import mechanism_section  # the floor above draws its own section (None without mechanism.json)
 
     return {
         "config": config,

@@ -34,15 +34,15 @@ from typing import Any
 import numpy as np
 import scipy
 
-from ..config import ExperimentConfig
-from ..experiment import git_commit
-from ..registration import RegistrationCheck
-from ..reproducibility import numpy_rng
-from ..storage import read_npz
-from .behaviour import ATTENTION_PREFIX
-from .behaviour import BEHAVIOURAL as BEHAVIOURAL_PREDICTORS
+from ...config import ExperimentConfig
+from ...experiment import git_commit
+from ...registration import RegistrationCheck
+from ...reproducibility import numpy_rng
+from ...storage import read_npz
+from ..files import CONTEXT_PREFIX, HORIZON_FILE, TOKEN_METRICS_FILE, read_horizon, write_horizon
+from ..measure.behaviour import ATTENTION_PREFIX
+from ..measure.behaviour import BEHAVIOURAL as BEHAVIOURAL_PREDICTORS
 from .confirmatory import confirmatory_entry, headline, held_out_events
-from .files import CONTEXT_PREFIX, HORIZON_FILE, TOKEN_METRICS_FILE, read_horizon, write_horizon
 from .incremental import incremental_value
 from .statistics import (
     SeparationResult,
@@ -68,7 +68,7 @@ def metric_arrays(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 
 def baseline_arrays(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """The baselines of a token_metrics.npz other than the target-block probability: the behavioural
-    predictors and attention on the jumper per layer and head (``analysis.behaviour``)."""
+    predictors and attention on the jumper per layer and head (``analysis.measure.behaviour``)."""
     return {
         key: values for key, values in arrays.items() if key in BEHAVIOURAL_PREDICTORS[1:] or key.startswith(ATTENTION_PREFIX + ".")
     }
