@@ -87,6 +87,10 @@ class ModelConfig(_Section):
     dropout: StrictFloat = Field(0.0, ge=0.0, lt=1.0)
 
 
+# (section, key) of config keys added after results existed: hashed only when set (config_hash)
+_HASHED_ONLY_WHEN_SET = [("training", "window_stride")]
+
+
 class TrainingConfig(_Section):
     """Optimisation (spec TRNG-01 and DESIGN.md's decisions)."""
 
@@ -97,6 +101,12 @@ class TrainingConfig(_Section):
     min_lr_fraction: StrictFloat = Field(0.1, ge=0, le=1, description="cosine floor as a share of the peak lr")
     max_epochs: StrictInt = Field(50, ge=1)
     grad_clip: StrictFloat = Field(1.0, gt=0, description="max global gradient norm")
+    window_stride: StrictInt | None = Field(
+        None,
+        ge=1,
+        description="tokens between the starts of a walk's training windows; unset: back-to-back windows of w + 1 "
+        "(training/windows.py). At most w + 1 - r, every rule lies whole in some window of every epoch",
+    )
 
 
 class GateConfig(_Section):
@@ -242,6 +252,10 @@ class ExperimentConfig(_Section):
         """Hash of everything that shapes the trained model (all but ``analysis``): a checkpoint
         belongs to exactly one, and re-analysing never changes it."""
         training_part = {key: value for key, value in self.to_dict().items() if key != "analysis"}
+        # keys added after runs existed enter the hash only when set, so every earlier run keeps its id
+        for section, key in _HASHED_ONLY_WHEN_SET:
+            if training_part[section][key] is None:
+                del training_part[section][key]
         return _sha256_of({"format": DATA_FORMAT_VERSION, **training_part})
 
     @property
@@ -339,6 +353,11 @@ def _cross_field_problems(raw: Any) -> list[str]:
         problems.append(f"walks.train_walks: {train} is fewer than 100 * n = {100 * n} training walks")
     if d_model and heads and d_model % heads:
         problems.append(f"model.d_model: {d_model} is not divisible by n_heads={heads}")
+    stride = _as_int(get("training", "window_stride"))
+    if stride and w and stride > w + 1:
+        problems.append(
+            f"training.window_stride: {stride} is more than w + 1 = {w + 1}: windows would skip tokens (unset it for back-to-back windows)"
+        )
     if isinstance(scales, (list, tuple)) and w:
         for i, scale in enumerate(scales):
             value = _as_number(scale)

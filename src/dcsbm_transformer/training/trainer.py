@@ -134,7 +134,10 @@ class Trainer:
         self.autocast, self.hooks = autocast, hooks or TrainingHooks()
         self.forward = compiled if compiled is not None else model
         t = config.training
-        self.steps_per_epoch = steps_per_epoch(len(train_walks), train_walks.shape[1], config.model.context_window, t.batch_size)
+        self.stride = t.window_stride
+        self.steps_per_epoch = steps_per_epoch(
+            len(train_walks), train_walks.shape[1], config.model.context_window, t.batch_size, self.stride
+        )
         self.total_steps = self.steps_per_epoch * t.max_epochs
         self.optimizer = build_optimizer(model, t.lr, t.weight_decay)
         # Listed once: walking the module tree for every step's clipping costs ~7% of a small
@@ -170,7 +173,7 @@ class Trainer:
         benchmarks); returns the per-step losses (CPU float32)."""
         device = self.walks.device
         w, batch = self.config.model.context_window, self.config.training.batch_size
-        walk, start = epoch_windows(len(self.walks), self.walks.shape[1], w, self.config.seed, epoch)
+        walk, start = epoch_windows(len(self.walks), self.walks.shape[1], w, self.config.seed, epoch, self.stride)
         walk, start = walk.to(device), start.to(device)
         steps = min(max_steps or self.steps_per_epoch, self.steps_per_epoch)
         losses = torch.empty(steps, device=device)
@@ -212,9 +215,9 @@ class Trainer:
         torch.compile cannot work (no C++ compiler for a CPU, no Triton for a GPU) this raises
         CompileError before any training."""
         device, w, batch = self.walks.device, self.config.model.context_window, self.config.training.batch_size
-        windows = len(self.walks) * windows_per_walk(self.walks.shape[1], w)
+        windows = len(self.walks) * windows_per_walk(self.walks.shape[1], w, self.stride)
         sizes = dict.fromkeys([min(batch, windows), windows - (self.steps_per_epoch - 1) * batch])  # in epoch order
-        walk, start = epoch_windows(len(self.walks), self.walks.shape[1], w, self.config.seed, self.state.epoch + 1)
+        walk, start = epoch_windows(len(self.walks), self.walks.shape[1], w, self.config.seed, self.state.epoch + 1, self.stride)
         rng = capture_rng_state()
         self.model.train()
         synchronize()
