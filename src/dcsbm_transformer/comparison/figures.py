@@ -16,7 +16,6 @@ pyplot, no global backend).
 
 from __future__ import annotations
 
-import io
 from collections import defaultdict
 from typing import Any
 
@@ -24,9 +23,9 @@ import numpy as np
 from matplotlib.figure import Figure
 from scipy import stats
 
+from ..plotting import PAGE_WIDTH_IN, grid_shape, grid_size, png_bytes, say_empty
 from .tables import TARGET_NAMES, TARGETS
 
-DPI = 110
 COLOURS = ("tab:blue", "tab:orange", "tab:green", "tab:purple", "tab:brown", "tab:pink", "tab:olive", "tab:cyan")
 COMPLIANCE_INTERVAL = (
     "mean ± 95% t-interval over the runs of a series at each r/w (mean ± t(0.975, n−1)·s/√n, clipped to "
@@ -55,9 +54,8 @@ def wilson(k: int, n: int) -> tuple[float, float]:
 
 
 def _png(figure: Figure) -> bytes:
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=DPI, bbox_inches="tight")
-    return buffer.getvalue()
+    """PNG at ``plotting.DPI`` (≥ 200)."""
+    return png_bytes(figure)
 
 
 def _colours(entries: list[dict[str, Any]]) -> dict[str, str]:
@@ -222,11 +220,18 @@ def draw_horizons(entries: list[dict[str, Any]]) -> bytes | None:
     colours = _colours([e for e in entries if e["in_horizon_figures"] and e["horizons"]])
     xs = [x for _, x, _, _ in points]
     offsets = _offsets(colours, max(xs) - min(xs))
-    figure = Figure(figsize=(14, 11))
+    figure = Figure(figsize=(PAGE_WIDTH_IN, 10.5))
     axes = figure.subplots(3, 3, sharex=True)
+    drawn = []  # the panels with something other than zeros to show (the others say so in words)
     for row, (field, name, unit) in enumerate(HORIZON_ROWS):
         for col, target in enumerate((*TARGETS, "difference")):
             axis = axes[row, col]
+            title = f"{name}: QKᵀ − AVWₒ (same run, same r)" if target == "difference" else f"{name}: {TARGET_NAMES[target]}"
+            if _all_zero(points, field, target):
+                axis.set_title(title, fontsize=9)
+                say_empty(axis, _zero_text(points, field, target), fontsize=8)
+                continue
+            drawn.append((row, col))
             groups: dict[tuple[str, float], list[float]] = defaultdict(list)
             for label, x, _r, values in points:
                 xe = x + offsets[label]
@@ -259,17 +264,63 @@ def draw_horizons(entries: list[dict[str, Any]]) -> bytes | None:
             _rw_axis(axis, xs)
             if target == "difference":
                 axis.axhline(0.0, color="0.4", linewidth=0.8)
-                axis.set_title(f"{name}: QKᵀ − AVWₒ (same run, same r)", fontsize=9)
-            else:
-                axis.set_title(f"{name}: {TARGET_NAMES[target]}", fontsize=9)
+            axis.set_title(title, fontsize=9)
             axis.set_ylabel(unit, fontsize=8)
-    same_scale = [axes[row, col] for row in range(2) for col in range(2)]  # QKᵀ and AVWₒ on one scale (in tokens)
-    low = min(axis.get_ylim()[0] for axis in same_scale)
-    high = max(axis.get_ylim()[1] for axis in same_scale)
-    for axis in same_scale:
-        axis.set_ylim(min(low, -0.5), high + 0.5)
-    _legend(axes[0, 2], colours)
+            axis.yaxis.get_major_formatter().set_useOffset(False)  # never a "1e−17" offset on a near-constant axis
+    same_scale = [axes[row, col] for row in range(2) for col in range(2) if (row, col) in drawn]  # QKᵀ, AVWₒ: one scale (tokens)
+    if same_scale:
+        low = min(axis.get_ylim()[0] for axis in same_scale)
+        high = max(axis.get_ylim()[1] for axis in same_scale)
+        for axis in same_scale:
+            axis.set_ylim(min(low, -0.5), high + 0.5)
+    legend_axis = next((axes[row, col] for row, col in drawn if col == 2), None)
+    for col in range(3):  # shared x puts the tick labels on the bottom row: move them up above an empty bottom panel
+        lowest = max((row for row, c in drawn if c == col), default=None)
+        if lowest is not None and lowest < 2:
+            axes[lowest, col].tick_params(labelbottom=True)
+    _legend(legend_axis if legend_axis is not None else axes[0, 0], colours)
     return _png(figure)
+
+
+def _panel_values(points, field: str, target: str) -> tuple[list[float], int]:
+    """(the values a horizon panel would draw, the strata too small to test) for one row and column."""
+    values, insufficient = [], 0
+    for _label, _x, _r, sides in points:
+        chosen = [sides[t] for t in (TARGETS if target == "difference" else (target,))]
+        if any(side["status"] == "insufficient" for side in chosen):
+            insufficient += 1
+            continue
+        if target == "difference":
+            a, b = sides["qkt"][field], sides["avwo"][field]
+            y = None if a is None or b is None else a - b
+        else:
+            y = sides[target][field]
+        if y is not None:
+            values.append(float(y))
+    return values, insufficient
+
+
+def _all_zero(points, field: str, target: str) -> bool:
+    """True when every tested stratum of the panel is exactly 0 (or none was testable): nothing but
+    an axis around 0 to draw."""
+    values, _ = _panel_values(points, field, target)
+    return all(v == 0.0 for v in values)
+
+
+def _zero_text(points, field: str, target: str) -> str:
+    values, insufficient = _panel_values(points, field, target)
+    name = next(n for f, n, _ in HORIZON_ROWS if f == field)
+    xs = sorted({x for _, x, _, _ in points})
+    where = f"r/w {xs[0]:g}" if len(xs) == 1 else f"r/w {xs[0]:g}–{xs[-1]:g}"
+    if not values:
+        return f"no stratum could be tested\n({insufficient} too few violations or successes; {where})"
+    if target == "difference":
+        text = f"QKᵀ − AVWₒ = 0 in all {len(values)} tested strata\n({where}): the same {name}"
+    else:
+        text = f"{name} = 0 in all {len(values)} tested strata\n({where}): no lookback j ≥ 1 clears the threshold"
+    if insufficient:
+        text += f"\n({insufficient} more too small to test)"
+    return text
 
 
 def draw_auroc(entries: list[dict[str, Any]], threshold: float | None) -> bytes | None:
@@ -286,9 +337,8 @@ def draw_auroc(entries: list[dict[str, Any]], threshold: float | None) -> bytes 
     if not panels:
         return None
     keys = sorted(panels)
-    cols = min(3, len(keys))
-    rows = -(-len(keys) // cols)
-    figure = Figure(figsize=(5.4 * cols, 4.0 * rows))
+    rows, cols = grid_shape(len(keys))
+    figure = Figure(figsize=grid_size(rows, cols, panel_height=4.0, title=0.4))
     axes = np.atleast_1d(figure.subplots(rows, cols, squeeze=False)).ravel()
     for axis, (rw, w, r) in zip(axes, keys):
         for i, (e, curve) in enumerate(panels[(rw, w, r)]):

@@ -19,7 +19,6 @@ backend) and written atomically.
 
 from __future__ import annotations
 
-import io
 import textwrap
 from collections.abc import Mapping
 from pathlib import Path
@@ -29,6 +28,17 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
+from ...plotting import (
+    MAX_COLUMNS,
+    PAGE_WIDTH_IN,
+    PANEL_WIDTH_IN,
+    grid_shape,
+    grid_size,
+    group_grid,
+    group_shape,
+    png_bytes,
+    say_empty,
+)
 from ...storage import atomic_write_bytes
 from ..files import CONTEXT_PREFIX
 from ..stats.horizon import KEY, TARGET_NAMES
@@ -36,7 +46,6 @@ from ..stats.statistics import stratum_mask
 
 FIGURES_DIR = "figures"
 LOOKBACK_LABEL = "lookback j (passes before the deadline)"
-DPI = 110
 COLOURS = ("tab:blue", "tab:orange", "tab:green", "tab:purple", "tab:brown", "tab:pink")
 VIOLATION, SUCCESS = "tab:red", "tab:blue"
 
@@ -72,9 +81,8 @@ def _title(figure: Figure, text: str, horizon: dict[str, Any]) -> None:
 
 
 def _save(figure: Figure, path: Path) -> Path:
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=DPI, bbox_inches="tight")
-    return atomic_write_bytes(path, buffer.getvalue())
+    """PNG at ``plotting.DPI`` (≥ 200), written atomically."""
+    return atomic_write_bytes(path, png_bytes(figure))
 
 
 def _lookback_axis(axis, r: int, *, context: bool = False) -> None:
@@ -141,9 +149,8 @@ def draw_primary(path: Path, horizon: dict[str, Any]) -> Path:
     """AUROC(j) of the pre-registered metric, one panel per r, with its baselines."""
     primary, threshold = horizon["primary"], _threshold(horizon)
     r_values = horizon["r_values"]
-    cols = min(3, len(r_values))
-    rows = -(-len(r_values) // cols)
-    figure = Figure(figsize=(5.6 * cols, 4.0 * rows + 0.6))
+    rows, cols = grid_shape(len(r_values))
+    figure = Figure(figsize=grid_size(rows, cols, panel_width=max(PANEL_WIDTH_IN, 5.6 if cols == 1 else 0), panel_height=4.0))
     axes = figure.subplots(rows, cols, squeeze=False)
     lower = primary["direction"] == "lower"
     for axis, r in zip(axes.flat, r_values):
@@ -196,29 +203,23 @@ def draw_primary_by_layer(path: Path, horizon: dict[str, Any]) -> Path:
     which layer's metric separates, not only the registered one's."""
     r_values, threshold = horizon["r_values"], _threshold(horizon)
     targets = [t for t in TARGET_NAMES if layer_keys(horizon, t)]
-    figure = Figure(figsize=(5.6 * len(targets), 3.8 * len(r_values) + 0.6))
+    figure = Figure(figsize=grid_size(len(r_values), len(targets), panel_width=5.0, panel_height=3.8))
     axes = figure.subplots(len(r_values), len(targets), squeeze=False)
     for row, r in enumerate(r_values):
         for col, target in enumerate(targets):
+            shown = [(key, horizon["metrics"][key]) for key in layer_keys(horizon, target)]
+            shown = [(key, s) for key, s in shown if _ok(s["by_r"].get(str(r)))]
+            if not shown:
+                axes[row, col].set_title(f"{TARGET_NAMES[target]}, r = {r}", fontsize=9)
+                say_empty(axes[row, col], f"insufficient events at every layer\n({TARGET_NAMES[target]}, r = {r})")
+                continue
             axis = _auroc_panel(axes[row, col], r, threshold, f"{TARGET_NAMES[target]}, r = {r}")
-            drawn = 0
-            for colour, key in zip(COLOURS, layer_keys(horizon, target)):
-                s = horizon["metrics"][key]
-                entry = s["by_r"].get(str(r))
-                if _ok(entry):
-                    mark = "*" if entry["significant"] else ""
-                    _band(
-                        axis,
-                        entry,
-                        colour,
-                        f"layer {s['layer']}, head {s['head']}{mark}",
-                        linewidth=2.0 if key == horizon["primary"]["key"] else 1.0,
-                    )
-                    drawn += 1
-            if drawn:
-                axis.legend(fontsize=7, loc="best", framealpha=0.85)
-            else:
-                axis.text(0.5, 0.5, "insufficient at every layer", transform=axis.transAxes, ha="center", fontsize=8)
+            for colour, (key, s) in zip(COLOURS, shown):
+                entry = s["by_r"][str(r)]
+                mark = "*" if entry["significant"] else ""
+                label = f"layer {s['layer']}, head {s['head']}{mark}"
+                _band(axis, entry, colour, label, linewidth=2.0 if key == horizon["primary"]["key"] else 1.0)
+            axis.legend(fontsize=7, loc="best", framealpha=0.85)
     _title(
         figure,
         f"{horizon['primary']['metric'].replace('_', ' ')} at every layer and head (95% CI bands; thick: the "
@@ -242,26 +243,30 @@ def _panel_keys(horizon: dict[str, Any], r: int, target: str, layer: int, top_n:
 
 
 def draw_small_multiples(path: Path, horizon: dict[str, Any], r: int, *, top_n: int = 4) -> Path:
-    """AUROC(j) with CI bands of the ``top_n`` strongest metrics per target (rows) × layer (columns)."""
+    """AUROC(j) with CI bands of the ``top_n`` strongest metrics per target and layer, one panel each:
+    side by side when they fit in one row, else one target per row group, layers wrapping after three."""
     stats = horizon["metrics"].values()
     targets = [t for t in TARGET_NAMES if any(s["target"] == t for s in stats)]
     layers = sorted({s["layer"] for s in stats})
     threshold = _threshold(horizon)
-    figure = Figure(figsize=(4.6 * len(layers), 3.5 * len(targets) + 0.6))
-    axes = figure.subplots(len(targets), len(layers), squeeze=False)
-    for row, target in enumerate(targets):
-        for col, layer in enumerate(layers):
-            axis = _auroc_panel(axes[row, col], r, threshold, f"{TARGET_NAMES[target]}, layer {layer}")
-            keys = _panel_keys(horizon, r, target, layer, top_n)
-            if not keys:
-                axis.text(0.5, 0.5, "no metric with enough events", transform=axis.transAxes, ha="center", fontsize=8)
-                continue
-            for colour, key in zip(COLOURS, keys):
-                s = horizon["metrics"][key]
-                entry = s["by_r"][str(r)]
-                mark = "*" if entry["significant"] else ""
-                _band(axis, entry, colour, f"H{s['head']} {s['metric'].replace('_', ' ')}{mark}")
-            axis.legend(fontsize=6.5, loc="best", framealpha=0.85)
+    panels = [(target, layer) for target in targets for layer in layers]
+    # one row when every panel fits in it; else each target starts a row, its layers wrapping after three columns
+    sizes = [len(panels)] if len(panels) <= MAX_COLUMNS else [len(layers)] * len(targets)
+    figure = Figure(figsize=grid_size(*group_shape(sizes), panel_height=3.5))
+    axes = [axis for group in group_grid(figure, sizes) for axis in group]
+    for (target, layer), axis in zip(panels, axes):
+        keys = _panel_keys(horizon, r, target, layer, top_n)
+        if not keys:
+            axis.set_title(f"{TARGET_NAMES[target]}, layer {layer}", fontsize=9)
+            say_empty(axis, f"no metric with enough events\n({TARGET_NAMES[target]}, layer {layer}, r = {r})")
+            continue
+        _auroc_panel(axis, r, threshold, f"{TARGET_NAMES[target]}, layer {layer}")
+        for colour, key in zip(COLOURS, keys):
+            s = horizon["metrics"][key]
+            entry = s["by_r"][str(r)]
+            mark = "*" if entry["significant"] else ""
+            _band(axis, entry, colour, f"H{s['head']} {s['metric'].replace('_', ' ')}{mark}")
+        axis.legend(fontsize=7, loc="best", framealpha=0.85)
     _title(
         figure,
         f"r = {r}: AUROC(j) of the {top_n} strongest metrics per target and layer "
@@ -316,18 +321,12 @@ def draw_event_aligned(path: Path, horizon: dict[str, Any], arrays: Mapping[str,
     jumper = np.asarray(arrays["event_jumper"])
     event_r = np.asarray(arrays["event_r"], dtype=np.int64)
     r_values = horizon["r_values"]
-    cols = extra + 1
-    figure = Figure(figsize=(4.3 * cols, 3.4 * len(r_values) + 0.6))
-    axes = figure.subplots(len(r_values), cols, squeeze=False)
-    for row, r in enumerate(r_values):
+    keys_by_r = [event_aligned_keys(horizon, r, extra) for r in r_values]
+    sizes = [len(keys) for keys in keys_by_r]  # one group per r, each starting a row: 4 panels wrap as 2 × 2
+    figure = Figure(figsize=grid_size(*group_shape(sizes), panel_height=3.4))
+    for r, keys, axes in zip(r_values, keys_by_r, group_grid(figure, sizes)):
         mask = stratum_mask(event_r, r)
-        keys = event_aligned_keys(horizon, r, extra)
-        for col in range(cols):
-            axis = axes[row, col]
-            if col >= len(keys):
-                axis.set_visible(False)
-                continue
-            key = keys[col]
+        for col, (key, axis) in enumerate(zip(keys, axes)):
             values = np.asarray(arrays[key], dtype=np.float64)[mask, :r]  # lookback order: column j = lookback j
             values = centred_within_rule(values, y[mask], jumper[mask])
             context = arrays[CONTEXT_PREFIX + key] if CONTEXT_PREFIX + key in arrays else None
@@ -336,8 +335,8 @@ def draw_event_aligned(path: Path, horizon: dict[str, Any], arrays: Mapping[str,
             _event_panel(axis, values, y[mask], context, r)
             role = "primary: " if col == 0 else ""
             status = "" if _ok(horizon["primary"]["by_r"][str(r)]) else " (too few events for statistics)"
-            axis.set_title(f"r = {r}, {role}{metric_label(key)}{status}", fontsize=8.5)
-            axis.legend(fontsize=6.5, loc="best", framealpha=0.85)
+            axis.set_title(textwrap.fill(f"r = {r}, {role}{metric_label(key)}{status}", 48), fontsize=8.5)
+            axis.legend(fontsize=7, loc="best", framealpha=0.85)
     _title(
         figure,
         "Event-aligned mean metric ± 95% CI (mean ± 1.96·sd/√n), violations vs successes, centred within rule "
@@ -392,8 +391,12 @@ def draw_overview(path: Path, horizon: dict[str, Any]) -> Path:
     n_rows, n_cols = tables[0][2].shape
     width = max(3.2, 0.62 * n_cols + 2.4)
     height = 0.3 * n_rows + 1.2
-    side_by_side = n_cols * len(r_values) <= 24  # many heads and layers: one panel per row instead
-    size = (width * len(r_values) + 1.2, height + 1.4) if side_by_side else (width + 1.2, height * len(r_values) + 1.4)
+    side_by_side = width * len(r_values) + 1.2 <= PAGE_WIDTH_IN  # else one panel per row, never wider than the page
+    size = (
+        (width * len(r_values) + 1.2, height + 1.4)
+        if side_by_side
+        else (min(PAGE_WIDTH_IN, width + 1.2), height * len(r_values) + 1.4)
+    )
     figure = Figure(figsize=size, layout="constrained")
     axes = figure.subplots(1, len(r_values), squeeze=False) if side_by_side else figure.subplots(len(r_values), 1, squeeze=False)
     primary = horizon["primary"]
@@ -403,7 +406,7 @@ def draw_overview(path: Path, horizon: dict[str, Any]) -> Path:
         axis.set_xticks(range(len(labels)), labels, fontsize=7)
         axis.set_yticks(range(len(metrics)), [m.replace("_", " ") for m in metrics], fontsize=7)
         axis.set_title(f"r = {r}", fontsize=9)
-        if value.size <= 600:
+        if value.size <= 600 and size[0] / (n_cols * (1 if not side_by_side else len(r_values))) >= 0.45:  # room for '0.72*'
             for (i, c), v in np.ndenumerate(value):
                 if np.isfinite(v):
                     axis.text(
