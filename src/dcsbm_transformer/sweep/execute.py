@@ -459,8 +459,11 @@ def _finish_line(point: Point, record: dict[str, Any], row: dict[str, Any]) -> s
     return f"{point.describe()} done{seconds}: gate not passed in {row['epochs_trained']} epochs (excluded from analysis)"
 
 
-def run_sweep(plan: SweepPlan, settings: SweepSettings, echo: Callable[[str], None] = print) -> SweepOutcome:
+def run_sweep(plan: SweepPlan, settings: SweepSettings, echo: Callable[[str], None] = print, budget=None) -> SweepOutcome:
     """Run every point of ``plan`` that is not done yet; returns the final status table.
+
+    ``budget`` (a ``budget.BudgetRequest``, optional) holds back every point whose estimate would
+    pass the budget, and records each point's actual time in ``budget.json`` (sweep/budget.py).
 
     Writes ``<sweeps_root>/<name>/`` (sweep.json, plan.json, configs/, points/, jobs/, status.json,
     status.tsv) and the points' results folders. Only one sweep process works in a sweep folder
@@ -492,17 +495,22 @@ def run_sweep(plan: SweepPlan, settings: SweepSettings, echo: Callable[[str], No
             )
             executor = make_executor(settings, sweep_dir / JOBS_DIR, plan.name)
             runner = _Runner(plan, settings, sweep_dir, executor, table, echo)
+            runner.budget = budget.open(plan, sweep_dir, assessments) if budget is not None else None
             try:
                 runner.run(todo)
             except KeyboardInterrupt:
                 runner.stop()
                 table.write()
                 raise
+            if runner.budget is not None:
+                echo(runner.budget.summary())
         rows = table.write()
     return SweepOutcome(sweep_dir, rows)
 
 
 class _Runner:
+    budget = None  # a budget.Budget: admits points, records their time (run_sweep's budget)
+
     def __init__(self, plan, settings: SweepSettings, sweep_dir: Path, executor, table: _Table, echo):
         self.plan, self.settings, self.sweep_dir = plan, settings, sweep_dir
         self.executor, self.table, self.echo = executor, table, echo
@@ -520,8 +528,18 @@ class _Runner:
         self.table.states[point.index] = "running"
         self.echo(f"{point.describe()} submitted as job {job.job_id}")
 
+    def _admitted(self, points: list[Point]) -> list[Point]:
+        """The leading points the budget admits now (all of them without a budget)."""
+        if self.budget is None:
+            return points
+        admitted = [p for p in points if self.budget.admit(p)]
+        for point in points[len(admitted) :][:1]:
+            self.echo(f"{point.describe()} not started: its estimate would pass the budget ({self.budget.summary()})")
+        return admitted
+
     def run(self, todo: list[Point]) -> None:
         if self.settings.executor == "slurm":
+            todo = self._admitted(todo)
             jobs = self.executor.submit_array([self._job(p) for p in todo])
             for point, job in zip(todo, jobs):
                 self._started(point, job)
@@ -533,6 +551,9 @@ class _Runner:
         while queue or self.running:
             while queue and len(self.running) < limit:
                 point = queue.popleft()
+                if not self._admitted([point]):
+                    queue.clear()  # held by the budget, with every point after it
+                    break
                 self._started(point, self.executor.submit(self._job(point)))
                 self.table.write()
             ended = [index for index, (job, _) in self.running.items() if job.done()]
@@ -555,11 +576,15 @@ class _Runner:
             record.update(state="failed", reason=_death_reason(job, error), finished=now(), job_id=str(job.job_id))
             write_record(path, record)
         self.table.ended(point, record["state"])
+        if self.budget is not None:
+            self.budget.ended(point, record["state"])
         rows = self.table.write()
         self.echo(_finish_line(point, record, rows[point.index - 1]))
 
     def stop(self) -> None:
         """Ctrl-C: cancel the jobs in flight (their runs resume at the next sweep) and mark them pending."""
+        if self.budget is not None:
+            self.budget.interrupted()
         for job, point in self.running.values():
             try:
                 job.cancel(check=False)
