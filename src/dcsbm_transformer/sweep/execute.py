@@ -57,7 +57,7 @@ from .status import (
     write_status,
 )
 
-EXECUTORS = ("local", "slurm", "debug")
+EXECUTORS = ("local", "slurm", "debug", "skypilot")  # skypilot: sweep/cloud.py
 JOBS_DIR = "jobs"  # submitit's folder: each job's pickles and logs (<job id>_0_log.out, ...)
 CONFIGS_DIR = "configs"
 SWEEP_COPY = "sweep.json"
@@ -99,6 +99,7 @@ class SweepSettings:
     poll_seconds: float | None = None  # default: 0.5 s local and debug, 30 s on SLURM
     lock_wait_seconds: float = 60.0  # a results folder still held (by a job of a killed sweep) is waited for this long
     threads: int | None = None  # torch threads per job (dcsbm sweep --threads); default: SLURM's CPUs, or cores // jobs
+    cloud: Any = None  # cloud.CloudSettings, for --executor skypilot
 
     def threads_per_job(self) -> int:
         if self.threads is not None:
@@ -309,6 +310,10 @@ def executor_problem(settings: SweepSettings) -> str | None:
         return f"unknown executor {settings.executor!r} (choose one of {', '.join(EXECUTORS)})"
     if settings.executor == "slurm" and shutil.which("srun") is None:
         return "--executor slurm: no `srun` on this machine's PATH; run the sweep on a SLURM login node"
+    if settings.executor == "skypilot":
+        from .cloud import sky_problem
+
+        return sky_problem()
     return None
 
 
@@ -318,6 +323,11 @@ def make_executor(settings: SweepSettings, folder: Path, name: str) -> submitit.
     thread_setup = [f"export OMP_NUM_THREADS={threads}", f"export MKL_NUM_THREADS={threads}"]
     if settings.executor == "debug":
         return submitit.DebugExecutor(folder=folder)
+    if settings.executor == "skypilot":
+        from .cloud import SKYPILOT_DIR, CloudSettings, SkyPilotExecutor
+
+        cloud = settings.cloud or CloudSettings()
+        return SkyPilotExecutor(folder.parent / SKYPILOT_DIR, cloud, device=settings.device, precision=settings.precision)
     if settings.executor == "local":
         executor = submitit.LocalExecutor(folder=folder)
         executor.update_parameters(timeout_min=LOCAL_TIMEOUT_MIN, setup=thread_setup + _cuda_setup())
@@ -489,6 +499,7 @@ def run_sweep(plan: SweepPlan, settings: SweepSettings, echo: Callable[[str], No
                 "local": f"{settings.jobs} at a time",
                 "debug": "in this process",
                 "slurm": f"a SLURM array, {settings.slurm.array_parallelism} at a time",
+                "skypilot": f"as SkyPilot managed jobs, {settings.jobs} at a time",
             }
             echo(
                 f"running {len(todo)} point(s) {how[settings.executor]}, {threads} thread(s) each; status: {sweep_dir / 'status.tsv'}"
@@ -547,7 +558,7 @@ class _Runner:
             queue: deque[Point] = deque()
         else:
             queue = deque(todo)
-        limit = self.settings.jobs if self.settings.executor == "local" else 1
+        limit = self.settings.jobs if self.settings.executor in ("local", "skypilot") else 1
         while queue or self.running:
             while queue and len(self.running) < limit:
                 point = queue.popleft()
