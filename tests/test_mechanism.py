@@ -244,6 +244,9 @@ def test_patching_a_trained_model_redirects_above_chance_and_the_report_shows_it
     assert knocked["rule"]["ci_high"] < intact["rule"]["ci_low"]
     page = (analysis / "report.html").read_text()
     assert 'id="mechanism"' in page and "mechanism_patch.png" in page
+    # the perturbation bound holds on the trained model too (random and top-singular directions, 1-25%)
+    assert measured["perturbation"]["overall_exceed"]["k"] == 0 and measured["perturbation"]["overall_exceed"]["n"] > 0
+    assert "mechanism_perturbation.png" in page and 'id="mechanism-perturbation"' in page
     said = []
     again = mechanism_run(folder, echo=said.append)
     assert again == measured and any("already measured" in line for line in said)  # reused when current

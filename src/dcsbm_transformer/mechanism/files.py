@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from ..storage import atomic_write_validated
 
 MECHANISM_FILE = "mechanism.json"
-MECHANISM_SCHEMA_VERSION = 1
+MECHANISM_SCHEMA_VERSION = 2  # 2: the perturbation-bound test (mechanism.perturbation)
 Number = float | None
 
 
@@ -108,6 +108,26 @@ class AttentionHead(_Strict):
     by_r: dict[str, AttentionStratum]
 
 
+class PerturbationRow(_Strict):
+    """One (direction kind, fraction ε, stage, layer) of the perturbation-bound test; layer None pools the layers."""
+
+    kind: str  # random | top_singular
+    fraction: float  # ‖E_M‖_F / ‖(QKᵀ)_M‖_F
+    stage: str  # attention | av | avwo | block
+    layer: int | None
+    exceed: Proportion  # cases whose observed change exceeds the bound (a true bound: 0)
+    tightness_q10: float  # observed / bound
+    tightness_median: float
+    tightness_q90: float
+    tightness_max: float
+
+
+class PerturbationResult(_Strict):
+    settings: dict[str, Any]
+    overall_exceed: Proportion
+    rows: list[PerturbationRow]
+
+
 class MechanismSettings(_Strict):
     """Everything that changes what is measured; the same settings ⇒ mechanism.json is reused."""
 
@@ -121,6 +141,7 @@ class MechanismSettings(_Strict):
     continuations: str
     mean_reference: str
     patch_rule: str
+    perturbation_windows: int = Field(ge=1)
 
 
 class Mechanism(_Strict):
@@ -134,6 +155,7 @@ class Mechanism(_Strict):
     conditions: list[ConditionResult]
     patch: PatchResult
     attention: list[AttentionHead]
+    perturbation: PerturbationResult
     findings: list[str]  # the measurements in plain words, with their numbers
     timings: dict[str, float]
     versions: dict[str, Any]

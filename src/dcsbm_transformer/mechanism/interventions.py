@@ -22,6 +22,9 @@ Three interventions, each a statement a causal claim can be tested with (DESIGN.
   the same kind of transition — though the exact edge is still checked and reported); otherwise
   another block's, and then the prompt's last transition may not be an edge (``PatchPlan.edge``
   says, per event).
+* :class:`ScorePerturbation` — per layer: a given perturbation E is added to every head's QKᵀ
+  before the softmax, ``S' = (QKᵀ + E)/√d_head`` (entries the causal mask hides play no part);
+  the perturbation bound of ``mechanism.perturbation`` is tested with it.
 
 **Scope.** :func:`intervene` is a context manager (TransformerLens' ``run_with_hooks``, without
 hooks left behind): it sets the edits on the chosen layers' attention modules
@@ -47,7 +50,7 @@ import torch
 from ..data.graph import Graph
 from ..model import ExtractionMode, TransformerLM
 
-__all__ = ["Knockout", "MeanAblation", "PatchPlan", "intervene", "mean_values", "patch_jumpers"]
+__all__ = ["Knockout", "MeanAblation", "PatchPlan", "ScorePerturbation", "intervene", "mean_values", "patch_jumpers"]
 
 
 def _rows_and_heads(position: int | torch.Tensor, heads: tuple[int, ...] | None, allowed: torch.Tensor):
@@ -78,6 +81,9 @@ class Knockout:
         _, _, after, is_jumper = _rows_and_heads(self.position, self.heads, allowed)
         return allowed & ~(after[..., None] & is_jumper[:, None, None, :])
 
+    def scores(self, scores: torch.Tensor, scale: float) -> torch.Tensor:
+        return scores
+
     def read(self, weights: torch.Tensor, values: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
         return weights @ values
 
@@ -94,6 +100,9 @@ class MeanAblation:
     def mask(self, allowed: torch.Tensor) -> torch.Tensor:
         return allowed
 
+    def scores(self, scores: torch.Tensor, scale: float) -> torch.Tensor:
+        return scores
+
     def read(self, weights: torch.Tensor, values: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
         pos, _, after, is_jumper = _rows_and_heads(self.position, self.heads, allowed)
         rows = torch.arange(len(pos), device=pos.device)
@@ -103,8 +112,35 @@ class MeanAblation:
         return weights @ values + on_jumper[..., None] * shift[:, :, None, :]
 
 
+@dataclass(frozen=True)
+class ScorePerturbation:
+    """``delta`` [B, H, T, T] (in units of QKᵀ, before the 1/√d_head scale) added to the layer's
+    QKᵀ: the softmax sees ``(QKᵀ + delta)/√d_head`` over the causal keys. A call with T_q queries at
+    the last positions of T_k = T keys (``forward_last``: T_q = 1) takes delta's last T_q rows; a
+    call over another number of keys (the KV-cache path) is refused. Attention weights and values
+    otherwise as in the plain model."""
+
+    delta: torch.Tensor
+    heads: tuple[int, ...] | None = None  # every head; a head left alone has zero rows in delta
+
+    def mask(self, allowed: torch.Tensor) -> torch.Tensor:
+        return allowed
+
+    def scores(self, scores: torch.Tensor, scale: float) -> torch.Tensor:
+        batch, heads, t_q, t_k = scores.shape
+        if tuple(self.delta.shape) != (batch, heads, t_k, t_k) or t_q > t_k:
+            raise ValueError(
+                f"ScorePerturbation: delta has shape {tuple(self.delta.shape)}, the call's scores {tuple(scores.shape)}; "
+                f"expected delta [B, H, T, T] = [{batch}, {heads}, {t_k}, {t_k}]"
+            )
+        return scores + scale * self.delta[..., t_k - t_q :, :].to(scores.dtype)
+
+    def read(self, weights: torch.Tensor, values: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
+        return weights @ values
+
+
 @contextmanager
-def intervene(model: TransformerLM, edits: Mapping[int, Knockout | MeanAblation]) -> Iterator[TransformerLM]:
+def intervene(model: TransformerLM, edits: Mapping[int, Knockout | MeanAblation | ScorePerturbation]) -> Iterator[TransformerLM]:
     """Run the body with ``edits`` (layer → edit) active in ``model``; restores the plain model on exit.
 
     Raises ValueError for a layer the model does not have, and for nesting (an edit already

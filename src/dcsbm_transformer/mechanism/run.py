@@ -39,6 +39,7 @@ from ..storage import remove_stale_temporaries, sha256_file
 from ..training.lock import RunLock
 from .files import read_mechanism, write_mechanism
 from .measure import MechanismEvents, measure_mechanism
+from .perturbation import MAX_WINDOWS, measure_perturbation
 from .report import findings
 
 CONTINUATIONS = "greedy (argmax), as the gate; the window slides one token per pass"
@@ -145,6 +146,7 @@ def mechanism_run(
         "continuations": CONTINUATIONS,
         "mean_reference": MEAN_REFERENCE,
         "patch_rule": PATCH_RULE,
+        "perturbation_windows": len(_perturbation_windows(len(measured_events))),
     }
     existing = read_mechanism(folder)
     if existing is not None and existing["settings"] == settings:
@@ -166,6 +168,12 @@ def mechanism_run(
         echo(f"  {line}")
     echo(f"mechanism: {folder / 'mechanism.json'}; report: {report}")
     return read_mechanism(folder)
+
+
+def _perturbation_windows(count: int) -> np.ndarray:
+    """Which of the measured events' prompt windows the perturbation-bound test uses: at most
+    ``MAX_WINDOWS``, evenly spaced in file order."""
+    return np.unique(np.linspace(0, count - 1, min(count, MAX_WINDOWS)).round().astype(np.int64))
 
 
 def _rules(run, events: MechanismEvents) -> list[dict[str, Any]]:
@@ -202,6 +210,10 @@ def _measure(
     )
     for row in measured.conditions:
         row["description"] = DESCRIPTIONS[row["kind"]]
+    started = time.perf_counter()
+    windows = torch.as_tensor(events.prompts[_perturbation_windows(len(events))], device=device)
+    perturbation = measure_perturbation(run.model.to(device), windows, layers, seed=run.config.seed)
+    measured.seconds["perturbation_seconds"] = round(time.perf_counter() - started, 3)
     exploratory = not run.result["training"]["gate_passed"]
     payload = {
         "experiment_id": run.config.experiment_id,
@@ -213,6 +225,7 @@ def _measure(
         "conditions": measured.conditions,
         "patch": measured.patch,
         "attention": measured.attention,
+        "perturbation": perturbation,
         "timings": {f"{k}_seconds" if not k.endswith("seconds") else k: v for k, v in measured.seconds.items()},
         "versions": {
             "python": platform.python_version(),

@@ -9,8 +9,9 @@ W_o_h = proj.weight[:, h·d_head:(h+1)·d_head]ᵀ  [d_head, d_model].
 **Edits (interventions).** ``CausalSelfAttention.edit`` is None — the plain model, every kernel
 exactly as written — except inside ``mechanism.interventions.intervene``, which sets it for the
 duration of one ``with`` block and always restores None on exit. An edit changes the explicit
-kernel in two places only, through the ``AttentionEdit`` protocol: which keys each query may see
-(``mask``, before the softmax, so the weights renormalise over the rest) and what the weighted
+kernel in three places only, through the ``AttentionEdit`` protocol: which keys each query may see
+(``mask``, before the softmax, so the weights renormalise over the rest), the scores the softmax
+sees (``scores``: QKᵀ/√d_head in, edited scores out; a perturbation of QKᵀ) and what the weighted
 values add up to (``read``). Every entry point (training ``forward``, ``forward_explicit``,
 ``forward_last``, the KV-cache ``forward_prefill`` / ``forward_decode``) honours it, so an
 intervention runs through the model's own code path; with an edit active the fused SDPA kernel is
@@ -35,6 +36,11 @@ class AttentionEdit(Protocol):
 
     def mask(self, allowed: torch.Tensor) -> torch.Tensor:
         """The keys each query may see under the edit, [B, H, T_q, T_k] bool."""
+        ...
+
+    def scores(self, scores: torch.Tensor, scale: float) -> torch.Tensor:
+        """The scores under the edit, [B, H, T_q, T_k] (plain: ``scores``, which is QKᵀ·scale with
+        scale = 1/√d_head; entries the mask hides do not matter)."""
         ...
 
     def read(self, weights: torch.Tensor, values: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
@@ -131,7 +137,8 @@ class CausalSelfAttention(nn.Module):
             allowed = self.causal_mask[t_k - t_q : t_k, :t_k]
         allowed = allowed.expand(q.shape[0], self.n_heads, t_q, t_k)
         edited = self.edit.mask(allowed)
-        scores, _, weights = self._scores_and_weights(q, k, edited)
+        scores = self.edit.scores((q @ k.transpose(-2, -1)) * self.scale, self.scale)
+        weights = torch.softmax(scores.masked_fill(~edited, float("-inf")), dim=-1)
         return scores, allowed, edited, weights
 
     def _attend_edited(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, allowed: torch.Tensor | None) -> torch.Tensor:
