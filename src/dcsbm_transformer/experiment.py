@@ -34,7 +34,7 @@ from .training.checkpoint import GATE_CHECKPOINT, SUPERSEDED_GATE_CHECKPOINT, ne
 from .training.evaluation import GateEvaluation, GateEvaluator
 from .training.gate import worst_rule
 from .training.lock import LOCK_FILE, RunLock
-from .training.plots import FIGURE_FILE, plot_training_curves
+from .training.plots import FIGURE_FILE, plot_training_curves, rule_label
 from .training.results import RESULT_FILE, read_result, write_result
 from .training.trainer import Trainer, TrainingHooks, TrainingState, judge, mean_loss, plural
 
@@ -219,6 +219,7 @@ def _finish_outputs(run_dir: Path, config: ExperimentConfig, trainer: Trainer, p
             state.rule_compliance_per_jumper,
             config.gate,
             title=config.experiment_id,
+            rule_labels=[rule_label(rule) for rule in sorted(payload["rules"], key=lambda rule: rule["rule"])],
         )
 
 

@@ -24,10 +24,13 @@ from typing import Any
 import numpy as np
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
+from ...plotting import display_width
 from ...storage import atomic_write_bytes
+from ...training.plots import FIGURE_FILE as TRAINING_CURVES_FILE
+from ...training.plots import plot_from_result
 from ..files import HORIZON_FILE, SUMMARY_FILE, TOKEN_METRICS_FILE, read_horizon, read_index
 from ..stats.horizon import TARGET_NAMES
-from .figures import draw_figures, layer_keys, metric_label
+from .figures import FIGURES_DIR, draw_figures, layer_keys, metric_label
 
 REPORT_FILE = "report.html"
 TEMPLATE = "report.html.j2"
@@ -64,6 +67,13 @@ FIGURE_TEXT = {
         "AUROC(j) of the primary's metric on QKᵀ and AVWₒ at every layer and head, with 95% CI bands (thick: the "
         "registered layer). Which layer's metric separates violations from successes, and how far ahead; exploratory "
         "except for the registered layer's one-sided test.",
+    ),
+    "training_curves": (
+        "Training curves",
+        "Left: the cross-entropy loss at every optimiser step (faint lines: epoch boundaries). Right: at every epoch, "
+        "the gate's edge compliance (green), its rule aggregate (red squares) and each rule's own compliance (one "
+        "labelled line per rule: its r and its block → target block), with the gate thresholds dashed. Redrawn from "
+        "result.json's curves.",
     ),
     "overview": (
         "Overview",
@@ -451,12 +461,39 @@ def _counts(summary: dict[str, Any]) -> dict[str, Any]:
 def _figures(figures: dict[str, Path] | None) -> list[dict[str, str]]:
     out = []
     for name, path in (figures or {}).items():
+        if name == "training_curves":  # shown in the gate's section (_training_figure)
+            continue
         base = "auroc_small_multiples" if name.startswith("auroc_small_multiples") else name
         title, caption = FIGURE_TEXT.get(base, (name.replace("_", " "), ""))
         if name != base:
             title += f" ({name.removeprefix(base + '_')})"
-        out.append({"name": name, "title": title, "caption": caption, "src": data_uri(path), "file": Path(path).name})
+        out.append(
+            {
+                "name": name,
+                "title": title,
+                "caption": caption,
+                "src": data_uri(path),
+                "width": display_width(Path(path).read_bytes()),  # natural size: 100 CSS px per figure inch
+                "file": Path(path).name,
+            }
+        )
     return out
+
+
+def _training_figure(figures: dict[str, Path] | None) -> dict[str, str] | None:
+    path = (figures or {}).get("training_curves")
+    if path is None:
+        return None
+    title, caption = FIGURE_TEXT["training_curves"]
+    png = Path(path).read_bytes()
+    return {
+        "name": "training_curves",
+        "title": title,
+        "caption": caption,
+        "src": data_uri(path),
+        "width": display_width(png),
+        "file": Path(path).name,
+    }
 
 
 def _versions(result: dict[str, Any], summary: dict[str, Any], horizon: dict[str, Any]) -> list[tuple[str, str]]:
@@ -524,6 +561,7 @@ def _context(run: dict[str, Any], figures: dict[str, Path] | None, *, figure_sec
             ),
         ],
         "figures": _figures(figures),
+        "training_figure": _training_figure(figures),
         "versions": _versions(result, summary, horizon),
         "timings": _timings(result, summary, horizon, figure_seconds),
         "guard_hits": {k: v for k, v in summary.get("guard_hits", {}).items() if v},
@@ -681,5 +719,9 @@ def write_report(analysis_dir: Path) -> Path:
             figures = draw_figures(analysis, run["horizon"], arrays)
     else:  # no event-aligned figure without the arrays
         figures = draw_figures(analysis, run["horizon"], None)
+    gate = run["config"].get("gate", {})
+    curves = plot_from_result(analysis / FIGURES_DIR / TRAINING_CURVES_FILE, run["result"], gate, run["horizon"]["experiment_id"])
+    if curves is not None:
+        figures = {**figures, "training_curves": curves}
     context = _context(run, figures, figure_seconds=time.perf_counter() - started)
     return atomic_write_bytes(analysis / REPORT_FILE, render(context).encode("utf-8"))
