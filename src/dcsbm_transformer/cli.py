@@ -1,7 +1,8 @@
 """The ``dcsbm`` command line: ``dcsbm run`` (the main job: train to the gate, analyse, report),
 ``dcsbm generate`` (write data), ``dcsbm analyze`` (SVD metrics of a trained run's attention at
 every generated token, their predictive horizons, figures and report), ``dcsbm sweep`` (every
-point of a sweep file, through submitit) and ``dcsbm report`` (runs compared, or listed).
+point of a sweep file, through submitit or SkyPilot, with estimates and a budget), ``dcsbm
+calibrate`` (one run's costs timed on this machine) and ``dcsbm report`` (runs compared, or listed).
 
 Exit status: 0 done (a run that finished without passing the gate is a result, flagged in
 result.json); 2 a mistake in the request (missing file, invalid config, bad argument), reported
@@ -255,12 +256,19 @@ def _sweep_settings(args: argparse.Namespace):
 
 def command_sweep(args: argparse.Namespace) -> int:
     from .sweep import ExecutorUnavailable, SweepError, assess_all, executor_problem, load_sweep, print_plan, run_sweep
+    from .sweep.budget import BudgetError
 
     try:
         plan = load_sweep(args.sweep_file, overrides=parse_assignments(args.set) if args.set else None)
     except (FileNotFoundError, SweepError, ConfigError) as error:
         raise UsageError(str(error)) from None
     settings = _sweep_settings(args)
+    cloud = _cloud_settings(args)
+    if cloud is not None:
+        from dataclasses import replace
+
+        settings = replace(settings, cloud=cloud)
+    requested = _budget_request(args, plan, settings)
     if settings.executor == "local" and not args.dry_run:
         warning = threads_warning(settings.threads_per_job(), args.threads is not None, jobs=settings.jobs)
         if warning is not None:
@@ -276,12 +284,27 @@ def command_sweep(args: argparse.Namespace) -> int:
     if args.dry_run:
         assessments = assess_all(plan, settings)
         print_plan(plan, assessments, print)
+        if requested is not None:
+            from .sweep.budget import BUDGET_FILE, Budget, BudgetError, estimate_plan, print_estimates
+
+            request, limit = requested
+            try:
+                ledger = Budget(0.0, {}, Path(args.sweeps_dir) / plan.name / BUDGET_FILE)
+            except BudgetError as error:
+                raise UsageError(str(error)) from None
+            estimates = estimate_plan(plan, request.calibration, request.learned, assessments)
+            print_estimates(estimates, request.calibration, print, args.price_per_hour, limit, ledger.spent)
+        if cloud is not None:
+            _print_first_task(plan, settings, cloud)
         todo = sum(a.state in ("new", "partial") for a in assessments.values())
         print(f"dry run: nothing was run or written; {todo} point(s) would run, into {settings.results_root}/<experiment_id>/")
         return 0
+    budget = None
+    if requested is not None and requested[1] is not None:
+        budget = requested[0]
     try:
-        outcome = run_sweep(plan, settings)
-    except ExecutorUnavailable as error:
+        outcome = run_sweep(plan, settings, budget=budget)
+    except (ExecutorUnavailable, BudgetError) as error:
         raise UsageError(str(error)) from None
     except KeyboardInterrupt:
         print("dcsbm sweep: interrupted; rerun the same command to resume (finished points are kept)", file=sys.stderr)
@@ -302,6 +325,147 @@ def command_sweep(args: argparse.Namespace) -> int:
         )
         return RUNTIME_FAILURE
     return 0
+
+
+def command_calibrate(args: argparse.Namespace) -> int:
+    from .calibrate import GPUS, CalibrationError, calibrate, describe, project, read_calibration, write_calibration
+
+    config = _with_sets(_read_config(args.config), args.set)
+    out = Path(args.out)
+    _require_directory_path("--out", out.parent)
+    if args.project is not None:
+        if args.source is None:
+            raise UsageError(f"--project {args.project} needs --from CALIBRATION: the measured calibration to project")
+        if args.project not in GPUS:
+            raise UsageError(f"--project {args.project!r}: unknown GPU (known: {', '.join(GPUS)})")
+        try:
+            measured = read_calibration(args.source)
+            if measured["experiment_id"] != config.experiment_id:
+                raise CalibrationError(
+                    f"--from {args.source} calibrates {measured['experiment_id']}, not {config.experiment_id} ({args.config})"
+                )
+            document = project(measured, args.project)
+        except CalibrationError as error:
+            raise UsageError(str(error)) from None
+        write_calibration(document, out)
+        print(
+            f"wrote {out}: {describe(document)}; epoch {document['training']['epoch_seconds']:.1f} s, gate {document['gate']['seconds']:.2f} s"
+        )
+        return 0
+    if args.source is not None:
+        raise UsageError("--from only goes with --project GPU")
+    for name in ("target_seconds", "gate_sequences", "analysis_events", "max_steps"):
+        value = getattr(args, name)
+        if value is not None and value <= 0:
+            raise UsageError(f"--{name.replace('_', '-')} must be positive, got {value}")
+    try:
+        resolve_device(args.device)
+    except ValueError as error:
+        raise UsageError(str(error)) from None
+    if args.precision == "bf16" and args.device == "cpu":
+        print("dcsbm calibrate: note: bf16 on a CPU is emulated unless oneDNN has AVX512-BF16/AMX", file=sys.stderr)
+    _set_threads(args)
+    document = calibrate(
+        config,
+        device=args.device,
+        precision=args.precision,
+        cache_root=Path(args.cache_dir) if args.cache_dir else None,
+        target_seconds=args.target_seconds or 30.0,
+        max_steps=args.max_steps,
+        gate_sequences=args.gate_sequences,
+        analysis_events=args.analysis_events,
+        source=args.config,
+    )
+    write_calibration(document, out)
+    print(f"wrote {out}: {describe(document)}")
+    return 0
+
+
+def _budget_request(args: argparse.Namespace, plan, settings):
+    """The calibration, estimates and budget the sweep's flags ask for (usage errors before anything
+    is written); None when no --calibration was given."""
+    from .calibrate import CalibrationError, read_calibration
+    from .sweep.budget import BudgetRequest, default_learnability_paths, learnability_index, shape_problems
+
+    budgeted = args.budget_hours is not None or args.budget_usd is not None
+    if args.budget_hours is not None and args.budget_usd is not None:
+        raise UsageError("give one budget: --budget-hours or --budget-usd, not both")
+    for name in ("budget_hours", "budget_usd", "price_per_hour"):
+        value = getattr(args, name)
+        if value is not None and value <= 0:
+            raise UsageError(f"--{name.replace('_', '-')} must be positive, got {value}")
+    if args.budget_usd is not None and args.price_per_hour is None:
+        raise UsageError("--budget-usd needs --price-per-hour USD (the price of one machine an hour) to turn dollars into hours")
+    if args.calibration is None:
+        if budgeted or args.price_per_hour is not None or args.learnability:
+            given = "a budget" if budgeted else ("--price-per-hour" if args.price_per_hour is not None else "--learnability")
+            raise UsageError(f"{given} needs --calibration FILE (written by `dcsbm calibrate CONFIG`): the estimates come from it")
+        return None
+    if not (budgeted or args.dry_run):
+        raise UsageError("--calibration is used by --dry-run (estimates) or a budget (--budget-hours/--budget-usd)")
+    try:
+        calibration = read_calibration(args.calibration)
+    except CalibrationError as error:
+        raise UsageError(str(error)) from None
+    if problems := shape_problems(plan, calibration, args.calibration):
+        raise UsageError("\n  ".join(problems))
+    paths = [Path(p) for p in args.learnability] or default_learnability_paths(Path(args.sweeps_dir), exclude=plan.name)
+    missing = [str(p) for p in paths if not p.exists()]
+    if missing:
+        raise UsageError(f"--learnability {', '.join(missing)}: no such sweep folder or status.json")
+    limit = args.budget_hours * 3600 if args.budget_hours is not None else None
+    if args.budget_usd is not None:
+        limit = args.budget_usd / args.price_per_hour * 3600
+    return BudgetRequest(limit or 0.0, calibration, learnability_index(paths), args.price_per_hour), limit
+
+
+def _cloud_settings(args: argparse.Namespace):
+    from .sweep.cloud import CloudSettings
+
+    given = [
+        f"--{name.replace('_', '-')}"
+        for name in ("cloud_bucket", "cloud_store", "cloud_gpu", "cloud_name", "cloud_sync_command")
+        if getattr(args, name) is not None
+    ] + (["--no-spot"] if args.no_spot else [])
+    if args.executor != "skypilot":
+        if given:
+            raise UsageError(f"{', '.join(given)} only apply to --executor skypilot (this sweep runs with --executor {args.executor})")
+        return None
+    if not args.cloud_bucket:
+        raise UsageError("--executor skypilot needs --cloud-bucket NAME: the bucket the results are synced through")
+    values = {
+        "bucket": args.cloud_bucket,
+        "store": args.cloud_store,
+        "accelerator": args.cloud_gpu,
+        "cloud": args.cloud_name,
+        "sync_command": args.cloud_sync_command,
+    }
+    settings = CloudSettings(**{k: v for k, v in values.items() if v is not None}, use_spot=not args.no_spot)
+    if settings.sync_command is None:
+        from .sweep.cloud import SYNC_TEMPLATES
+
+        if settings.store not in SYNC_TEMPLATES:
+            raise UsageError(
+                f"--cloud-store {settings.store}: no default command to copy results back; give --cloud-sync-command "
+                "'... {bucket} {experiment_id} {local}'"
+            )
+    return settings
+
+
+def _print_first_task(plan, settings, cloud) -> None:
+    """--dry-run with --executor skypilot: the task SkyPilot would receive for the first point."""
+    from .sweep.cloud import CloudError, task_config, task_yaml
+
+    point = plan.points[0]
+    config_file = Path(settings.sweeps_root) / plan.name / "configs" / f"{point.experiment_id}.json"
+    try:
+        task = task_config(
+            point.experiment_id, config_file, cloud, device=settings.device, precision=settings.precision, analyze=plan.analyze
+        )
+    except CloudError as error:
+        raise UsageError(str(error)) from None
+    print(f"the SkyPilot task of {point.describe()} (one such task per point; `sky jobs launch` each):")
+    print(task_yaml(task).rstrip())
 
 
 def command_report(args: argparse.Namespace) -> int:
@@ -424,8 +588,9 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument(
         "--executor",
         default="local",
-        choices=["local", "slurm", "debug"],
-        help="local: processes on this machine; slurm: a job array; debug: one after the other in this process",
+        choices=["local", "slurm", "debug", "skypilot"],
+        help="local: processes on this machine; slurm: a job array; debug: one after the other in this process; "
+        "skypilot: one SkyPilot managed job per point on a rented GPU (pip install 'dcsbm-transformer[cloud]')",
     )
     sweep.add_argument("--jobs", type=int, default=None, help="local: points run at once (default 1), each with cores // jobs threads")
     sweep.add_argument(
@@ -471,7 +636,79 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--slurm-cpus-per-task", type=int, default=None, help="CPUs per job, and its torch threads (default 4)")
     sweep.add_argument("--slurm-mem-gb", type=float, default=None, help="memory per job in GB (default: the partition's)")
     sweep.add_argument("--slurm-account", default=None, help="SLURM account to charge")
+    sweep.add_argument(
+        "--calibration",
+        default=None,
+        metavar="FILE",
+        help="a calibration of the sweep's shape (dcsbm calibrate): --dry-run prints each point's expected time; needed by a budget",
+    )
+    sweep.add_argument("--price-per-hour", type=float, default=None, metavar="USD", help="price of one machine an hour: costs in USD")
+    sweep.add_argument(
+        "--budget-hours", type=float, default=None, metavar="H", help="start no point whose estimate would pass H machine-hours in all"
+    )
+    sweep.add_argument("--budget-usd", type=float, default=None, metavar="X", help="the budget in USD (needs --price-per-hour)")
+    sweep.add_argument(
+        "--learnability",
+        action="append",
+        default=[],
+        metavar="PATH",
+        help="a sweep folder (or its status.json) whose finished points give epochs to the gate; repeatable "
+        "(default: every other sweep folder under --sweeps-dir)",
+    )
+    sweep.add_argument("--cloud-bucket", default=None, help="skypilot: the bucket the results are synced through")
+    sweep.add_argument("--cloud-store", default=None, help="skypilot: the bucket's store (s3, gcs; default s3)")
+    sweep.add_argument("--cloud-gpu", default=None, help="skypilot: accelerators per point (default RTX4090:1)")
+    sweep.add_argument("--cloud-name", default=None, help="skypilot: the cloud (e.g. runpod; default: the cheapest SkyPilot finds)")
+    sweep.add_argument("--no-spot", action="store_true", help="skypilot: on-demand machines instead of spot/preemptible ones")
+    sweep.add_argument(
+        "--cloud-sync-command",
+        default=None,
+        help="skypilot: command copying a point's folder back, with {bucket} {experiment_id} {local} (default by store)",
+    )
     sweep.set_defaults(handler=command_sweep)
+
+    calibrate = commands.add_parser(
+        "calibrate",
+        help="time one run of a config on this machine (epoch, gate, analysis per event, memory) into a calibration file",
+    )
+    calibrate.add_argument("config", metavar="CONFIG", help="experiment config (JSON)")
+    calibrate.add_argument("--out", default="calibration.json", help="the calibration file to write (default: %(default)s)")
+    calibrate.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="auto = CUDA when present")
+    calibrate.add_argument("--precision", default="fp32", choices=["fp32", "bf16"], help="bf16 = autocast")
+    calibrate.add_argument("--threads", type=int, default=None, metavar="N", help="torch CPU threads (default: one per core)")
+    calibrate.add_argument(
+        "--cache-dir",
+        default=None,
+        help="data cache (default: $DCSBM_CACHE_DIR, else $XDG_CACHE_HOME/dcsbm-transformer or ~/.cache/dcsbm-transformer)",
+    )
+    calibrate.add_argument(
+        "--target-seconds",
+        type=float,
+        default=None,
+        help="time training steps for this long after the warm-up, then extrapolate the epoch (default 30; a whole epoch when shorter)",
+    )
+    calibrate.add_argument("--max-steps", type=int, default=None, help="time exactly this many steps (after the warm-up)")
+    calibrate.add_argument(
+        "--gate-sequences", type=int, default=None, help="time the gate on this many sequences and scale (default: all of them)"
+    )
+    calibrate.add_argument(
+        "--analysis-events", type=int, default=None, help="analysis events to time (default: one chunk, at most 512)"
+    )
+    calibrate.add_argument(
+        "--project",
+        default=None,
+        metavar="GPU",
+        help="write an ESTIMATE for a GPU that is not here (rtx4090, rtx3090) from --from's GPU-free figures; runs nothing",
+    )
+    calibrate.add_argument("--from", dest="source", default=None, metavar="FILE", help="the measured calibration to project")
+    calibrate.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="set a dotted config key (value as JSON); repeatable",
+    )
+    calibrate.set_defaults(handler=command_calibrate)
 
     add_report_parser(commands).set_defaults(handler=command_report)
     return parser
