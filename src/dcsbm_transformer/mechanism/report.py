@@ -11,7 +11,9 @@ includes the template. Figures are drawn with matplotlib's object API (no pyplot
 * ``mechanism_patch`` — where patched continuations land at the patched jumper's deadline (patched
   target / original target / elsewhere) per original rule, with the patched rule's chance level;
 * ``mechanism_attention`` — attention from the last position to the jumper (intact model),
-  violations vs successes, mean ± 95% CI at every lookback j, one panel per layer/head and r.
+  violations vs successes, mean ± 95% CI at every lookback j, one panel per layer/head and r;
+* ``mechanism_perturbation`` — the perturbation-bound test (``mechanism.perturbation``): tightness
+  observed / bound against the perturbation's size, per stage and direction, with the bound at 1.
 """
 
 from __future__ import annotations
@@ -47,6 +49,14 @@ FIGURE_TEXT = {
         "Attention weight from the last position to the jumper (intact model) at every lookback j (j = r − 1: the "
         "pass whose window ends at the jumper, its self-attention; j = 0: the pass that emits the deadline token), mean "
         "± 95% CI (mean ± 1.96·sd/√n) for violations (red) and successes (blue); one panel per layer, head and r.",
+    ),
+    "mechanism_perturbation": (
+        "A perturbation of QKᵀ against its bound",
+        "Perturbations E of QKᵀ with ‖E_M‖_F = ε‖(QKᵀ)_M‖_F on the causal support (x axis: ε), every head of a layer at "
+        "once, through the model's own kernel (float64): observed change / the bound of docs/maths.md, per stage (attention "
+        "weights, A·V, A·V·Wₒ per head, the block's summed output), for random Gaussian directions and the top singular "
+        "direction u₁v₁ᵀ of QKᵀ. Line: median over windows, heads and layers; band: 10th–90th percentile; dots: maximum. "
+        "The dashed line at 1 is the bound: a point above it would refute the derivation.",
     ),
 }
 COLOURS = ["#424242", "#c62828", "#ef6c00", "#6a1b9a", "#1565c0", "#2e7d32", "#00838f", "#ad1457", "#5d4037"]
@@ -143,7 +153,25 @@ def findings(payload: dict[str, Any]) -> list[str]:
                 f"{fmt(entry['auroc'][j])} [{fmt(entry['auroc_ci_low'][j])}, {fmt(entry['auroc_ci_high'][j])}] (pointwise, "
                 "a lookback chosen after looking). AUROC < 0.5: less attention on the jumper before a violation."
             )
+    lines.append(perturbation_finding(payload["perturbation"]))
     return lines
+
+
+def perturbation_finding(section: dict[str, Any]) -> str:
+    """The perturbation-bound test in one sentence: the exceed share and the tightness range."""
+    pooled = [row for row in section["rows"] if row["layer"] is None]
+    block = [row for row in pooled if row["stage"] == "block"]
+    attention = [row for row in pooled if row["stage"] == "attention"]
+    settings = section["settings"]
+    return (
+        f"Perturbation bound (docs/maths.md): perturbations of QKᵀ of {100 * min(settings['fractions']):g}–"
+        f"{100 * max(settings['fractions']):g}% of its Frobenius norm on {settings['windows']} windows, "
+        f"{' and '.join(settings['kinds'])} directions: {fmt_share(section['overall_exceed'])} of the cases exceed their bound; "
+        f"tightness (observed / bound) of the attention weights median {fmt(min(r['tightness_median'] for r in attention))}–"
+        f"{fmt(max(r['tightness_median'] for r in attention))}, maximum {fmt(max(r['tightness_max'] for r in attention))}; "
+        f"of the block output median {fmt(min(r['tightness_median'] for r in block))}–{fmt(max(r['tightness_median'] for r in block))}, "
+        f"maximum {fmt(max(r['tightness_max'] for r in block))}."
+    )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -239,6 +267,33 @@ def attention_figure(payload: dict[str, Any]) -> Figure | None:
     return figure
 
 
+def perturbation_figure(payload: dict[str, Any]) -> Figure:
+    section = payload["perturbation"]
+    stages = [stage for stage in ("attention", "av", "avwo", "block") if any(r["stage"] == stage for r in section["rows"])]
+    names = {"attention": "attention weights A", "av": "A·V (per head)", "avwo": "A·V·Wₒ (per head)", "block": "block output Σ_h"}
+    figure = Figure(figsize=(3.3 * len(stages), 3.0))
+    for index, stage in enumerate(stages):
+        axis = figure.add_subplot(1, len(stages), index + 1)
+        for kind, colour in zip(section["settings"]["kinds"], ("#1565c0", "#c62828", "#2e7d32")):
+            rows = sorted(
+                (r for r in section["rows"] if r["layer"] is None and r["stage"] == stage and r["kind"] == kind),
+                key=lambda r: r["fraction"],
+            )
+            x = np.array([r["fraction"] for r in rows])
+            axis.plot(x, [r["tightness_median"] for r in rows], marker="o", markersize=3, color=colour, label=kind.replace("_", " "))
+            axis.fill_between(x, [r["tightness_q10"] for r in rows], [r["tightness_q90"] for r in rows], color=colour, alpha=0.2)
+            axis.plot(x, [r["tightness_max"] for r in rows], linestyle="none", marker=".", color=colour)
+        axis.axhline(1.0, color="black", linestyle="--", linewidth=1)
+        axis.set_xscale("log")
+        axis.set_ylim(0, 1.1)
+        axis.set_xlabel("ε = ‖E_M‖_F / ‖(QKᵀ)_M‖_F", fontsize=8)
+        axis.set_ylabel("observed / bound", fontsize=8)
+        axis.set_title(names[stage], fontsize=9)
+        axis.legend(fontsize=7)
+    figure.tight_layout()
+    return figure
+
+
 def draw_mechanism_figures(analysis_dir: Path, payload: dict[str, Any]) -> dict[str, bytes]:
     """Draw the figures, write ``figures/<name>.png``; returns name → PNG bytes."""
     out = {}
@@ -246,6 +301,7 @@ def draw_mechanism_figures(analysis_dir: Path, payload: dict[str, Any]) -> dict[
         ("mechanism_compliance", compliance_figure),
         ("mechanism_patch", patch_figure),
         ("mechanism_attention", attention_figure),
+        ("mechanism_perturbation", perturbation_figure),
     ):
         figure = draw(payload)
         if figure is None:
@@ -298,6 +354,21 @@ def _attention_rows(payload: dict[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
+def _perturbation_rows(section: dict[str, Any]) -> list[dict[str, Any]]:
+    """The pooled rows of the perturbation test (layer None), formatted."""
+    return [
+        {
+            "kind": row["kind"].replace("_", " "),
+            "fraction": f"{100 * row['fraction']:g}%",
+            "stage": section["settings"]["stages"][row["stage"]],
+            "exceed": fmt_share(row["exceed"]),
+            "tightness": f"{fmt(row['tightness_median'])} [{fmt(row['tightness_q10'])}, {fmt(row['tightness_q90'])}], max {fmt(row['tightness_max'])}",
+        }
+        for row in section["rows"]
+        if row["layer"] is None
+    ]
+
+
 def mechanism_section(analysis_dir: Path) -> dict[str, Any] | None:
     """What the report's mechanism section renders, or None when ``analysis_dir`` has no valid mechanism.json."""
     payload = read_mechanism(Path(analysis_dir))
@@ -334,6 +405,7 @@ def mechanism_section(analysis_dir: Path) -> dict[str, Any] | None:
             ],
         },
         "attention": _attention_rows(payload),
+        "perturbation": _perturbation_rows(payload["perturbation"]),
         "figures": [
             {
                 "name": name,
