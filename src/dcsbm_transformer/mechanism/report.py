@@ -271,9 +271,10 @@ def perturbation_figure(payload: dict[str, Any]) -> Figure:
     section = payload["perturbation"]
     stages = [stage for stage in ("attention", "av", "avwo", "block") if any(r["stage"] == stage for r in section["rows"])]
     names = {"attention": "attention weights A", "av": "A·V (per head)", "avwo": "A·V·Wₒ (per head)", "block": "block output Σ_h"}
-    figure = Figure(figsize=(3.3 * len(stages), 3.0))
+    rows, columns = grid_shape(len(stages))  # four stages: 2 × 2, legible at the page's width
+    figure = Figure(figsize=grid_size(rows, columns, panel_height=3.0, title=0.0))
     for index, stage in enumerate(stages):
-        axis = figure.add_subplot(1, len(stages), index + 1)
+        axis = figure.add_subplot(rows, columns, index + 1)
         for kind, colour in zip(section["settings"]["kinds"], ("#1565c0", "#c62828", "#2e7d32")):
             rows = sorted(
                 (r for r in section["rows"] if r["layer"] is None and r["stage"] == stage and r["kind"] == kind),
