@@ -47,6 +47,13 @@ Choices, and why
   permutations are one matrix product ``L @ ranks``.
 * **Holm.** Per-j permutation p-values (same shuffles) are also returned, with the Holm-Bonferroni
   step-down adjustment (:func:`holm`) as a second, less powerful but per-j family-wise control.
+* **AUPRC beside every AUROC** (:mod:`.precision`): the jumper-stratified average precision in the
+  metric's direction (declared for a one-sided test, observed at the best lookback otherwise), its
+  no-skill line (the stratified violation prevalence) and a logit interval at every j; tested on
+  the *same* within-jumper shuffles as the AUROC (the first ``auprc_permutations`` of them), with
+  ``T = max_{j >= 1} (AP(j) − prevalence(j))``. A two-sided (exploratory) metric's AP is oriented
+  by its AUROC's direction, chosen on these data, so its one-sided AP p is doubled (Bonferroni over
+  the two orientations: valid whichever was chosen).
 * **Insufficient data.** If either class has fewer than ``min_events`` events in the stratum, no
   AUROC and no p-value are produced (status ``"insufficient"``); likewise at a single lookback
   where fewer than ``min_events`` finite values per class remain, the AUROC there is NaN. A lookback
@@ -63,6 +70,8 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 from scipy.special import betaln
 from scipy.stats import norm, rankdata
+
+from .precision import ap_keys, ap_numerators, auprc_ci, stratified_auprc
 
 __all__ = [
     "ALTERNATIVES",
@@ -89,6 +98,7 @@ __all__ = [
 
 ALTERNATIVES = ("two-sided", "greater", "less")
 _TOL = 1e-12  # float tolerance when comparing permutation statistics with the observed one
+_AP_TOL = 1e-9  # the same for the AUPRC's, summed in float32 alike for the observed labelling and the shuffles
 
 
 # --------------------------------------------------------------------------------------------------
@@ -653,6 +663,15 @@ class SeparationResult:
     threshold: float = 0.75
     min_events: int = 20
     extra: dict = field(default_factory=dict)
+    # AUPRC beside the AUROC (index = lookback j; see .precision): oriented as ``auprc_orientation``
+    auprc: np.ndarray | None = None
+    auprc_ci_low: np.ndarray | None = None
+    auprc_ci_high: np.ndarray | None = None
+    prevalence: np.ndarray | None = None  # the stratified no-skill line
+    auprc_orientation: str | None = None  # "higher" | "lower": which side of the metric predicts a violation
+    auprc_p_value: float | None = None  # max over j >= 1 of AP - prevalence, same shuffles; doubled when two-sided
+    auprc_p_per_j: np.ndarray | None = None
+    auprc_permutations: int = 0
 
     def to_dict(self) -> dict:
         """Plain dict (arrays as lists, NaN kept as float NaN)."""
@@ -670,7 +689,8 @@ class SeparationResult:
 
 
 def _permutation_deviations(x: np.ndarray, y: np.ndarray, g: np.ndarray, permutations: int, rng: np.random.Generator, chunk: int):
-    """Yield, chunk by chunk, the stratified ``A_perm - 0.5`` ``[C, columns]`` of within-jumper shuffles.
+    """Yield, chunk by chunk, the stratified ``A_perm - 0.5`` ``[C, columns]`` of within-jumper shuffles
+    and the shuffled labels ``[C, n]`` themselves (the AUPRC's test uses the same ones).
 
     Per jumper, ranks are computed once for every column; for a chunk of label matrices ``L [C, n_s]``
     (the same shuffles for every column): ``U_s = L @ ranks_s - n_v (n_v + 1) / 2`` with
@@ -697,7 +717,7 @@ def _permutation_deviations(x: np.ndarray, y: np.ndarray, g: np.ndarray, permuta
             num += lab @ ranks - nv * (nv + 1) / 2
             den += nv * (nfin - nv)
         with np.errstate(invalid="ignore", divide="ignore"):
-            yield num / den - 0.5
+            yield num / den - 0.5, shuffled
         done += c
 
 
@@ -787,8 +807,16 @@ def _observed(
     obs = _statistic(a - 0.5, alternative)
     best_j = None if not np.isfinite(obs[1:]).any() else int(np.nanargmax(obs[1:]) + 1)
     direction = None if best_j is None else ("higher before violations" if a[best_j] > 0.5 else "lower before violations")
+    orientation = _auprc_orientation(alternative, a, best_j)
+    pr = stratified_auprc(np.where(valid[None, :], x, np.nan), y, g, orientation=orientation)
+    pr_low, pr_high = auprc_ci(pr["auprc"], pr["var"])
     result = SeparationResult(
         status="ok",
+        auprc=pr["auprc"],
+        auprc_ci_low=pr_low,
+        auprc_ci_high=pr_high,
+        prevalence=pr["prevalence"],
+        auprc_orientation=orientation,
         auroc=a,
         auroc_pooled=pooled,
         auroc_per_jumper=per_jumper,
@@ -805,6 +833,90 @@ def _observed(
     return result, valid, obs
 
 
+def _auprc_orientation(alternative: str, a: np.ndarray, best_j: int | None) -> str:
+    """The side of a metric that predicts a violation, for its AUPRC: the declared one of a one-sided
+    test, else the side its AUROC takes at the best lookback (``"higher"`` when undefined)."""
+    if alternative != "two-sided":
+        return "higher" if alternative == "greater" else "lower"
+    return "lower" if best_j is not None and a[best_j] < 0.5 else "higher"
+
+
+class _PrecisionPermutations:
+    """The AUPRC's permutation test on the AUROC's shuffles (see :mod:`.precision`): per jumper the
+    label-free keys ``D`` of every tested column (each metric in its own orientation) are computed
+    once; each shuffle's AP needs only its violations' keys, sorted."""
+
+    BLOCK = 4_000_000  # keys gathered at once (columns x shuffles x violations): bounds memory
+
+    def __init__(self, tested, y: np.ndarray, g: np.ndarray, permutations: int):
+        self.tested, self.permutations = tested, permutations
+        self.groups = []
+        for s in np.unique(g):
+            idx = np.flatnonzero(g == s)
+            parts = [ap_keys(x[idx], result.auprc_orientation) for result, x, _, _ in tested]
+            keys = np.concatenate([p[0] for p in parts], axis=0)
+            self.groups.append((idx, keys, idx.size + 1, np.concatenate([p[2] for p in parts])))  # one sentinel: n + 1
+        self.bounds = np.cumsum([0] + [x.shape[1] for _, x, _, _ in tested])
+        self.prevalence = np.concatenate([np.nan_to_num(result.prevalence, nan=0.0) for result, _, _, _ in tested])
+        # the observed statistic through the same (float32) sums as the shuffles, so a shuffle that
+        # reproduces the observed labelling ties with it exactly
+        self.observed = []
+        observed = self._deviation(y[None, :])[0]
+        for i, (_, _, valid, _) in enumerate(tested):
+            self.observed.append(np.where(valid, observed[self.bounds[i] : self.bounds[i + 1]], np.nan))
+        self.t_perm = [np.empty(permutations) for _ in tested]
+        self.exceed = [np.zeros(x.shape[1]) for _, x, _, _ in tested]
+        self.done = 0
+
+    def add(self, shuffled: np.ndarray) -> None:
+        """Count the shuffles ``shuffled [C, n]`` (the first ``permutations`` overall are used)."""
+        c = min(shuffled.shape[0], self.permutations - self.done)
+        if c <= 0:
+            return
+        deviation = self._deviation(shuffled[:c])
+        for i, (_, _, valid, _) in enumerate(self.tested):
+            stat = deviation[:, self.bounds[i] : self.bounds[i + 1]]
+            stat[:, ~valid] = np.nan
+            self.t_perm[i][self.done : self.done + c] = _family_max(stat)
+            with np.errstate(invalid="ignore"):
+                self.exceed[i] += np.sum(stat >= self.observed[i][None, :] - _AP_TOL, axis=0)
+        self.done += c
+
+    def _deviation(self, shuffled: np.ndarray) -> np.ndarray:
+        """``AP - prevalence`` ``[C, columns]`` of the label sets ``shuffled [C, n]``."""
+        c = shuffled.shape[0]
+        columns = self.bounds[-1]
+        num = np.zeros((c, columns))
+        count = np.zeros((c, columns))
+        for idx, keys, sentinel, ties in self.groups:
+            lab = shuffled[:, idx]
+            nv = int(lab[0].sum())
+            if nv == 0:
+                continue
+            positives = np.nonzero(lab)[1].reshape(c, nv)
+            step = max(1, self.BLOCK // (c * nv))
+            for begin in range(0, columns, step):
+                part = slice(begin, min(begin + step, columns))
+                n_part, v_part = ap_numerators(keys[part], positives, sentinel, ties[part], exact=False)
+                num[:, part] += n_part
+                count[:, part] += v_part
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return num / count - self.prevalence[None, :]
+
+    def finish(self) -> None:
+        for i, (result, _, valid, _) in enumerate(self.tested):
+            obs = self.observed[i]
+            result.auprc_permutations = self.done
+            if self.done == 0 or not np.isfinite(obs[1:]).any():
+                continue
+            t_obs = float(np.nanmax(obs[1:]))
+            sides = 2.0 if result.alternative == "two-sided" else 1.0
+            p = (1 + np.sum(self.t_perm[i][: self.done] >= t_obs - _AP_TOL)) / (1 + self.done)
+            result.auprc_p_value = float(min(1.0, sides * p))
+            result.auprc_p_per_j = np.where(valid, np.minimum(1.0, sides * (1 + self.exceed[i]) / (1 + self.done)), np.nan)
+            result.auprc_p_per_j[0] = np.nan
+
+
 def _permutation_test(
     tested: list[tuple[SeparationResult, np.ndarray, np.ndarray, np.ndarray]],
     y: np.ndarray,
@@ -812,17 +924,23 @@ def _permutation_test(
     permutations: int,
     rng: np.random.Generator,
     chunk: int,
+    auprc_permutations: int | None = None,
 ) -> None:
     """Fill in the permutation p-values of every (result, x, valid, observed statistic) in ``tested``,
-    all from the same within-jumper shuffles (one wide rank-sum product per chunk)."""
+    all from the same within-jumper shuffles (one wide rank-sum product per chunk); the AUPRC's from
+    the first ``auprc_permutations`` of the same shuffles (default: all of them)."""
     if not tested:
         return
+    precision = _PrecisionPermutations(
+        tested, y, g, permutations if auprc_permutations is None else min(permutations, auprc_permutations)
+    )
     wide = np.concatenate([x for _, x, _, _ in tested], axis=1)
     bounds = np.cumsum([0] + [x.shape[1] for _, x, _, _ in tested])
     t_perm = [np.empty(permutations) for _ in tested]
     exceed = [np.zeros(x.shape[1]) for _, x, _, _ in tested]
     done = 0
-    for deviation in _permutation_deviations(wide, y, g, permutations, rng, chunk):
+    for deviation, shuffled in _permutation_deviations(wide, y, g, permutations, rng, chunk):
+        precision.add(shuffled)
         c = deviation.shape[0]
         for i, (result, _, valid, obs) in enumerate(tested):
             part = deviation[:, bounds[i] : bounds[i + 1]]
@@ -839,6 +957,7 @@ def _permutation_test(
         result.p_per_j_holm = np.full(len(obs), np.nan)
         result.p_per_j_holm[1:] = holm(result.p_per_j[1:])
         result.shuffled_95 = float(np.quantile(t_perm[i], 0.95))
+    precision.finish()
 
 
 def separation_family(
@@ -853,6 +972,7 @@ def separation_family(
     threshold: float = 0.75,
     chunk: int = 250,
     alternatives: dict[str, str] | None = None,
+    auprc_permutations: int | None = None,
 ) -> dict[str, dict[int, SeparationResult]]:
     """:func:`separation` of many metrics on the same events: ``{name: {r: result}}``.
 
@@ -860,6 +980,7 @@ def separation_family(
     stratum, applied to all metrics in one wide rank-sum product), so the cost of drawing
     permutations is paid once, and each metric's p-value is exactly what :func:`separation` would
     give it alone with the same generator state. ``alternatives``: name -> side (default two-sided).
+    ``auprc_permutations``: how many of those shuffles (the first ones) test the AUPRC (default all).
     """
     alternatives = alternatives or {}
     for name, side in alternatives.items():
@@ -892,7 +1013,7 @@ def separation_family(
             out[name][rv] = result
             if permutations > 0 and result.best_j is not None:
                 tested.append((result, x, valid, obs))
-        _permutation_test(tested, y[m], g[m], permutations, rng, chunk)
+        _permutation_test(tested, y[m], g[m], permutations, rng, chunk, auprc_permutations)
     return out
 
 
