@@ -130,7 +130,7 @@ def bench_quick(config_path: str, device: str, plain_events: int) -> dict:
     prompts = torch.from_numpy(events.prompts).to(next(model.parameters()).device)
     matrices, rate = rates(summary["timings"]["measure_seconds"], len(events), summary["passes"], model.n_layers, model.n_heads)
     # the batch the pipeline itself measures at a time (its chunk counts the vectors it keeps per pass)
-    chunk = prompts[: events_per_chunk(model, config.analysis.chunk_mb, passes=summary["passes"], top_k=config.analysis.top_k)]
+    chunk = prompts[: events_per_chunk(model, config.analysis.chunk_mb)]
     raw = raw_svd_rate(one_pass_targets(model, chunk), config.analysis.top_k, model, chunk)
     ours_ms = 1000 / rate
     plain = plain_ms_per_matrix(model, prompts[:plain_events], summary["passes"], config.analysis.top_k)
@@ -164,7 +164,7 @@ def bench_anchor(config_path: str, device: str, count: int, plain_events: int) -
     seconds = measured.seconds["measure_seconds"]
     matrices, rate = rates(seconds, len(events), passes, model.n_layers, model.n_heads)
     prompts = torch.from_numpy(events.prompts).to(torch_device)
-    chunk = prompts[: events_per_chunk(model, config.analysis.chunk_mb, passes=passes, top_k=config.analysis.top_k)]
+    chunk = prompts[: events_per_chunk(model, config.analysis.chunk_mb)]
     raw = raw_svd_rate(one_pass_targets(model, chunk), config.analysis.top_k, model, chunk)
     ours_ms = 1000 / rate
     plain = plain_ms_per_matrix(model, prompts[:plain_events], 4, config.analysis.top_k)

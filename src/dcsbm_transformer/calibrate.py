@@ -360,7 +360,7 @@ def calibrate(
     # analysis
     phase = _Phase(torch_device)
     model.eval()
-    chunk = events_per_chunk(model, config.analysis.chunk_mb, passes=int(data.graph.jumper_r.max()), top_k=config.analysis.top_k)
+    chunk = events_per_chunk(model, config.analysis.chunk_mb)
     count = analysis_events or min(chunk, 512, config.analysis.events)
     events = draw_analysis_events(config, data.graph, count)
     started = time.perf_counter()

@@ -1,12 +1,12 @@
 """Every metric at every pass: the events' continuations, their labels and the metric arrays.
 
-Events are processed in chunks whose SVD targets (one pass's, with the top-k singular vectors
-kept at every pass for the embedding metrics) take about ``analysis.chunk_mb`` (memory is
-bounded by the chunk, not the event count, and small models get big batches, where the
-per-call overhead of the batched SVD and metrics is amortised). Within a chunk, each pass runs the model once on all its events and computes
-the spectra of every layer's and head's targets in one batched call per target, then every
-registered metric in one call; values stay on the device until the chunk ends, so there is
-no host synchronisation per pass.
+Events are processed in chunks whose SVD targets (one pass's) take about ``analysis.chunk_mb``
+(memory is bounded by the chunk, not the event count, and small models get big batches, where
+the per-call overhead of the batched SVD and metrics is amortised). Within a chunk, each pass
+runs the model once on all its events; metrics workers (one per core on a CPU, each on its share
+of the events) compute the spectra of every layer's and head's targets in one batched call per
+target, then every registered metric in one call, while the model runs the next pass; values
+stay on the device until the chunk ends, so there is no host synchronisation per pass.
 
 Before the first pass, the two windows that end just before the jumper (at s − 2 and s − 1,
 walk tokens only) are measured too: the *context-only baseline* (every metric at the window
@@ -70,22 +70,22 @@ class Measurements:
     behaviour: dict[str, np.ndarray] = field(default_factory=dict)
 
 
-def events_per_chunk(model: TransformerLM, chunk_mb: float, *, passes: int = 0, top_k: int = 0) -> int:
-    """How many events fit in ``chunk_mb``: one pass's targets (QKᵀ and AVWₒ of every layer and head, float32)
-    and, with ``passes`` and ``top_k``, the top-k singular vectors of both sides kept at every pass until
-    the chunk's tokens are known (the embedding metrics need them; float32)."""
+def events_per_chunk(model: TransformerLM, chunk_mb: float) -> int:
+    """How many events fit in ``chunk_mb``: one pass's targets (QKᵀ and AVWₒ of every layer and head, float32)."""
     w, d = model.context_window, model.d_model
-    per_event = 4 * model.n_layers * model.n_heads * (w * w + w * d + passes * top_k * (3 * w + d))
+    per_event = 4 * model.n_layers * model.n_heads * (w * w + w * d)
     return max(1, int(chunk_mb * 2**20 // per_event))
 
 
-def _embedding_metrics() -> list[str]:
-    """The metrics that need the window's tokens: computed once the chunk's generated tokens are known."""
-    return [
-        name
-        for name, metric in METRICS.items()
-        if metric.kind == "context" and {"window_embeddings", "next_embedding"} & set(metric.needs)
-    ]
+def metric_workers(device: torch.device, events: int, cores: int) -> int:
+    """How many metrics workers measure a chunk: one per core on a CPU (each on its share of the events, with
+    one intra-op thread), one on an accelerator (its kernels are already parallel).
+
+    Why not one worker with more threads: the batched ``eigh`` of the spectra (most of the metrics' cost)
+    decomposes one small matrix after another inside one call, so a second intra-op thread gained only
+    1.1-1.25x, while two workers on disjoint halves of the events keep both cores busy (the main thread's
+    forward passes fit in between). A matrix's values do not depend on the batch it is decomposed in."""
+    return max(1, min(cores, events)) if device.type == "cpu" else 1
 
 
 def _window_context(embeddings: torch.Tensor, window: torch.Tensor, predicted: torch.Tensor) -> dict:
@@ -130,11 +130,11 @@ def measure(
     behaviour: dict[str, np.ndarray] = {}
     members = torch.from_numpy(graph.block[None, :] == np.arange(graph.K)[:, None]).to(device)  # [K, n]
     generator = torch_generator(seed, stream, "sampling", device=device) if temperature > 0 else None
-    chunk_events = events_per_chunk(model, chunk_mb, passes=passes, top_k=top_k)
+    chunk_events = events_per_chunk(model, chunk_mb)
 
     threads = torch.get_num_threads()
     if device.type == "cpu":
-        # The metrics worker runs beside the forward passes: leave it a core. On the 2-core CPU an
+        # The metrics workers run beside the forward passes: leave them a core. On the 2-core CPU an
         # anchor-shaped analysis ran 2.1x faster with one intra-op thread than with two (the two
         # threads' ops otherwise fight over both cores); the numbers do not change.
         torch.set_num_threads(max(1, threads - 1))
@@ -168,6 +168,7 @@ def measure(
                 r=r,
                 context_guards=context_guards,
                 behaviour=recorder,
+                workers=metric_workers(device, end - begin, threads),
             )
             generated[begin:end], target_probability[begin:end] = tokens, probability
             for name, array in recorder.finish(tokens).items():
@@ -203,6 +204,18 @@ def measure(
     )
 
 
+@dataclass
+class _Shard:
+    """One metrics worker's share of a chunk: its events (``rows``), the spectra its temporal metrics chain
+    (the previous pass's, pass 1's) and its own guard counters (summed by the main thread at the end)."""
+
+    rows: slice
+    guards: dict[str, torch.Tensor]
+    context_guards: dict[str, torch.Tensor]
+    previous: dict[str, Spectrum | None] = field(default_factory=lambda: dict.fromkeys(TARGETS))
+    first: dict[str, Spectrum | None] = field(default_factory=lambda: dict.fromkeys(TARGETS))
+
+
 def _measure_chunk(
     model,
     prompts,
@@ -214,6 +227,7 @@ def _measure_chunk(
     *,
     r: torch.Tensor,
     context_guards: dict,
+    workers: int = 1,
     **generation,
 ):
     """One chunk of events: (tokens [E, passes], target probability [E, passes], (target, metric) ->
@@ -222,93 +236,93 @@ def _measure_chunk(
     with r [E] >= k: later passes are computed with the batch and dropped by ``measure``) and
     those of the context window to ``context_guards``.
 
-    One worker computes pass k's spectra and metrics while the model runs pass k + 1 (the batched
-    eigh barely uses a second core: 1.1-1.25x from 2 threads). A single worker keeps the passes
-    in order, as the temporal metrics chain them; at most MAX_PENDING_PASSES wait for it, so
-    memory stays bounded.
-
-    The metrics' ``MetricContext``: the sides that are positions (``TARGET_POSITIONS``), pass 1's
-    spectrum (``subspace_drift``; none at the context windows, where drift is not measured) and the
-    token embeddings (``model.tok_emb``) of each window and of its predicted token. A generated
-    pass's tokens are known only when the continuation returns (``continue_with_targets`` hands the
-    worker the targets alone), so at every pass the top-k vectors of both sides are kept (float32,
-    with the values the guards read) and the embedding metrics of every pass are computed after the
-    continuation in one call per pass and target; the context windows' tokens are walk tokens, known
-    at once (their predicted token: the logits' argmax)."""
+    The main thread runs the model (the two context windows, then the passes); ``workers`` metrics
+    workers, each on a contiguous share of the events, compute the spectra and every metric of a
+    window while the model runs the next. Each worker is one thread that takes its jobs in order,
+    as the temporal metrics chain the passes; at most MAX_PENDING_PASSES passes wait for them, so
+    memory stays bounded. Every metric of a pass is computed in one ``compute_metrics`` call with its
+    whole ``MetricContext``: the sides that are positions (``TARGET_POSITIONS``), pass 1's spectrum
+    (``subspace_drift``; none at the context windows, where drift is not measured) and the token
+    embeddings (``model.tok_emb``) of the pass's input window and of the token it generated
+    (``PassTargets.window``/``token``; at a context window, walk tokens and the logits' argmax)."""
     device = prompts.device
-    w = prompts.shape[1]
-    shape = (len(prompts), passes, model.n_layers, model.n_heads)
+    events, w = prompts.shape
+    shape = (events, passes, model.n_layers, model.n_heads)
     values = {(t, m): torch.full(shape, float("nan"), device=device) for t in TARGETS for m in METRICS}
-    previous: dict[str, Spectrum | None] = dict.fromkeys(TARGETS)
-    first: dict[str, Spectrum | None] = dict.fromkeys(TARGETS)  # pass 1's spectra: subspace_drift's reference
-    kept: dict[tuple[str, int], Spectrum] = {}  # (target, k) -> the vectors the embedding metrics need
-    embedding_metrics = _embedding_metrics()
-    pass_metrics = [name for name in METRICS if name not in embedding_metrics]
+    context = {(t, m): torch.full(shape[:1] + shape[2:], float("nan"), device=device) for t in TARGETS for m in METRICS}
     embeddings = model.tok_emb.weight.detach().float()  # [vocab, d_model]
-    context: dict[tuple[str, str], torch.Tensor] = {}
-    for c in range(CONTEXT_WINDOWS):  # windows ending at s - 2, then s - 1: walk tokens only, the jumper not yet seen
-        window = before[:, c : c + w]
-        logits, targets = forward_targets(model, window, autocast=generation["autocast"])
-        for target in TARGETS:
-            side, shifted = TARGET_SIDE[target]
-            current = spectrum(targets[target], top_k=top_k, side=side)
-            if c == CONTEXT_WINDOWS - 1:
-                about = MetricContext(positions=TARGET_POSITIONS[target], **_window_context(embeddings, window, logits.argmax(-1)))
-                for name, (metric_values, hits) in compute_metrics(current, previous[target], shifted=shifted, context=about).items():
-                    context_guards[name] += hits.sum()
-                    context[target, name] = metric_values
-            previous[target] = current  # the window ending at s - 1 is pass 1's reference
+    bounds = np.linspace(0, events, workers + 1).round().astype(int)
+    shards = [
+        _Shard(
+            slice(int(a), int(b)),
+            {name: torch.zeros((), dtype=torch.long, device=device) for name in METRICS},
+            {name: torch.zeros((), dtype=torch.long, device=device) for name in METRICS},
+        )
+        for a, b in zip(bounds[:-1], bounds[1:], strict=True)
+    ]
 
-    def metrics_of_pass(k: int, targets: PassTargets) -> None:
-        exists = (r >= k).view(-1, 1, 1)  # [E, 1, 1]: the events that have a pass k
+    def context_window(shard: _Shard, c: int, targets: PassTargets, window: torch.Tensor, predicted: torch.Tensor) -> None:
+        rows = shard.rows
         for target in TARGETS:
             side, shifted = TARGET_SIDE[target]
-            current = spectrum(targets[target], top_k=top_k, side=side)  # all events, layers, heads at once
+            current = spectrum(targets[target][rows], top_k=top_k, side=side)
+            if c == CONTEXT_WINDOWS - 1:  # the window ending at s - 1: the context-only baseline
+                about = MetricContext(positions=TARGET_POSITIONS[target], **_window_context(embeddings, window[rows], predicted[rows]))
+                for name, (metric_values, hits) in compute_metrics(
+                    current, shard.previous[target], shifted=shifted, context=about
+                ).items():
+                    shard.context_guards[name] += hits.sum()
+                    context[target, name][rows] = metric_values
+            shard.previous[target] = current  # the window ending at s - 1 is pass 1's reference
+
+    def generated_pass(shard: _Shard, k: int, targets: PassTargets) -> None:
+        rows = shard.rows
+        exists = (r[rows] >= k).view(-1, 1, 1)  # [E, 1, 1]: the events that have a pass k
+        fields = _window_context(embeddings, targets.window[rows], targets.token[rows])
+        for target in TARGETS:
+            side, shifted = TARGET_SIDE[target]
+            current = spectrum(targets[target][rows], top_k=top_k, side=side)  # all its events, layers, heads at once
             if k == 1:
-                first[target] = current
-            about = MetricContext(positions=TARGET_POSITIONS[target], first=first[target], since_first=k - 1)
+                shard.first[target] = current
+            about = MetricContext(positions=TARGET_POSITIONS[target], first=shard.first[target], since_first=k - 1, **fields)
             for name, (metric_values, hits) in compute_metrics(
-                current, previous[target], shifted=shifted, context=about, names=pass_metrics
+                current, shard.previous[target], shifted=shifted, context=about
             ).items():
-                guards[name] += (hits & exists).sum()
-                values[target, name][:, k - 1] = metric_values
-            previous[target] = current
-            if embedding_metrics:
-                kept[target, k] = Spectrum(
-                    values=current.values[..., : top_k + 1],
-                    vectors=current.vectors.float(),
-                    side=side,
-                    other=current.other.float(),
-                    shape=current.shape,
-                )
+                shard.guards[name] += (hits & exists).sum()
+                values[target, name][rows, k - 1] = metric_values
+            shard.previous[target] = current
 
-    def embedding_metrics_of_pass(k: int, tokens: torch.Tensor) -> None:
-        exists = (r >= k).view(-1, 1, 1)
-        window = torch.cat([prompts, tokens], dim=1)[:, k - 1 : k - 1 + w]  # pass k's input window
-        fields = _window_context(embeddings, window, tokens[:, k - 1])
-        for target in TARGETS:
-            about = MetricContext(positions=TARGET_POSITIONS[target], **fields)
-            shifted = TARGET_SIDE[target][1]
-            for name, (metric_values, hits) in compute_metrics(
-                kept.pop((target, k)), None, shifted=shifted, context=about, names=embedding_metrics
-            ).items():
-                guards[name] += (hits & exists).sum()
-                values[target, name][:, k - 1] = metric_values
-
-    with ThreadPoolExecutor(max_workers=1) as worker:
+    cpu = device.type == "cpu"
+    pools = [
+        ThreadPoolExecutor(max_workers=1, initializer=torch.set_num_threads if cpu else None, initargs=(1,) if cpu else ())
+        for _ in shards
+    ]
+    try:
         pending: deque = deque()
 
-        def submit(k: int, targets: PassTargets) -> None:
+        def submit(job: Callable, *arguments) -> None:
             if len(pending) >= MAX_PENDING_PASSES:
-                pending.popleft().result()
-            pending.append(worker.submit(metrics_of_pass, k, targets))
+                for future in pending.popleft():
+                    future.result()
+            pending.append([pool.submit(job, shard, *arguments) for pool, shard in zip(pools, shards, strict=True)])
 
-        tokens, probability = continue_with_targets(model, prompts, target_members, passes, submit, **generation)
+        for c in range(CONTEXT_WINDOWS):  # windows ending at s - 2, then s - 1: walk tokens only, the jumper not yet seen
+            window = before[:, c : c + w]
+            logits, targets = forward_targets(model, window, autocast=generation["autocast"])
+            submit(context_window, c, targets, window, logits.argmax(-1))
+        tokens, probability = continue_with_targets(
+            model, prompts, target_members, passes, lambda k, targets: submit(generated_pass, k, targets), **generation
+        )
         while pending:
-            pending.popleft().result()  # re-raises a failure of the worker
-    if embedding_metrics:
-        for k in range(1, passes + 1):
-            embedding_metrics_of_pass(k, tokens)
+            for future in pending.popleft():
+                future.result()  # re-raises a failure of a worker
+    finally:
+        for pool in pools:
+            pool.shutdown(wait=True, cancel_futures=True)
+    for shard in shards:
+        for name in METRICS:
+            guards[name] += shard.guards[name]
+            context_guards[name] += shard.context_guards[name]
     return (
         tokens.cpu().numpy(),
         probability.cpu().numpy(),

@@ -14,15 +14,16 @@ block for that token), and the targets, per layer and head:
 - ``avwo`` [E, L, H, w, d_model] A·V·W_o of the head: what it writes into the residual stream at
   each position (the value bias, constant across positions, is left out as in ``ov_circuits``).
 
-``on_pass(k, targets)`` receives them while they are on the device, so metrics are computed
-batched with no copy to the host and nothing is kept beyond the pass.
+``on_pass(k, targets)`` receives them while they are on the device, with the pass's input window and
+the token it generated (the embedding metrics need both), so metrics are computed batched with no
+copy to the host and nothing is kept beyond the pass.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -44,6 +45,9 @@ class PassTargets:
     qkt: torch.Tensor  # [E, L, H, w, w]
     avwo: torch.Tensor  # [E, L, H, w, d_model]
     last_attention: torch.Tensor | None = None  # [E, L, H, w]: the last position's attention weights
+    # set by ``continue_with_targets`` before ``on_pass``: the pass's input window and the token it generated
+    window: torch.Tensor | None = None  # [E, w] int64
+    token: torch.Tensor | None = None  # [E] int64
 
     def __getitem__(self, name: str) -> torch.Tensor:
         return getattr(self, name)
@@ -85,7 +89,7 @@ def continue_with_targets(
             token = logits.argmax(dim=-1)
         generated[:, k - 1] = token
         if on_pass is not None:
-            on_pass(k, targets)
+            on_pass(k, replace(targets, window=window, token=token))
         window = torch.cat([window[:, 1:], token[:, None]], dim=1)
     return generated, target_probability
 
