@@ -247,6 +247,7 @@ def test_patching_a_trained_model_redirects_above_chance_and_the_report_shows_it
     # the perturbation bound holds on the trained model too (random and top-singular directions, 1-25%)
     assert measured["perturbation"]["overall_exceed"]["k"] == 0 and measured["perturbation"]["overall_exceed"]["n"] > 0
     assert "mechanism_perturbation.png" in page and 'id="mechanism-perturbation"' in page
+    assert 'id="random-matrix"' in page and "random_matrix.png" in page  # the analysis's random-matrix section
     said = []
     again = mechanism_run(folder, echo=said.append)
     assert again == measured and any("already measured" in line for line in said)  # reused when current

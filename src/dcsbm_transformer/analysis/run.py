@@ -50,6 +50,7 @@ from .measure.events import draw_analysis_events
 from .measure.metrics import METRICS, compute_metrics, spectrum
 from .report.page import write_report
 from .stats.horizon import horizon_for_run
+from .stats.random_matrix import random_matrix_for_run
 from .stats.statistics import constant_arrays, lookback_view
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -161,6 +162,7 @@ def analyze_run(
     check = registration_check(read_registration(run.directory), config, gate_passed=not gate_failed)
     with RunLock(run.directory):
         horizon_for_run(out_dir, config, summary, check=check, echo=echo)
+        random_matrix_for_run(out_dir, run.model, seed=config.seed, echo=echo)
         report = write_report(out_dir)
         record_analysis(
             run.directory,

@@ -31,6 +31,8 @@ from ...training.plots import plot_from_result
 from ..files import HORIZON_FILE, SUMMARY_FILE, TOKEN_METRICS_FILE, read_horizon, read_index
 from ..stats.horizon import TARGET_NAMES
 from .figures import FIGURES_DIR, draw_figures, layer_keys, metric_label
+from .heads import head_summary
+from .random_matrix import random_matrix_section
 
 REPORT_FILE = "report.html"
 TEMPLATE = "report.html.j2"
@@ -137,6 +139,7 @@ def read_analysis(analysis_dir: Path) -> dict[str, Any]:
         "summary": summary,
         "horizon": horizon,
         "mechanism": mechanism_section(analysis),
+        "random_matrix": random_matrix_section(analysis),
         "sibling": sampled_sibling(analysis),
     }
 
@@ -566,6 +569,8 @@ def _context(run: dict[str, Any], figures: dict[str, Path] | None, *, figure_sec
         "timings": _timings(result, summary, horizon, figure_seconds),
         "guard_hits": {k: v for k, v in summary.get("guard_hits", {}).items() if v},
         "mechanism": run.get("mechanism"),
+        "random_matrix": run.get("random_matrix"),
+        "heads": head_summary(horizon),
     }
 
 
