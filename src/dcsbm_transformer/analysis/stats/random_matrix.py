@@ -32,7 +32,7 @@ Arous & Péché 2005; Benaych-Georges & Nadakuditi 2012: then s₁ → σ√N (�
 
 References: Marchenko V. A., Pastur L. A. (1967), *Math. USSR-Sbornik* 1:457–483; Baik J., Ben Arous
 G., Péché S. (2005), *Ann. Probab.* 33:1643–1697; Benaych-Georges F., Nadakuditi R. R. (2012), *J.
-Multivariate Anal.* 111:120–135; Dykema K., Haagerup U. (2004), *J. Funct. Anal.* 209:332–366.
+Multivariate Anal.* 111:120–135; Dykema K., Haagerup U. (2004), *Amer. J. Math.* 126:121–189.
 """
 
 from __future__ import annotations
