@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import io
 import struct
+import textwrap
 
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
@@ -73,7 +74,10 @@ def say_empty(axis, text: str, *, fontsize: float = 9) -> None:
     grid. Call it on a fresh panel, before anything is drawn on it; shared axes are not touched."""
     axis.set_axis_off()
     axis.add_patch(Rectangle((0, 0), 1, 1, transform=axis.transAxes, fill=False, edgecolor="0.85", clip_on=False))
-    axis.text(0.5, 0.5, text, transform=axis.transAxes, ha="center", va="center", fontsize=fontsize, color="0.3", wrap=True)
+    width_in = axis.get_position().width * axis.figure.get_figwidth()
+    chars = max(16, int(width_in * 72 / (0.6 * fontsize)))  # an average glyph is ≈ 0.6 em wide
+    text = "\n".join(textwrap.fill(line, chars) for line in text.split("\n"))
+    axis.text(0.5, 0.5, text, transform=axis.transAxes, ha="center", va="center", fontsize=fontsize, color="0.3")
 
 
 def png_bytes(figure: Figure) -> bytes:

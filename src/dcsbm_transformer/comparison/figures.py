@@ -16,6 +16,7 @@ pyplot, no global backend).
 
 from __future__ import annotations
 
+import textwrap
 from collections import defaultdict
 from typing import Any
 
@@ -95,10 +96,19 @@ def _summaries(axis, groups: dict[tuple[str, float], list[float]], colours, offs
 
 
 def _legend(axis, colours: dict[str, str]) -> None:
+    """One entry per series, below the figure: a series is named by its differing config keys,
+    often longer than a panel is wide, so the names wrap at the page's width instead of covering
+    the points or widening the figure."""
     if len(colours) > 1:
-        for label, colour in colours.items():
-            axis.plot([], [], marker="o", linestyle="", color=colour, label=label)
-        axis.legend(fontsize=7, loc="best")
+        handles = [axis.plot([], [], marker="o", linestyle="", color=colour)[0] for colour in colours.values()]
+        labels = [textwrap.fill(label, 140) for label in colours]
+        axis.figure.legend(
+            handles, labels, loc="upper left", bbox_to_anchor=(0.0, 0.0), fontsize=7, frameon=False, title="series", title_fontsize=8
+        )
+
+
+def _series_numbers(entries: list[dict[str, Any]]) -> dict[str, int]:
+    return {label: i + 1 for i, label in enumerate(dict.fromkeys(entry["series"] for entry in entries))}
 
 
 # ---- compliance and gate -------------------------------------------------------------------------
@@ -273,12 +283,13 @@ def draw_horizons(entries: list[dict[str, Any]]) -> bytes | None:
         high = max(axis.get_ylim()[1] for axis in same_scale)
         for axis in same_scale:
             axis.set_ylim(min(low, -0.5), high + 0.5)
-    legend_axis = next((axes[row, col] for row, col in drawn if col == 2), None)
+    legend_axis = next((axes[row, col] for row, col in drawn if col == 2), next((axes[rc] for rc in drawn), None))
     for col in range(3):  # shared x puts the tick labels on the bottom row: move them up above an empty bottom panel
         lowest = max((row for row, c in drawn if c == col), default=None)
         if lowest is not None and lowest < 2:
             axes[lowest, col].tick_params(labelbottom=True)
-    _legend(legend_axis if legend_axis is not None else axes[0, 0], colours)
+    if legend_axis is not None:  # with every panel said in words there are no points to name
+        _legend(legend_axis, colours)
     return _png(figure)
 
 
@@ -336,6 +347,7 @@ def draw_auroc(entries: list[dict[str, Any]], threshold: float | None) -> bytes 
                 panels[(float(v["r_over_w"]), int(e["parameters"]["w"]), int(r))].append((e, v[target]))
     if not panels:
         return None
+    numbers = _series_numbers([e for group in panels.values() for e, _ in group])
     keys = sorted(panels)
     rows, cols = grid_shape(len(keys))
     figure = Figure(figsize=grid_size(rows, cols, panel_height=4.0, title=0.4))
@@ -346,7 +358,7 @@ def draw_auroc(entries: list[dict[str, Any]], threshold: float | None) -> bytes 
             j = np.arange(len(curve["auroc"]))
             as_float = lambda values: np.array([np.nan if v is None else v for v in values], dtype=np.float64)  # noqa: E731
             axis.fill_between(j, as_float(curve["ci_low"]), as_float(curve["ci_high"]), color=colour, alpha=0.15, linewidth=0)
-            label = f"seed {e['parameters']['seed']}" + ("" if e["series"] == "all runs" else f" ({e['series']})")
+            label = f"seed {e['parameters']['seed']}" + ("" if len(numbers) == 1 else f", series {numbers[e['series']]}")
             axis.plot(j, as_float(curve["auroc"]), color=colour, marker="o", markersize=3, label=label)
         axis.set_xlim(r - 0.5, -0.5)
         axis.set_xticks(range(r - 1, -1, -1) if r <= 16 else range(r - 1 - (r - 1) % 4, -1, -4))
@@ -365,4 +377,7 @@ def draw_auroc(entries: list[dict[str, Any]], threshold: float | None) -> bytes 
         axis.set_visible(False)
     metrics = sorted({e["primary"]["key"] for group in panels.values() for e, _ in group})
     figure.suptitle(f"primary metric: {', '.join(metrics)} (95% DeLong CI bands)", fontsize=9)
+    if len(numbers) > 1:  # the series' full names once, below the panels, wrapped at the page's width
+        key = "\n".join(textwrap.fill(f"series {n}: {label}", 140, subsequent_indent="    ") for label, n in numbers.items())
+        figure.text(0.0, 0.0, key, fontsize=7, va="top", ha="left")
     return _png(figure)

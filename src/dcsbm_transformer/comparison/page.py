@@ -10,6 +10,7 @@ from typing import Any
 
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
+from ..plotting import display_width
 from .figures import COMPLIANCE_INTERVAL, GATE_INTERVAL
 from .tables import LISTING_COLUMNS, TARGET_NAMES, TARGETS, listing_rows
 
@@ -164,6 +165,7 @@ def render_page(comparison: dict[str, Any], pngs: dict[str, bytes | None]) -> st
                 "title": title,
                 "caption": caption,
                 "data_uri": data_uri(png) if png else None,
+                "width": display_width(png) if png else None,  # natural size (100 CSS px per figure inch)
                 "missing": "no run qualifies for this figure (see the runs left out above)",
             }
         )
