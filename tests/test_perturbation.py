@@ -10,6 +10,7 @@ import torch
 
 from dcsbm_transformer.mechanism.interventions import ScorePerturbation, intervene
 from dcsbm_transformer.mechanism.perturbation import KINDS, STAGES, measure_perturbation
+from dcsbm_transformer.mechanism.report import perturbation_figure, perturbation_finding
 from dcsbm_transformer.model import ExtractionMode, TransformerLM
 
 
@@ -65,3 +66,5 @@ def test_the_bound_holds_for_random_and_top_singular_perturbations(n_heads):
     d_head = 16 // n_heads
     assert max(r["tightness_max"] for r in rows if r["stage"] == "attention") > 1 / np.sqrt(d_head)
     assert all(block.attn.edit is None for block in model.blocks) and next(model.parameters()).dtype == torch.float32
+    figure = perturbation_figure({"perturbation": result})
+    assert len(figure.axes) == len(STAGES) and f"(0/{result['overall_exceed']['n']})" in perturbation_finding(result)

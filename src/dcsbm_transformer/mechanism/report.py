@@ -276,14 +276,14 @@ def perturbation_figure(payload: dict[str, Any]) -> Figure:
     for index, stage in enumerate(stages):
         axis = figure.add_subplot(rows, columns, index + 1)
         for kind, colour in zip(section["settings"]["kinds"], ("#1565c0", "#c62828", "#2e7d32")):
-            rows = sorted(
+            points = sorted(
                 (r for r in section["rows"] if r["layer"] is None and r["stage"] == stage and r["kind"] == kind),
                 key=lambda r: r["fraction"],
             )
-            x = np.array([r["fraction"] for r in rows])
-            axis.plot(x, [r["tightness_median"] for r in rows], marker="o", markersize=3, color=colour, label=kind.replace("_", " "))
-            axis.fill_between(x, [r["tightness_q10"] for r in rows], [r["tightness_q90"] for r in rows], color=colour, alpha=0.2)
-            axis.plot(x, [r["tightness_max"] for r in rows], linestyle="none", marker=".", color=colour)
+            x = np.array([r["fraction"] for r in points])
+            axis.plot(x, [r["tightness_median"] for r in points], marker="o", markersize=3, color=colour, label=kind.replace("_", " "))
+            axis.fill_between(x, [r["tightness_q10"] for r in points], [r["tightness_q90"] for r in points], color=colour, alpha=0.2)
+            axis.plot(x, [r["tightness_max"] for r in points], linestyle="none", marker=".", color=colour)
         axis.axhline(1.0, color="black", linestyle="--", linewidth=1)
         axis.set_xscale("log")
         axis.set_ylim(0, 1.1)
