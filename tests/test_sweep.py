@@ -31,6 +31,7 @@ from dcsbm_transformer.sweep import (
     SlurmSettings,
     SweepError,
     SweepSettings,
+    execute,
     load_sweep,
     make_executor,
     point_job,
@@ -195,14 +196,16 @@ def test_a_problem_of_the_base_is_said_once_and_points_that_share_a_folder_are_r
     assert load_sweep(write_sweep(tmp_path, {"base": "base.json", "axes": {"seed": [1]}})).points[0].config.graph.n == 32
 
 
-def test_executor_options_that_do_not_apply_are_usage_errors(tmp_path, capsys):
+def test_executor_options_that_do_not_apply_are_usage_errors(tmp_path, capsys, monkeypatch):
     sweep_file = write_sweep(tmp_path, TWO_POINTS)
+    # as on a machine without SLURM, whether or not this one has it (test_sweep_slurm.py: a refused sbatch)
+    monkeypatch.setattr(execute.shutil, "which", lambda name: None)
     cases = [
         (["--slurm-partition", "gpu"], "--slurm-partition only apply to --executor slurm"),
         (["--executor", "slurm", "--jobs", "2"], "--slurm-array-parallelism"),
         (["--jobs", "0"], "--jobs must be at least 1"),
         (["--executor", "slurm", "--slurm-time", "0"], "--slurm-time must be positive"),
-        (["--executor", "slurm"], "no `srun`"),  # this machine has no SLURM
+        (["--executor", "slurm"], "no `srun`"),
     ]
     for extra, message in cases:
         assert main(sweep_args(tmp_path, sweep_file, *extra)) == 2

@@ -309,14 +309,19 @@ def command_sweep(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print("dcsbm sweep: interrupted; rerun the same command to resume (finished points are kept)", file=sys.stderr)
         return 130
-    counts = {state: sum(row["state"] == state for row in outcome.rows) for state in ("done", "failed", "pending", "running")}
+    counts = {
+        state: sum(row["state"] == state for row in outcome.rows) for state in ("done", "failed", "cancelled", "pending", "running")
+    }
     print(
         f"sweep {plan.name}: "
         + ", ".join(f"{n} {s}" for s, n in counts.items() if n)
         + f"; status table: {outcome.sweep_dir / 'status.tsv'}"
     )
     if outcome.failed:
-        lines = "\n".join(f"  - point {row['point']} {row['experiment_id']}: {row['failure_reason']}" for row in outcome.failed)
+        lines = "\n".join(
+            f"  - point {row['point']} {row['experiment_id']}{' (cancelled)' if row['state'] == 'cancelled' else ''}: {row['failure_reason']}"
+            for row in outcome.failed
+        )
         print(
             f"dcsbm sweep: {len(outcome.failed)} point(s) failed:\n{lines}\n"
             "Rerunning the same command retries every point that did not finish. A run that finished broken (a NaN loss) "

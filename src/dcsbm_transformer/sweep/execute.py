@@ -14,7 +14,9 @@ Executors (all submitit's own):
   requested partition, GPUs, CPUs and time. On preemption or timeout SLURM signals the job
   (USR2, ``signal_delay_s`` before the end); submitit calls ``PointJob.checkpoint``, which
   resubmits the same point, and the job is requeued; the requeued job resumes training from the
-  run's newest checkpoint (the training writes one every epoch).
+  run's newest checkpoint (the training writes one every epoch). The job ids, their states from
+  the controller, re-attaching after the sweep process died, the refusal of a request the
+  cluster cannot meet, and the guard against a process outliving its step: ``sweep/slurm.py``.
 * ``debug`` — ``submitit.DebugExecutor``: every point in this process, one after the other.
 
 A point's failure (an exception: unbuildable data, a broken checkpoint, a full disk...) is its
@@ -24,6 +26,7 @@ is recorded by the sweep. Neither stops the other points.
 
 from __future__ import annotations
 
+import logging
 import os
 import shlex
 import shutil
@@ -38,12 +41,27 @@ from pathlib import Path
 from typing import Any
 
 import submitit
+from submitit.slurm.slurm import SlurmJob
 
 from ..config import ExperimentConfig, config_from_dict
 from ..experiment import RunOptions
 from ..storage import atomic_write_bytes, atomic_write_json, remove_stale_temporaries
 from ..training.lock import RunLock, RunLockedError
 from .plan import Point, SweepPlan, describe_point
+from .slurm import (
+    GONE,
+    ControllerSilent,
+    JobState,
+    SacctNotice,
+    SubmissionRefused,
+    check_submission,
+    job_states,
+    read_jobs,
+    refused,
+    restart_count,
+    watch_step,
+    write_jobs,
+)
 from .status import (
     POINTS_DIR,
     Assessment,
@@ -229,11 +247,15 @@ class PointJob(submitit.helpers.Checkpointable):
             "job_id": _job_id(),
             "threads": self.threads,
         }
+        if self.executor == "slurm":
+            record["restarts"] = restart_count()  # which incarnation of a requeued job this is
         previous_threads = torch.get_num_threads()
         try:
             config = config_from_dict(self.config)
             record["experiment_id"] = config.experiment_id
             write_record(Path(self.record), record)
+            if self.executor == "slurm":  # after the record names this process: a newer job's record stops it
+                watch_step(Path(self.record))
             if self.threads:
                 torch.set_num_threads(self.threads)
                 os.environ["OMP_NUM_THREADS"] = str(self.threads)
@@ -290,7 +312,8 @@ def _job_id() -> str | None:
 
 
 class ExecutorUnavailable(RuntimeError):
-    """The executor asked for cannot run here (no SLURM on this machine)."""
+    """The executor asked for cannot run here (no SLURM on this machine, or sbatch refuses the
+    sweep's jobs: ``slurm.SubmissionRefused`` is one)."""
 
 
 def _mem(gb: float) -> str:
@@ -383,7 +406,8 @@ class SweepOutcome:
 
     @property
     def failed(self) -> list[dict[str, Any]]:
-        return [row for row in self.rows if row["state"] == "failed"]
+        """The rows that did not finish: failed, or cancelled (a SLURM job scancel'ed)."""
+        return [row for row in self.rows if row["state"] in ("failed", "cancelled")]
 
 
 def assess_all(plan: SweepPlan, settings: SweepSettings) -> dict[int, Assessment]:
@@ -463,6 +487,8 @@ def _finish_line(point: Point, record: dict[str, Any], row: dict[str, Any]) -> s
     seconds = f" in {record['wall_seconds']:.1f}s" if record.get("wall_seconds") is not None else ""
     if record["state"] == "failed":
         return f"{point.describe()} FAILED{seconds}: {record['reason']}"
+    if record["state"] == "cancelled":
+        return f"{point.describe()} CANCELLED: {record['reason']}"
     if row["gate_passed"]:
         worst = "n/a" if row["worst_rule_compliance"] is None else f"{row['worst_rule_compliance']:.4f}"
         return f"{point.describe()} done{seconds}: gate passed at epoch {row['gate_epoch']} (worst rule {worst}), analysis {row['analysis']}"
@@ -480,6 +506,11 @@ def run_sweep(plan: SweepPlan, settings: SweepSettings, echo: Callable[[str], No
     at a time (RunLockedError otherwise)."""
     if (problem := executor_problem(settings)) is not None:  # before anything is written
         raise ExecutorUnavailable(problem)
+    if settings.executor == "slurm":  # sbatch --test-only: a request the cluster refuses stops here, nothing written
+        try:
+            check_submission(settings.slurm, len(plan.points), plan.name)
+        except SubmissionRefused as error:
+            raise ExecutorUnavailable(str(error)) from None
     sweep_dir = (Path(settings.sweeps_root) / plan.name).absolute()
     sweep_dir.mkdir(parents=True, exist_ok=True)
     with RunLock(sweep_dir):
@@ -550,14 +581,8 @@ class _Runner:
 
     def run(self, todo: list[Point]) -> None:
         if self.settings.executor == "slurm":
-            todo = self._admitted(todo)
-            jobs = self.executor.submit_array([self._job(p) for p in todo])
-            for point, job in zip(todo, jobs):
-                self._started(point, job)
-            self.table.write()
-            queue: deque[Point] = deque()
-        else:
-            queue = deque(todo)
+            return self._run_slurm(todo)
+        queue = deque(todo)
         limit = self.settings.jobs if self.settings.executor in ("local", "skypilot") else 1
         while queue or self.running:
             while queue and len(self.running) < limit:
@@ -575,8 +600,105 @@ class _Runner:
             for index in ended:
                 self._collect(*self.running.pop(index))
 
-    def _collect(self, job: submitit.Job, point: Point) -> None:
+    def _run_slurm(self, todo: list[Point]) -> None:
+        """Re-attach to this sweep's live jobs (ids in slurm-jobs.json), submit one array of the
+        other points, then follow every job's state from the controller until it has ended."""
+        logger = logging.getLogger("submitit")
+        notice = SacctNotice(self.echo)
+        logger.addFilter(notice)
+        try:
+            jobs = read_jobs(self.sweep_dir)
+            known = [jobs[p.experiment_id]["job_id"] for p in todo if p.experiment_id in jobs]
+            states = job_states(known) if known else {}
+            fresh = []
+            for point in todo:
+                job_id = jobs.get(point.experiment_id, {}).get("job_id")
+                state = states.get(job_id)
+                if state is not None and state.live:
+                    self.running[point.index] = (SlurmJob(folder=self.sweep_dir / JOBS_DIR, job_id=job_id), point)
+                    self.table.states[point.index] = "running"
+                    if self.budget is not None:  # already running: it counts from now, whatever the budget says
+                        self.budget.running[point.index] = (self.budget.clock(), point)
+                    self.echo(f"{point.describe()} re-attached to its job {job_id} ({state.describe()}), not submitted again")
+                    continue
+                if state is not None:
+                    self.echo(f"{point.describe()}: its job {job_id} is {state.describe()}; submitting the point again")
+                fresh.append(point)
+            fresh = self._admitted(fresh)
+            if fresh:
+                try:
+                    submitted = self.executor.submit_array([self._job(p) for p in fresh])
+                except submitit.core.utils.FailedJobError as error:
+                    raise ExecutorUnavailable(str(refused(error, self.settings.slurm))) from None
+                for point, job in zip(fresh, submitted):
+                    jobs[point.experiment_id] = {"job_id": job.job_id, "point": point.index, "submitted": now()}
+                write_jobs(self.sweep_dir, jobs)  # at once: a rerun after this process dies re-attaches to them
+                for point, job in zip(fresh, submitted):
+                    self._started(point, job)
+            self.table.write()
+            self._follow_slurm()
+        finally:
+            logger.removeFilter(notice)
+
+    def _follow_slurm(self) -> None:
+        """Poll the controller until every job has ended: one line per change of a job's state."""
+        seen: dict[str, tuple[str, int]] = {}
+        silent_since: float | None = None
+        while self.running:
+            try:
+                states = job_states([job.job_id for job, _ in self.running.values()])
+            except ControllerSilent as error:
+                if silent_since is None:
+                    silent_since = time.monotonic()
+                    self.echo(f"the SLURM controller does not answer ({error}); the jobs' states are unknown until it does, waiting")
+                time.sleep(self.poll)
+                continue
+            if silent_since is not None:
+                self.echo(f"the SLURM controller answers again after {time.monotonic() - silent_since:.0f} s")
+                silent_since = None
+            for index, (job, point) in list(self.running.items()):
+                state = states[job.job_id]
+                if seen.get(job.job_id) != (state.state, state.restarts):
+                    seen[job.job_id] = (state.state, state.restarts)
+                    if state.live:
+                        self.echo(f"{point.describe()} job {job.job_id}: {state.describe()}")
+                if not state.live:
+                    del self.running[index]
+                    self._collect(job, point, state)
+            if self.running:
+                time.sleep(self.poll)
+
+    def _slurm_record(self, job: submitit.Job, point: Point, state: JobState) -> dict[str, Any]:
+        """The record of a SLURM job that SLURM says has ended: what it returned, else how it ended."""
         path = record_path(self.sweep_dir, point.experiment_id)
+        result = job.paths.result_pickle
+        for _ in range(10):  # a shared disk may show the result a moment after the controller says COMPLETED
+            if result.exists() or state.state != "COMPLETED":
+                break
+            time.sleep(1.0)
+        outcome, value = submitit.core.utils.pickle_load(result) if result.exists() else (None, None)
+        if outcome == "success" and isinstance(value, dict) and state.state != "CANCELLED":
+            return value
+        record = {**(read_record(path) or {}), "experiment_id": point.experiment_id, "point": point.index, "varied": point.varied}
+        if state.state == "CANCELLED":
+            where = f" on {state.node}" if state.node and state.node != "None" else ""
+            reason = f"job {job.job_id} was cancelled{where} (scancel, or an administrator"
+            reason += f"; SLURM's reason: {state.reason})" if state.reason not in ("None", "") else ")"
+            record.update(state="cancelled", reason=reason + "; a rerun of the sweep resumes it from its newest checkpoint")
+        else:
+            how = "is no longer known to the controller" if state.state == GONE else f"ended {state.state} (reason {state.reason})"
+            detail = f": {str(value).strip().splitlines()[-1]}" if outcome == "error" and value else " without a result"
+            record.update(state="failed", reason=f"job {job.job_id} {how}{detail}; log: {job.paths.stdout}")
+        record.update(finished=now(), job_id=str(job.job_id))
+        write_record(path, record)
+        return record
+
+    def _collect(self, job: submitit.Job, point: Point, state: JobState | None = None) -> None:
+        path = record_path(self.sweep_dir, point.experiment_id)
+        if self.settings.executor == "slurm":
+            record = self._slurm_record(job, point, state or JobState(GONE))
+            self._ended(point, record)
+            return
         if self.settings.executor == "local":
             # a local job's result file is written before its process ends: when the process is gone
             # without one, there will be none (submitit's default waits 15 s for a slow shared disk)
@@ -587,6 +709,9 @@ class _Runner:
             record = {**(read_record(path) or {}), "experiment_id": point.experiment_id, "point": point.index, "varied": point.varied}
             record.update(state="failed", reason=_death_reason(job, error), finished=now(), job_id=str(job.job_id))
             write_record(path, record)
+        self._ended(point, record)
+
+    def _ended(self, point: Point, record: dict[str, Any]) -> None:
         self.table.ended(point, record["state"])
         if self.budget is not None:
             self.budget.ended(point, record["state"])

@@ -11,7 +11,8 @@ Beside it each point has a *record* (``sweeps/<name>/points/<experiment_id>.json
 writes when it starts and ends (state, reason, wall seconds, host, job id), or the sweep writes
 when a job died without ending. The status table (``status.json`` and ``status.tsv``, written
 atomically) joins the plan, the records and the result files:
-point, varied values, experiment_id, state (pending/running/done/failed), gate passed, gate epoch,
+point, varied values, experiment_id, state (pending/running/done/failed, or cancelled: a SLURM job
+scancel'ed, resumed by a rerun), gate passed, gate epoch,
 epochs trained, worst rule compliance, analysis, failure reason, wall seconds.
 """
 
@@ -34,7 +35,7 @@ from .plan import Point, SweepPlan, render
 POINTS_DIR = "points"
 STATUS_JSON = "status.json"
 STATUS_TSV = "status.tsv"
-TABLE_STATES = ("pending", "running", "done", "failed")
+TABLE_STATES = ("pending", "running", "done", "failed", "cancelled")
 COLUMNS = (
     "point",
     "experiment_id",
@@ -154,7 +155,7 @@ def table_row(point: Point, state: str, assessment: Assessment, record: dict[str
     result, record = assessment.result, record or {}
     training = (result or {}).get("training", {})
     finished = result is not None and result["status"] == "finished"
-    if state == "failed":  # a finished run that broke says why itself; otherwise the job's record does
+    if state in ("failed", "cancelled"):  # a finished run that broke says why itself; otherwise the job's record does
         reason = assessment.detail if assessment.state == "failed" else record.get("reason")
     else:
         reason = training.get("failure_reason") if finished else None

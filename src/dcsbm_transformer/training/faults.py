@@ -6,6 +6,8 @@ The variable holds JSON; every key is optional:
 
     {"signal_file": "/tmp/x",          # written when a pause begins (the test waits for it)
      "pause_at_step": 250,             # pause after this global optimiser step
+     "hold_at_step": 110,              # pause there until "release_file" exists, then go on
+     "release_file": "/tmp/y",         #   (signals are handled meanwhile: a SLURM job can be requeued)
      "pause_at_evaluation": 2,         # pause when the gate evaluation of this epoch starts
      "pause_at_checkpoint_commit": 2,  # pause with epoch 2's checkpoint written to a temp file, not renamed
      "nan_at_step": 120,               # fill the weights with NaN after this step
@@ -38,6 +40,17 @@ def _pause_forever(spec: dict[str, Any], where: str) -> None:
         time.sleep(60)
 
 
+def _hold(spec: dict[str, Any], where: str) -> None:
+    """Wait until the test creates ``release_file`` (at once when it exists already: a resumed
+    run passes the same step again), sleeping in short steps so signals are handled."""
+    release = Path(spec["release_file"])
+    if release.exists():
+        return
+    Path(spec["signal_file"]).write_text(f"{os.getpid()} {where}")
+    while not release.exists():
+        time.sleep(0.1)
+
+
 def hooks_from_environment() -> TrainingHooks | None:
     raw = os.environ.get(ENVIRONMENT_VARIABLE)
     if not raw:
@@ -47,6 +60,8 @@ def hooks_from_environment() -> TrainingHooks | None:
     def after_step(trainer: Trainer, step: int) -> None:
         if spec.get("pause_at_step") == step:
             _pause_forever(spec, f"step {step}")
+        if spec.get("hold_at_step") == step:
+            _hold(spec, f"step {step}")
         if spec.get("nan_at_step") == step:
             with torch.no_grad():
                 for parameter in trainer.model.parameters():
