@@ -36,12 +36,10 @@ locally. Not exercised: a real launch, a real preemption, a bucket mount, the cl
 
 from __future__ import annotations
 
-import os
 import re
 import shlex
 import shutil
 import subprocess
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,22 +53,61 @@ SYNC_TEMPLATES = {
     "gcs": "gsutil -m rsync -r gs://{bucket}/{experiment_id} {local}",
 }
 
+# The copy between the machine's disk and the bucket, standard library only (the run script runs
+# it every few minutes: importing this package, and torch with it, each time would cost seconds).
+# Every file of SOURCE whose size or modification time differs is copied into TARGET through a
+# temporary name, then renamed; files only in TARGET are kept; storage.py's temporaries (a write
+# in progress) and the run's lock file are never copied; a missing SOURCE copies nothing (a
+# first start has no bucket copy).
+SYNC_CODE = r"""
+import os, shutil, sys
+from pathlib import Path
+
+def sync_tree(source, target):
+    source, target = Path(source), Path(target)
+    if not source.is_dir():
+        return 0
+    copied = 0
+    for path in sorted(source.rglob("*")):
+        if not path.is_file() or ".tmp-" in path.name or path.name.endswith(".sync-partial") or path.name == ".lock":
+            continue
+        destination = target / path.relative_to(source)
+        stat = path.stat()
+        if destination.is_file():
+            there = destination.stat()
+            if there.st_size == stat.st_size and int(there.st_mtime) == int(stat.st_mtime):
+                continue
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        partial = destination.with_name(destination.name + ".sync-partial")
+        shutil.copy2(path, partial)
+        os.replace(partial, destination)
+        copied += 1
+    return copied
+
+if __name__ == "__main__":
+    sync_tree(sys.argv[1], sys.argv[2])
+"""
+
 # The run script: $DCSBM_LOCAL (machine-local results root), $DCSBM_BUCKET (the mounted bucket),
 # $DCSBM_ID, $DCSBM_CONFIG, $DCSBM_ARGS (extra dcsbm run options), $DCSBM_SYNC_SECONDS.
-RUN_SCRIPT = r"""set -u
+RUN_SCRIPT = (
+    r"""set -u
 mkdir -p "$DCSBM_LOCAL" "$DCSBM_BUCKET"
-python -m dcsbm_transformer.sweep.cloud sync "$DCSBM_BUCKET/$DCSBM_ID" "$DCSBM_LOCAL/$DCSBM_ID"
-( while sleep "$DCSBM_SYNC_SECONDS"; do
-    python -m dcsbm_transformer.sweep.cloud sync "$DCSBM_LOCAL/$DCSBM_ID" "$DCSBM_BUCKET/$DCSBM_ID"
-  done ) &
+sync_py="${TMPDIR:-/tmp}/dcsbm-sync-$$.py"
+cat > "$sync_py" <<'PY'"""
+    + SYNC_CODE
+    + r"""PY
+python "$sync_py" "$DCSBM_BUCKET/$DCSBM_ID" "$DCSBM_LOCAL/$DCSBM_ID"
+( while sleep "$DCSBM_SYNC_SECONDS"; do python "$sync_py" "$DCSBM_LOCAL/$DCSBM_ID" "$DCSBM_BUCKET/$DCSBM_ID"; done ) &
 syncer=$!
 dcsbm run --config "$DCSBM_CONFIG" --results-dir "$DCSBM_LOCAL" $DCSBM_ARGS
 status=$?
 kill "$syncer" 2>/dev/null
 wait "$syncer" 2>/dev/null
-python -m dcsbm_transformer.sweep.cloud sync "$DCSBM_LOCAL/$DCSBM_ID" "$DCSBM_BUCKET/$DCSBM_ID"
+python "$sync_py" "$DCSBM_LOCAL/$DCSBM_ID" "$DCSBM_BUCKET/$DCSBM_ID"
 exit $status
 """
+)
 
 
 class CloudError(ValueError):
@@ -301,43 +338,7 @@ def _now() -> str:
 
 # ---- the run script's copy between the machine's disk and the bucket --------------------------
 
-
-TEMP_MARKER = ".tmp-"  # storage.py's temporaries (a write in progress): never copied
-
-
-def sync_tree(source: Path, target: Path) -> int:
-    """Copy every file of ``source`` into ``target`` whose size or modification time differs
-    (through a temporary name, then a rename); files in ``target`` only are kept. Returns the
-    files copied. A missing ``source`` copies nothing (a first start has no bucket copy)."""
-    source, target = Path(source), Path(target)
-    if not source.is_dir():
-        return 0
-    copied = 0
-    for path in sorted(source.rglob("*")):
-        if not path.is_file() or TEMP_MARKER in path.name or path.name.endswith(".sync-partial") or path.name == ".lock":
-            continue
-        destination = target / path.relative_to(source)
-        stat = path.stat()
-        if destination.is_file():
-            there = destination.stat()
-            if there.st_size == stat.st_size and int(there.st_mtime) == int(stat.st_mtime):
-                continue
-        destination.parent.mkdir(parents=True, exist_ok=True)
-        partial = destination.with_name(destination.name + ".sync-partial")
-        shutil.copy2(path, partial)
-        os.replace(partial, destination)
-        copied += 1
-    return copied
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = sys.argv[1:] if argv is None else argv
-    if len(args) != 3 or args[0] != "sync":
-        print("usage: python -m dcsbm_transformer.sweep.cloud sync SOURCE TARGET", file=sys.stderr)
-        return 2
-    sync_tree(Path(args[1]), Path(args[2]))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+_namespace: dict[str, Any] = {"__name__": "dcsbm_sync"}
+exec(compile(SYNC_CODE, "<dcsbm sync>", "exec"), _namespace)  # one source for the run script and this module
+sync_tree = _namespace["sync_tree"]
+sync_tree.__doc__ = "Copy the new and changed files of ``source`` into ``target`` (SYNC_CODE); returns how many."
