@@ -302,8 +302,8 @@ def calibrate(
     walk_index, start = walk_index.to(torch_device), start.to(torch_device)
     shuffle_seconds = time.perf_counter() - started
     model.train()
-    limit = min(per_epoch, max_steps) if max_steps else per_epoch
-    warm = min(warmup_steps, max(limit - 1, 0))
+    warm = min(warmup_steps, per_epoch - 1)
+    limit = min(per_epoch, warm + max_steps) if max_steps else per_epoch
     step_seconds: list[float] = []
     warmup_seconds = 0.0
     clock = time.perf_counter()
