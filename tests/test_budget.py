@@ -105,10 +105,14 @@ def test_the_dry_run_prints_each_point_in_queue_order_with_running_totals_and_co
     out = capsys.readouterr().out
     lines = [line for line in out.splitlines() if line.strip()[:1].isdigit() and "upper bound" in line]
     assert [line.split()[0] for line in lines] == ["1", "2", "3", "4"]
-    assert [line.split()[3] for line in lines] == ["1.02", "2.03", "3.05", "4.07"]  # running total, hours
-    assert [line.split()[5] for line in lines] == ["0.51", "1.02", "1.52", "2.03"]  # running USD
+    assert [line.split()[2:5] for line in lines][0] == ["1.00", "0.01", "1.02"]  # training (with data), analysis, both
+    assert [line.split()[5] for line in lines] == ["1.02", "2.03", "3.05", "4.07"]  # running total, hours
+    assert [line.split()[7] for line in lines] == ["0.51", "1.02", "1.52", "2.03"]  # running USD
     assert "budget of 2.50 h reached" in out and out.index("budget of 2.50 h") < out.index(lines[2])
-    assert "total: 4.07 h for 4 point(s) to run, 2.03 USD at 0.5 USD/h; 4 point(s) at max_epochs (upper bounds)" in out
+    assert (
+        "total: 4.07 h for 4 point(s) to run (4.01 h data and training, 0.06 h analysis), 2.03 USD at 0.5 USD/h; 4 point(s) at max_epochs (upper bounds)"
+        in out
+    )
     assert not (tmp_path / "sweeps").exists() and not (tmp_path / "results").exists()
 
 

@@ -69,6 +69,11 @@ def test_a_projection_is_an_estimate_from_the_gpu_free_figures(measured):
     assert measured["method"] == "measured"  # the measured document is left as it was
     with pytest.raises(CalibrationError, match="already a projection"):
         project(projected, "rtx4090")
+    given = project(measured, "rtx3090", host_step_seconds=0.00274, analysis_seconds_per_event=0.25)
+    peak = GPUS["rtx3090"]["fp32_tflops"] * 1e12 * ASSUMED_UTILISATION
+    step = 0.00274 + measured["training"]["flops_per_step"] / peak
+    assert given["training"]["epoch_seconds"] == pytest.approx(100 * step + measured["training"]["window_shuffle_seconds"], abs=2e-3)
+    assert given["analysis"]["seconds_per_event"] == 0.25 and "given" in given["projected_from"]["host_step_source"]
 
 
 def test_the_command_writes_a_calibration_that_a_sweep_dry_run_reads(tmp_path, capsys):

@@ -421,7 +421,14 @@ def calibrate(
 # ---- projection onto a GPU that is not here ---------------------------------------------------
 
 
-def project(calibration: dict[str, Any], gpu: str, utilisation: float = ASSUMED_UTILISATION) -> dict[str, Any]:
+def project(
+    calibration: dict[str, Any],
+    gpu: str,
+    utilisation: float = ASSUMED_UTILISATION,
+    *,
+    host_step_seconds: float | None = None,
+    analysis_seconds_per_event: float | None = None,
+) -> dict[str, Any]:
     """An *estimate* of ``calibration``'s costs on ``gpu`` (a key of ``GPUS``) from the GPU-free
     figures a measured calibration holds:
 
@@ -432,7 +439,10 @@ def project(calibration: dict[str, Any], gpu: str, utilisation: float = ASSUMED_
       has no GPU-free figure; a GPU's analysis is not projected, so the CPU's is the bound used);
     * data: unchanged (built on the host's CPU either way).
 
-    The host overheads were measured on the calibrating machine's CPU, not the rented machine's."""
+    The host overheads were measured on the calibrating machine's CPU, not the rented machine's;
+    ``host_step_seconds`` replaces the step's (e.g. a figure measured on an idle machine, with
+    the GPU configuration's fused attention: BENCHMARKS.md), ``analysis_seconds_per_event`` the
+    analysis's (e.g. an idle machine's figure). Each replacement is named in the file."""
     if calibration.get("method") != "measured":
         raise CalibrationError("only a measured calibration can be projected (this one is already a projection)")
     if gpu not in GPUS:
@@ -440,7 +450,8 @@ def project(calibration: dict[str, Any], gpu: str, utilisation: float = ASSUMED_
     spec = GPUS[gpu]
     peak = spec["bf16_tflops" if calibration["precision"] == "bf16" else "fp32_tflops"] * 1e12 * utilisation
     training, gate, host = calibration["training"], calibration["gate"], calibration["host_overhead"]
-    step = host["train_step_seconds"] + training["flops_per_step"] / peak
+    host_step = host["train_step_seconds"] if host_step_seconds is None else host_step_seconds
+    step = host_step + training["flops_per_step"] / peak
     gate_seconds = gate["generated_steps"] * host["forward_seconds"] + gate["flops"] / peak
     projected = json.loads(json.dumps(calibration))
     projected.update(
@@ -450,6 +461,11 @@ def project(calibration: dict[str, Any], gpu: str, utilisation: float = ASSUMED_
             "date": calibration["machine"]["date"],
             "gpu": spec,
             "assumed_utilisation": utilisation,
+            "host_step_seconds": host_step,
+            "host_step_source": "measured by this calibration" if host_step_seconds is None else "given (--host-step-ms)",
+            "analysis_source": "measured by this calibration"
+            if analysis_seconds_per_event is None
+            else "given (--analysis-ms-per-event)",
             "model": "step = host step overhead + FLOPs/(peak x utilisation); gate = steps x host forward overhead + "
             "FLOPs/(peak x utilisation); analysis and data as measured on the calibrating machine",
         },
@@ -464,6 +480,10 @@ def project(calibration: dict[str, Any], gpu: str, utilisation: float = ASSUMED_
     )
     projected["gate"].update(seconds=round(gate_seconds, 3), method=f"projected onto {spec['name']}", memory=None)
     projected["analysis"]["method"] = "as measured on the calibrating machine (not projected)"
+    if analysis_seconds_per_event is not None:
+        projected["analysis"].update(
+            seconds_per_event=analysis_seconds_per_event, method="given (--analysis-ms-per-event), not projected"
+        )
     return projected
 
 

@@ -349,7 +349,12 @@ def command_calibrate(args: argparse.Namespace) -> int:
                 raise CalibrationError(
                     f"--from {args.source} calibrates {measured['experiment_id']}, not {config.experiment_id} ({args.config})"
                 )
-            document = project(measured, args.project)
+            document = project(
+                measured,
+                args.project,
+                host_step_seconds=args.host_step_ms / 1000 if args.host_step_ms is not None else None,
+                analysis_seconds_per_event=args.analysis_ms_per_event / 1000 if args.analysis_ms_per_event is not None else None,
+            )
         except CalibrationError as error:
             raise UsageError(str(error)) from None
         write_calibration(document, out)
@@ -357,6 +362,9 @@ def command_calibrate(args: argparse.Namespace) -> int:
             f"wrote {out}: {describe(document)}; epoch {document['training']['epoch_seconds']:.1f} s, gate {document['gate']['seconds']:.2f} s"
         )
         return 0
+    for name in ("host_step_ms", "analysis_ms_per_event"):
+        if getattr(args, name) is not None and args.project is None:
+            raise UsageError(f"--{name.replace('_', '-')} only goes with --project GPU")
     if args.source is not None:
         raise UsageError("--from only goes with --project GPU")
     for name in ("target_seconds", "gate_sequences", "analysis_events", "max_steps"):
@@ -706,6 +714,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="write an ESTIMATE for a GPU that is not here (rtx4090, rtx3090) from --from's GPU-free figures; runs nothing",
     )
     calibrate.add_argument("--from", dest="source", default=None, metavar="FILE", help="the measured calibration to project")
+    calibrate.add_argument(
+        "--host-step-ms",
+        type=float,
+        default=None,
+        help="with --project: the host's cost of one training step (default: as --from measured it at tiny shapes)",
+    )
+    calibrate.add_argument(
+        "--analysis-ms-per-event",
+        type=float,
+        default=None,
+        help="with --project: the analysis's cost per event (default: as --from measured it; the analysis is not projected)",
+    )
     calibrate.add_argument(
         "--set",
         action="append",

@@ -195,7 +195,10 @@ def print_estimates(
     estimate_label = "ESTIMATE from a projected calibration" if calibration["method"] == "projected" else "estimate"
     echo(f"{estimate_label}, calibration: {describe(calibration)}")
     cost = f", cost at {price_per_hour:g} USD/h" if price_per_hour is not None else ""
-    echo(f"{'point':>5}  {'epochs':>6}  {'hours':>7}  {'running total':>13}{'  running USD' if cost else ''}  (varied; epochs from)")
+    echo(
+        f"{'point':>5}  {'epochs':>6}  {'train h':>7}  {'anal. h':>7}  {'hours':>7}  {'running total':>13}"
+        f"{'  running USD' if cost else ''}  (varied; epochs from)"
+    )
     total = spent_seconds
     cut = None
     for estimate in estimates:
@@ -205,12 +208,14 @@ def print_estimates(
             echo(f"----- budget of {hours(budget_seconds)} reached: the points below are not started -----")
         usd = f"  {total / 3600 * price_per_hour:>11.2f}" if price_per_hour is not None else ""
         echo(
-            f"{estimate.point.index:>5}  {estimate.epochs:>6}  {estimate.seconds / 3600:>7.2f}  {total / 3600:>11.2f} h{usd}  "
+            f"{estimate.point.index:>5}  {estimate.epochs:>6}  {(estimate.data_s + estimate.training_s) / 3600:>7.2f}  "
+            f"{estimate.analysis_s / 3600:>7.2f}  {estimate.seconds / 3600:>7.2f}  {total / 3600:>11.2f} h{usd}  "
             f"({estimate.point.label}; {estimate.note})"
         )
     todo = sum(e.seconds for e in estimates)
     bounds = sum(e.upper_bound and e.seconds > 0 for e in estimates)
-    line = f"total: {hours(todo)} for {sum(e.seconds > 0 for e in estimates)} point(s) to run"
+    train = sum(e.data_s + e.training_s for e in estimates)
+    line = f"total: {hours(todo)} for {sum(e.seconds > 0 for e in estimates)} point(s) to run ({hours(train)} data and training, {hours(todo - train)} analysis)"
     if price_per_hour is not None:
         line += f", {todo / 3600 * price_per_hour:.2f} USD at {price_per_hour:g} USD/h"
     if bounds:
@@ -218,7 +223,8 @@ def print_estimates(
     if spent_seconds:
         line += f"; {hours(spent_seconds)} already spent (budget.json)"
     echo(line)
-    echo("not included: statistics, report and mechanism per analysed run; one point per machine")
+    analysis = calibration["analysis"].get("method", "measured")
+    echo(f"analysis per event: {analysis}; not included: statistics, report and mechanism per analysed run; one point per machine")
 
 
 # ---- the budget -------------------------------------------------------------------------------
