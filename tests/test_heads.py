@@ -7,8 +7,10 @@ import json
 
 import pytest
 from conftest import REPO, tiny_config
+from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
-from dcsbm_transformer.analysis.report.page import report_context
+from dcsbm_transformer.analysis.report.heads import head_summary
+from dcsbm_transformer.analysis.report.page import TEMPLATES_DIR, report_context
 from dcsbm_transformer.experiment import RunOptions
 from dcsbm_transformer.pipeline import run_pipeline
 from dcsbm_transformer.sweep.plan import load_sweep
@@ -56,3 +58,28 @@ def test_the_report_names_every_head_with_its_strongest_array_and_the_holm_floor
     assert holm["permutations_used"] > 100 and heads["holm"]["floor_ok"]
     page = (two_heads.parent.parent / "analysis" / two_heads.name / "report.html").read_text()
     assert 'id="heads-table"' in page and "layer 0, head 1" in page and 'id="random-matrix"' in page
+
+
+def test_a_head_without_enough_events_is_said_and_renders():
+    entry = {"status": "insufficient", "best_j": None, "auroc": [None], "significant": None, "p_adjusted": None}
+    horizon = {
+        "settings": {"alpha": 0.05},
+        "primary": {"key": "qkt.layer_0.head_0.stable_rank", "registered": False},
+        "r_values": [4],
+        "metrics": {
+            f"qkt.layer_0.head_{h}.stable_rank": {
+                "target": "qkt",
+                "layer": 0,
+                "head": h,
+                "metric": "stable_rank",
+                "by_r": {"4": entry},
+            }
+            for h in (0, 1)
+        },
+        "holm": {"family_size": 2, "permutations_requested": 0, "permutations_used": 0, "floor": None},
+    }
+    heads = head_summary(horizon)
+    assert [row["label"] for row in heads["rows"]] == ["no array with enough events"] * 2 and not heads["holm"]["floor_ok"]
+    environment = Environment(loader=FileSystemLoader(TEMPLATES_DIR), undefined=StrictUndefined)
+    page = environment.get_template("heads.html.j2").render(heads=heads)
+    assert "layer 0, head 1" in page and "not below alpha / 2" in page and heads["concentration"].startswith("No head")

@@ -54,7 +54,7 @@ def head_summary(horizon: dict[str, Any]) -> dict[str, Any]:
             ]
             row = {"layer": layer, "head": head, "r": rv, "where": f"layer {layer}, head {head}", "tested": len(entries)}
             if not entries:
-                rows.append(row | {"key": None, "label": "no array with enough events", "significant_count": 0})
+                rows.append(row | {"key": None, "label": "no array with enough events", "significant": False, "significant_count": 0})
                 continue
             key, stats, entry = min(entries, key=lambda item: _strength(item[2]))
             j = entry["best_j"]
