@@ -37,7 +37,7 @@ from bench.common import print_table, record
 from dcsbm_transformer.analysis.files import read_horizon
 from dcsbm_transformer.analysis.measure.batched import CONTEXT_WINDOWS, TARGET_POSITIONS, TARGET_SIDE, events_per_chunk, measure
 from dcsbm_transformer.analysis.measure.events import draw_analysis_events
-from dcsbm_transformer.analysis.measure.metrics import MetricContext, compute_metrics, spectrum
+from dcsbm_transformer.analysis.measure.metrics import TRAJECTORY_K, TRAJECTORY_WINDOW, MetricContext, compute_metrics, spectrum
 from dcsbm_transformer.analysis.run import analyze_run
 from dcsbm_transformer.api import load_run
 from dcsbm_transformer.config import load_config
@@ -60,7 +60,8 @@ def one_pass_targets(model, prompts: torch.Tensor) -> dict[str, torch.Tensor]:
 def raw_svd_rate(targets: dict[str, torch.Tensor], top_k: int, model, prompts: torch.Tensor, repeat: int = 3) -> float:
     """Matrices per second of the batched ``spectrum`` + ``compute_metrics`` calls alone, with every
     metric computed — the context metrics given what the pipeline gives them (pass 1's spectrum, the
-    window's and the predicted token's embeddings) — so the ratio compares the same work."""
+    window's and the predicted token's embeddings, a σ-trajectory of TRAJECTORY_WINDOW points: here the
+    pass's own values repeated, the same arithmetic) — so the ratio compares the same work."""
     matrices = sum(t[..., 0, 0].numel() for t in targets.values())
     embeddings = model.tok_emb.weight.detach().float()
     fields = {
@@ -75,7 +76,8 @@ def raw_svd_rate(targets: dict[str, torch.Tensor], top_k: int, model, prompts: t
         for name, matrices_of in targets.items():
             side, shifted = TARGET_SIDE[name]
             current = spectrum(matrices_of, top_k=top_k, side=side)
-            context = MetricContext(positions=TARGET_POSITIONS[name], first=current, since_first=1, **fields)
+            trajectory = current.values[..., None, :TRAJECTORY_K].expand(*current.values.shape[:-1], TRAJECTORY_WINDOW, -1)
+            context = MetricContext(positions=TARGET_POSITIONS[name], first=current, since_first=1, trajectory=trajectory, **fields)
             compute_metrics(current, current, shifted=shifted, context=context)
         synchronize()
         best = min(best, time.perf_counter() - started)

@@ -124,6 +124,12 @@ def test_analyze_writes_token_metrics_and_a_valid_summary(tiny_run):
     assert arrays["tokens"].shape == (events, config.model.context_window + r)
     assert not summary["exploratory"] and summary["continuations"] == "greedy (argmax)"
     assert set(summary["guard_hits"]) == set(METRICS)
+    # spectra.npz: the top singular values of every window, read back through the Analysis object in time order
+    from dcsbm_transformer import load_run as load
+
+    spectra = load(folder).analysis(summary["analysis_name"])
+    trajectory = spectra.spectrum_trajectory("qkt.layer_0.head_0")
+    assert trajectory.shape == (events, 2 + r, min(8, config.model.context_window)) and np.isfinite(trajectory).all()
     # any stored value can be recomputed from the model and the stored tokens alone
     from dcsbm_transformer import load_run
     from dcsbm_transformer.analysis.measure.metrics import compute_metrics, spectrum
@@ -134,6 +140,8 @@ def test_analyze_writes_token_metrics_and_a_valid_summary(tiny_run):
     again = compute_metrics(spectrum(out.qkt, top_k=config.analysis.top_k, side="left"), None, shifted=True)
     # lookback order: pass k is column r - k
     assert np.allclose(again["stable_rank"][0][:, 0, 0].numpy(), arrays[metric_key("qkt", 0, 0, "stable_rank")][:, r - k], rtol=1e-4)
+    recomputed = spectrum(out.qkt, top_k=config.analysis.top_k, side="left").values[:, 0, 0, : trajectory.shape[-1]].numpy()
+    assert np.allclose(trajectory[:, 2 + k - 1], recomputed, rtol=1e-3, atol=1e-3)  # pass k, stored as float16
     # the context-only baseline: the window ending at s - 1, its temporal metrics against s - 2
     context = torch.from_numpy(arrays["context_tokens"].astype(np.int64))
     spectra = [
@@ -277,6 +285,24 @@ def test_chunking_bounds_memory_without_changing_a_value(quick_config, quick_dat
     for key, values in whole.metrics.items():
         assert np.allclose(small.metrics[key], values, rtol=1e-4, atol=1e-6, equal_nan=True), key
     assert small.guard_hits == whole.guard_hits
+
+
+def test_metrics_workers_change_no_value(quick_config, quick_data, monkeypatch):
+    """The events split among 1 or 3 metrics workers (threads, each on its share): the same values, bit for bit."""
+    from dcsbm_transformer.analysis.measure import batched
+
+    torch.manual_seed(0)
+    model = TransformerLM.from_config(quick_config).eval()
+    events = draw_analysis_events(quick_config, quick_data.graph, 20)
+    measured = {}
+    for workers in (1, 3):
+        monkeypatch.setattr(batched, "metric_workers", lambda device, events, cores, n=workers: n)
+        measured[workers] = batched.measure(model, quick_data.graph, events, top_k=2, chunk_mb=100)
+    one, three = measured[1], measured[3]
+    for field in ("metrics", "context", "spectra", "context_spectra"):
+        for key, values in getattr(one, field).items():
+            assert np.array_equal(values, getattr(three, field)[key], equal_nan=True), (field, key)
+    assert one.guard_hits == three.guard_hits and one.context_guard_hits == three.context_guard_hits
 
 
 def test_generate_continuations_reproduces_a_row_of_token_metrics(tiny_run):

@@ -26,6 +26,12 @@ every metric at the window ending at s − 1 (before the jumper entered it; temp
 against the window ending at s − 2), recomputable from ``context_tokens`` int32 [events, w + 1]
 (walk tokens s − w − 1 .. s − 1).
 
+``spectra.npz`` (its own ``schema_version``, ``SPECTRA_SCHEMA_VERSION``): the spectrum trajectories, the top
+K = min(8, m) singular values of every window, float16 (float32 when a value exceeds float16's range).
+``<target>.layer_<L>.head_<H>`` [events, lookbacks, K] in lookback order (NaN where j ≥ r), and
+``context.<target>.layer_<L>.head_<H>`` [events, 2, K]: the context windows ending at s − 2 and s − 1
+(time order); ``event_r`` [events]; ``schema_version`` (0-d). ``Analysis.spectra`` reads it.
+
 ``summary.json`` (validated before it is written, and written last: a summary whose checksum
 matches its npz vouches for a finished analysis): counts per class, per r and per rule, guard
 hits per metric, metrics constant by construction, W_v·W_o reference spectra, settings,
@@ -40,9 +46,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..storage import atomic_write_json, atomic_write_validated, sha256_file
+from ..storage import atomic_write_json, atomic_write_validated, read_npz, sha256_file, write_npz
 
 ANALYSIS_DIR = "analysis"
 TOKEN_METRICS_FILE = "token_metrics.npz"
@@ -54,6 +61,9 @@ INDEX_FILE = "index.json"
 # 3: one folder per analysis, arrays in lookback order, the settings carry the analysis block and the
 # metric set; an analysis of an earlier version (at the top of analysis/) is never read.
 SUMMARY_SCHEMA_VERSION = 3
+SPECTRA_FILE = "spectra.npz"
+# 1: the first version (issue 26): top-8 singular values of every window, lookback order, the context windows apart
+SPECTRA_SCHEMA_VERSION = 1
 
 
 class _Strict(BaseModel):
@@ -224,7 +234,56 @@ def finished_summary(directory: Path, settings: dict[str, Any]) -> dict[str, Any
     npz = directory / TOKEN_METRICS_FILE
     if not npz.is_file() or sha256_file(npz) != summary["token_metrics_sha256"]:
         return None
+    if not (directory / SPECTRA_FILE).is_file():
+        return None  # written before the summary: without it the analysis did not finish
     return summary
+
+
+# --------------------------------------------------------------------------------------------------
+# spectra.npz: the spectrum trajectories (the top singular values of every window)
+
+
+def _lookback_order(values: np.ndarray, r: np.ndarray) -> np.ndarray:
+    """Pass-ordered ``values`` [E, passes, K] re-indexed by lookback, as ``statistics.lookback_view`` (column j = pass r − j)."""
+    max_r = int(r.max()) if r.size else 0
+    column = r[:, None] - 1 - np.arange(max_r)[None, :]
+    valid = column >= 0
+    out = np.take_along_axis(values, np.where(valid, column, 0)[:, :, None], axis=1)
+    out[~valid] = np.nan
+    return out
+
+
+def write_spectra(directory: Path, r: np.ndarray, spectra: dict[str, np.ndarray], context_spectra: dict[str, np.ndarray]) -> Path:
+    """Write spectra.npz from ``measure``'s pass-ordered ``spectra`` [E, passes, K] and ``context_spectra`` [E, 2, K].
+
+    float16 halves the file at ~3 significant digits (relative rounding 4.9e-4, enough to draw and explore a
+    trajectory; the metrics are computed from the float64 values, not from this file); a key whose finite values
+    exceed float16's range (6.55e4) is written as float32 instead, never as inf."""
+    r = np.asarray(r, dtype=np.int64)
+    arrays: dict[str, np.ndarray] = {"schema_version": np.array(SPECTRA_SCHEMA_VERSION), "event_r": r}
+    limit = float(np.finfo(np.float16).max)
+    for key, values in spectra.items():
+        for name, array in ((key, _lookback_order(values, r)), (CONTEXT_PREFIX + key, context_spectra[key])):
+            fits = not (np.abs(array[np.isfinite(array)]) > limit).any()
+            arrays[name] = array.astype(np.float16 if fits else np.float32)
+    return write_npz(directory / SPECTRA_FILE, arrays)
+
+
+def read_spectra(directory: Path) -> dict[str, np.ndarray]:
+    """Every array of an analysis's spectra.npz; FileNotFoundError when it is missing (an analysis made before
+    spectra were stored: re-run dcsbm analyze) or of another schema version (never misread)."""
+    path = Path(directory) / SPECTRA_FILE
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{path}: missing — this analysis was made before spectrum trajectories were stored (re-run dcsbm analyze)"
+        )
+    arrays = read_npz(path)
+    version = int(arrays["schema_version"]) if "schema_version" in arrays else None
+    if version != SPECTRA_SCHEMA_VERSION:
+        raise FileNotFoundError(
+            f"{path}: schema_version {version}, this version reads {SPECTRA_SCHEMA_VERSION} (re-run dcsbm analyze)"
+        )
+    return arrays
 
 
 # --------------------------------------------------------------------------------------------------

@@ -6,7 +6,8 @@ pass that emits the deadline token — the order of every file, figure and funct
 analysis; see ``analysis.files``). ``Analysis.events`` is a pandas DataFrame of the events (one
 row each, with the held-out flag of the registered test). ``Analysis.horizon`` is the parsed
 ``horizon.json`` and ``Analysis.horizon_frame()`` the same numbers as a tidy DataFrame, one row
-per (array, r, lookback). The statistics that made them are public in
+per (array, r, lookback). ``Analysis.spectra`` is ``spectra.npz`` (the top singular values of every
+window; ``Analysis.spectrum_trajectory(key)`` gives them in time order, context windows first). The statistics that made them are public in
 ``dcsbm_transformer.analysis.stats.statistics`` (``stratified_auroc``, ``delong``, ``auroc_ci``,
 ``auroc_difference``, ``separation``, ``holm``…), so a metric of one's own is tested with the same
 machinery.
@@ -26,7 +27,16 @@ import pandas as pd
 
 from ..config import ExperimentConfig
 from ..reproducibility import numpy_rng
-from .files import HORIZON_FILE, SUMMARY_FILE, TOKEN_METRICS_FILE, find_analysis, read_horizon, read_index
+from .files import (
+    CONTEXT_PREFIX,
+    HORIZON_FILE,
+    SUMMARY_FILE,
+    TOKEN_METRICS_FILE,
+    find_analysis,
+    read_horizon,
+    read_index,
+    read_spectra,
+)
 from .stats.confirmatory import held_out_events
 
 EVENT_COLUMNS = {
@@ -87,6 +97,26 @@ class Analysis:
     @cached_property
     def token_metrics(self) -> TokenMetrics:
         return TokenMetrics(self.directory / TOKEN_METRICS_FILE)
+
+    @cached_property
+    def spectra(self) -> dict[str, np.ndarray]:
+        """spectra.npz's arrays (``analysis.files``): ``<target>.layer_<L>.head_<H>`` [events, lookbacks, K] in lookback
+        order, ``context.<key>`` [events, 2, K], ``event_r``. FileNotFoundError for an analysis made before they were stored."""
+        return read_spectra(self.directory)
+
+    def spectrum_trajectory(self, key: str) -> np.ndarray:
+        """The σ-trajectory of every event in time order: float32 [events, 2 + max r, K] — the windows ending at
+        s − 2 and s − 1, then passes 1 … r (NaN after an event's r): the curve the trajectory metrics measure.
+        ``key``: ``qkt.layer_0.head_0`` (a target, layer and head)."""
+        arrays = self.spectra
+        if key not in arrays or key.startswith(CONTEXT_PREFIX):
+            names = [name for name in arrays if name not in ("schema_version", "event_r") and not name.startswith(CONTEXT_PREFIX)]
+            raise KeyError(f"{self.directory / 'spectra.npz'} has no spectra {key!r}; it has {', '.join(names)}")
+        by_lookback, r = arrays[key].astype(np.float32), arrays["event_r"].astype(np.int64)
+        j = r[:, None] - 1 - np.arange(by_lookback.shape[1])[None, :]  # pass k = column k - 1 holds lookback r - k
+        passes = np.take_along_axis(by_lookback, np.where(j >= 0, j, 0)[:, :, None], axis=1)
+        passes[j < 0] = np.nan
+        return np.concatenate([arrays[CONTEXT_PREFIX + key].astype(np.float32), passes], axis=1)
 
     @property
     def headline(self) -> list[str]:

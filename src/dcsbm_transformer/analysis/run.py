@@ -42,6 +42,7 @@ from .files import (
     read_index,
     record_analysis,
     settings_digest,
+    write_spectra,
     write_summary,
 )
 from .measure.batched import Measurements, measure
@@ -213,6 +214,7 @@ def _measure_run(
         )
         write_started = time.perf_counter()
         npz = write_npz(out_dir / TOKEN_METRICS_FILE, token_metric_arrays(drawn, measured))
+        write_spectra(out_dir, drawn.r, measured.spectra, measured.context_spectra)
         summary = summary_payload(run, drawn, measured, settings, exploratory, sha256_file(npz))
         summary["analysis_name"] = out_dir.name
         summary["timings"] = {

@@ -34,7 +34,7 @@ from ...reproducibility import torch_generator
 from .behaviour import PassBehaviour
 from .continuations import TARGETS, Labels, PassTargets, continue_with_targets, forward_targets, label_continuations
 from .events import AnalysisEvents
-from .metrics import METRICS, MetricContext, Spectrum, compute_metrics, spectrum
+from .metrics import METRICS, TRAJECTORY_K, TRAJECTORY_WINDOW, MetricContext, Spectrum, compute_metrics, spectrum
 
 # Which singular vectors the temporal metrics compare, and whether that side slides with the
 # window: QKᵀ's rows are query positions (shared positions are compared), AVWₒ's right side is
@@ -44,12 +44,18 @@ TARGET_SIDE = {"qkt": ("left", True), "avwo": ("right", False)}
 # them into embedding space through the window's token embeddings): QKᵀ queries and keys, AVWₒ's rows.
 TARGET_POSITIONS = {"qkt": {"left": True, "right": True}, "avwo": {"left": True, "right": False}}
 CONTEXT_WINDOWS = 2  # windows measured before the jumper entered (ending at s - 2 and s - 1)
-MAX_PENDING_PASSES = 2  # passes whose targets wait for the metrics worker (each holds a chunk's targets)
+MAX_PENDING_PASSES = 2  # passes whose targets wait for the metrics workers (each holds a chunk's targets)
+SPECTRA_K = 8  # singular values kept per window for spectra.npz (all of them when a matrix has fewer)
 
 
 def metric_key(target: str, layer: int, head: int, metric: str) -> str:
     """The token_metrics.npz name of one metric array: ``qkt.layer_0.head_0.stable_rank``."""
     return f"{target}.layer_{layer}.head_{head}.{metric}"
+
+
+def spectrum_key(target: str, layer: int, head: int) -> str:
+    """The spectra.npz name of one layer's and head's singular values: ``qkt.layer_0.head_0``."""
+    return f"{target}.layer_{layer}.head_{head}"
 
 
 @dataclass
@@ -68,6 +74,10 @@ class Measurements:
     context_guard_hits: dict[str, int] = field(default_factory=dict)
     # the other baselines (analysis.measure.behaviour): name -> float32 [E, max r], NaN where undefined or no pass
     behaviour: dict[str, np.ndarray] = field(default_factory=dict)
+    # spectrum trajectories: spectrum_key -> float32 [E, max r, K], the top K = min(SPECTRA_K, m) singular values
+    # of every pass (pass order, NaN where no pass), and [E, CONTEXT_WINDOWS, K] those of the context windows
+    spectra: dict[str, np.ndarray] = field(default_factory=dict)
+    context_spectra: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 def events_per_chunk(model: TransformerLM, chunk_mb: float) -> int:
@@ -128,6 +138,8 @@ def measure(
     generated = np.empty((len(events), passes), dtype=np.int64)
     target_probability = np.empty((len(events), passes), dtype=np.float32)
     behaviour: dict[str, np.ndarray] = {}
+    spectra: dict[str, np.ndarray] = {}
+    context_spectra: dict[str, np.ndarray] = {}
     members = torch.from_numpy(graph.block[None, :] == np.arange(graph.K)[:, None]).to(device)  # [K, n]
     generator = torch_generator(seed, stream, "sampling", device=device) if temperature > 0 else None
     chunk_events = events_per_chunk(model, chunk_mb)
@@ -154,7 +166,7 @@ def measure(
                 layers,
                 heads,
             )
-            tokens, probability, values, context_values = _measure_chunk(
+            tokens, probability, values, context_values, chunk_spectra = _measure_chunk(
                 model,
                 prompts,
                 before,
@@ -179,6 +191,15 @@ def measure(
                         key = metric_key(target, layer, head, name)
                         metrics[key][begin:end] = array[:, :, layer, head]
                         context[key][begin:end] = context_values[target, name][:, layer, head]
+            for target, array in chunk_spectra.items():  # [events, windows, layers, heads, K]
+                for layer in range(layers):
+                    for head in range(heads):
+                        key = spectrum_key(target, layer, head)
+                        if key not in spectra:
+                            spectra[key] = np.full((len(events), passes, array.shape[-1]), np.nan, dtype=np.float32)
+                            context_spectra[key] = np.full((len(events), CONTEXT_WINDOWS, array.shape[-1]), np.nan, dtype=np.float32)
+                        context_spectra[key][begin:end] = array[:, :CONTEXT_WINDOWS, layer, head]
+                        spectra[key][begin:end] = array[:, CONTEXT_WINDOWS:, layer, head]
             if progress is not None:
                 progress(end, len(events))
     finally:
@@ -191,6 +212,8 @@ def measure(
     target_probability[beyond] = np.nan
     for values in behaviour.values():
         values[beyond] = np.nan
+    for values in spectra.values():
+        values[beyond] = np.nan
     seconds = {"measure_seconds": time.perf_counter() - started}
     return Measurements(
         labels,
@@ -201,6 +224,8 @@ def measure(
         seconds,
         {name: int(hits) for name, hits in context_guards.items()},
         behaviour,
+        spectra,
+        context_spectra,
     )
 
 
@@ -214,6 +239,17 @@ class _Shard:
     context_guards: dict[str, torch.Tensor]
     previous: dict[str, Spectrum | None] = field(default_factory=lambda: dict.fromkeys(TARGETS))
     first: dict[str, Spectrum | None] = field(default_factory=lambda: dict.fromkeys(TARGETS))
+    # the top TRAJECTORY_K singular values of the last TRAJECTORY_WINDOW windows (the σ-trajectory's points)
+    history: dict[str, deque] = field(default_factory=lambda: {t: deque(maxlen=TRAJECTORY_WINDOW) for t in TARGETS})
+
+    def seen(self, target: str, index: int, current: Spectrum, stored: dict[str, torch.Tensor]) -> torch.Tensor | None:
+        """Record window ``index``'s singular values (spectra.npz, the trajectory); the σ-trajectory ending at it
+        [E, L, H, TRAJECTORY_WINDOW, K], or None while fewer windows exist."""
+        kept = stored[target].shape[-1]
+        stored[target][self.rows, index] = current.values[..., :kept].float()
+        history = self.history[target]
+        history.append(current.values[..., :TRAJECTORY_K].double())
+        return torch.stack(list(history), dim=-2) if len(history) == TRAJECTORY_WINDOW else None
 
 
 def _measure_chunk(
@@ -244,13 +280,21 @@ def _measure_chunk(
     whole ``MetricContext``: the sides that are positions (``TARGET_POSITIONS``), pass 1's spectrum
     (``subspace_drift``; none at the context windows, where drift is not measured) and the token
     embeddings (``model.tok_emb``) of the pass's input window and of the token it generated
-    (``PassTargets.window``/``token``; at a context window, walk tokens and the logits' argmax)."""
+    (``PassTargets.window``/``token``; at a context window, walk tokens and the logits' argmax); the
+    σ-trajectory of the last TRAJECTORY_WINDOW windows (the trajectory metrics), from pass 3 on, the two
+    context windows counted. Returns, beside the metrics, target -> the top min(SPECTRA_K, m) singular
+    values of every window [E, CONTEXT_WINDOWS + passes, layers, heads, K] (the context windows first)."""
     device = prompts.device
     events, w = prompts.shape
     shape = (events, passes, model.n_layers, model.n_heads)
     values = {(t, m): torch.full(shape, float("nan"), device=device) for t in TARGETS for m in METRICS}
     context = {(t, m): torch.full(shape[:1] + shape[2:], float("nan"), device=device) for t in TARGETS for m in METRICS}
     embeddings = model.tok_emb.weight.detach().float()  # [vocab, d_model]
+    smaller = {"qkt": w, "avwo": min(w, model.d_model)}  # m = min(rows, cols) of each target
+    stored = {
+        t: torch.full((events, CONTEXT_WINDOWS + passes, *shape[2:], min(SPECTRA_K, smaller[t])), float("nan"), device=device)
+        for t in TARGETS
+    }
     bounds = np.linspace(0, events, workers + 1).round().astype(int)
     shards = [
         _Shard(
@@ -266,8 +310,13 @@ def _measure_chunk(
         for target in TARGETS:
             side, shifted = TARGET_SIDE[target]
             current = spectrum(targets[target][rows], top_k=top_k, side=side)
+            trajectory = shard.seen(target, c, current, stored)
             if c == CONTEXT_WINDOWS - 1:  # the window ending at s - 1: the context-only baseline
-                about = MetricContext(positions=TARGET_POSITIONS[target], **_window_context(embeddings, window[rows], predicted[rows]))
+                about = MetricContext(
+                    positions=TARGET_POSITIONS[target],
+                    trajectory=trajectory,
+                    **_window_context(embeddings, window[rows], predicted[rows]),
+                )
                 for name, (metric_values, hits) in compute_metrics(
                     current, shard.previous[target], shifted=shifted, context=about
                 ).items():
@@ -284,7 +333,10 @@ def _measure_chunk(
             current = spectrum(targets[target][rows], top_k=top_k, side=side)  # all its events, layers, heads at once
             if k == 1:
                 shard.first[target] = current
-            about = MetricContext(positions=TARGET_POSITIONS[target], first=shard.first[target], since_first=k - 1, **fields)
+            trajectory = shard.seen(target, CONTEXT_WINDOWS + k - 1, current, stored)
+            about = MetricContext(
+                positions=TARGET_POSITIONS[target], first=shard.first[target], since_first=k - 1, trajectory=trajectory, **fields
+            )
             for name, (metric_values, hits) in compute_metrics(
                 current, shard.previous[target], shifted=shifted, context=about
             ).items():
@@ -328,4 +380,5 @@ def _measure_chunk(
         probability.cpu().numpy(),
         {key: array.cpu().numpy() for key, array in values.items()},
         {key: array.float().cpu().numpy() for key, array in context.items()},
+        {target: array.cpu().numpy() for target, array in stored.items()},
     )

@@ -56,6 +56,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
 CONDITION_EPS: float = torch.finfo(torch.float32).eps
@@ -81,6 +82,15 @@ DRIFT_COS_TOL: float = 1e-10
 # A position-restricted set of singular vectors whose QR diagonal (or norm) falls to this is
 # treated as rank-deficient: the compared subspace is undefined (NaN + guard).
 RESTRICTED_RANK_TOL: float = 1e-6
+# spectrum trajectories (issue 26): the σ-trajectory is the curve of the top TRAJECTORY_K singular values over an
+# event's windows (the two context windows, then the passes); its derivatives at a window are those of the
+# least-squares polynomial of degree TRAJECTORY_ORDER through the last TRAJECTORY_WINDOW points (causal Savitzky–Golay).
+TRAJECTORY_K: int = 4
+TRAJECTORY_WINDOW: int = 5
+TRAJECTORY_ORDER: int = 3
+# the curve does not move (curvature undefined) when |r'| ≤ this × the window's largest σ, and does not bend (torsion
+# undefined) when the part of r'' normal to r' is that small: below it a derivative is the matrices' float32 rounding
+TRAJECTORY_TOL: float = 1e-6
 SIDES: tuple[str, ...] = ("left", "right")
 METHODS: tuple[str, ...] = ("gram", "svd")
 
@@ -146,6 +156,9 @@ class MetricContext:
       embeddings, no position embeddings); its last row is the current token's embedding.
     - ``next_embedding`` [..., d_model]: e(the token predicted at this pass) — the generated token at a
       generated pass, the logits' argmax at a context window.
+    - ``trajectory`` [..., TRAJECTORY_WINDOW, K]: the top K ≤ TRAJECTORY_K singular values of the last
+      TRAJECTORY_WINDOW windows of the same matrices, oldest first, the current window last (float64); None
+      until that many windows exist (the trajectory metrics are then not measured).
     """
 
     positions: dict[str, bool] | None = None
@@ -154,6 +167,7 @@ class MetricContext:
     embeddings: torch.Tensor | None = None
     window_embeddings: torch.Tensor | None = None
     next_embedding: torch.Tensor | None = None
+    trajectory: torch.Tensor | None = None
 
 
 @dataclass(frozen=True)
@@ -717,6 +731,83 @@ def embedding_coherence(previous: Spectrum | None, current: Spectrum, shifted: b
     return torch.where(full_rank & _top_k_unique(current, k), coherence.clamp(0.0, 1.0), _NAN)
 
 
+# --------------------------------------------------------------------------- spectrum trajectories (issue 26)
+
+
+def _trajectory_weights(device: torch.device) -> torch.Tensor:
+    """[3, TRAJECTORY_WINDOW] float64: row d − 1 dotted with a window's points gives the d-th derivative at its last point.
+
+    ``scipy.signal.savgol_coeffs(TRAJECTORY_WINDOW, TRAJECTORY_ORDER, deriv=d, pos=TRAJECTORY_WINDOW − 1, use="dot")``:
+    the derivatives of the least-squares polynomial of degree TRAJECTORY_ORDER through the points, evaluated at the
+    last one (unit spacing: one window per pass). Exact for a polynomial curve of that degree.
+    """
+    from scipy.signal import savgol_coeffs
+
+    rows = [savgol_coeffs(TRAJECTORY_WINDOW, TRAJECTORY_ORDER, deriv=d, pos=TRAJECTORY_WINDOW - 1, use="dot") for d in (1, 2, 3)]
+    return torch.tensor(np.stack(rows), dtype=torch.float64, device=device)
+
+
+def trajectory_frame(points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Gram–Schmidt lengths of the smoothed derivatives at the last point of σ-trajectories ``points`` [..., W, K].
+
+    The derivatives d1, d2, d3 come from ``_trajectory_weights``; modified Gram–Schmidt gives R₁₁ = |d1|, R₂₂ = the
+    length of d2 orthogonal to d1, R₃₃ = the length of d3 orthogonal to both (the R diagonal of the QR of
+    [d1 d2 d3]), so the Gram determinants are D₁ = R₁₁², D₂ = (R₁₁R₂₂)², D₃ = (R₁₁R₂₂R₃₃)², without the cancellation
+    of |a|²|b|² − (a·b)². Returns (R₁₁, R₂₂, R₃₃, moving, bending), float64: ``moving`` = R₁₁ > TRAJECTORY_TOL · s,
+    ``bending`` = moving and R₂₂ > TRAJECTORY_TOL · s, s the largest |value| in the window (False where a point is
+    not finite).
+    """
+    points = points.double()
+    derivatives = torch.einsum("dw,...wk->...dk", _trajectory_weights(points.device), points)
+    a, b, c = derivatives.unbind(-2)
+    scale = points.abs().amax((-2, -1))
+    r11 = torch.linalg.vector_norm(a, dim=-1)
+    moving = r11 > TRAJECTORY_TOL * scale
+    e1 = a / torch.where(moving, r11, 1.0)[..., None]
+    b = b - (e1 * b).sum(-1, keepdim=True) * e1
+    r22 = torch.linalg.vector_norm(b, dim=-1)
+    bending = moving & (r22 > TRAJECTORY_TOL * scale)
+    e2 = b / torch.where(bending, r22, 1.0)[..., None]
+    c = c - (e1 * c).sum(-1, keepdim=True) * e1
+    c = c - (e2 * c).sum(-1, keepdim=True) * e2
+    r33 = torch.linalg.vector_norm(c, dim=-1)
+    return r11, r22, r33, moving, bending
+
+
+def trajectory_curvature(previous: Spectrum | None, current: Spectrum, shifted: bool, context: MetricContext) -> torch.Tensor:
+    """trajectory_curvature κ = √D₂ / D₁^{3/2} = |r′×r″| / |r′|³ of the σ-trajectory at the current window.
+
+    The σ-trajectory of an event is the curve k ↦ r(k) = (σ₁, …, σ_K)(k), K = TRAJECTORY_K = 4 (fewer when the
+    matrices have fewer singular values), over its windows in time order: the two context windows (ending at
+    s − 2 and s − 1), then passes 1, 2, …. Smoothing: r′ and r″ at the current window are those of the
+    least-squares cubic through its last 5 points — a *causal* Savitzky–Golay filter (window 5, degree 3,
+    evaluated at the window's end), so a value at lookback j uses no window after it. D_i is the Gram
+    determinant of (r′, …, r⁽ⁱ⁾), the squared i-volume they span; κ = √D₂ / D₁^{3/2} is the n-dimensional
+    form of |r′×r″| / |r′|³ (the first Frenet curvature; W. Kühnel, *Differential Geometry: Curves – Surfaces
+    – Manifolds*, §2.B), computed as R₂₂ / R₁₁² (``trajectory_frame``). Units 1/σ.
+    Edges: not measured (NaN, no guard hit) until 5 windows exist — from pass 3, with the two context
+    windows; nothing is padded. NaN (guard) where a point is not finite or the curve does not move
+    (|r′| ≤ TRAJECTORY_TOL = 1e-6 × the window's largest σ).
+    """
+    r11, r22, _, moving, _ = trajectory_frame(context.trajectory)
+    return torch.where(moving, r22 / torch.where(moving, r11, 1.0).square(), _NAN)
+
+
+def trajectory_torsion(previous: Spectrum | None, current: Spectrum, shifted: bool, context: MetricContext) -> torch.Tensor:
+    """trajectory_torsion τ = √D₃ / D₂ of the σ-trajectory at the current window: its second Frenet curvature, unsigned.
+
+    The same curve, smoothing and edges as ``trajectory_curvature``, with r‴ from the same causal Savitzky–Golay
+    cubic (window 5; not measured before 5 windows exist). In three
+    dimensions √D₃ / D₂ = |det(r′, r″, r‴)| / |r′×r″|², the torsion up to its sign; in K dimensions it is the
+    second generalised curvature χ₂ = √(D₃ D₁) / (D₂ √D₁) (Kühnel §2.B), computed as R₃₃ / (R₁₁ R₂₂). 0 for a
+    curve in a plane; the helix (a cos t, a sin t, b t) has κ = a / (a² + b²) and τ = b / (a² + b²). Units 1/σ.
+    NaN (guard) where κ is, and where the curve does not bend (the part of r″ normal to r′ ≤ 1e-6 × the
+    window's largest σ; a straight line's torsion is 0/0).
+    """
+    r11, r22, r33, _, bending = trajectory_frame(context.trajectory)
+    return torch.where(bending, r33 / torch.where(bending, r11 * r22, 1.0), _NAN)
+
+
 # --------------------------------------------------------------------------- registry
 
 
@@ -819,6 +910,21 @@ METRICS: dict[str, Metric] = {
             "max_v ‖Qᵀ e_v‖/‖e_v‖, Q orthonormal basis of the right top-k vectors in embedding space",
             embedding_coherence,
             needs=("positions", "embeddings", "window_embeddings"),
+        ),
+        # spectrum trajectories (issue 26): exploratory geometry of the top-4 singular values over an event's windows
+        Metric(
+            "trajectory_curvature",
+            "context",
+            "κ = √det G₂ / (det G₁)^{3/2} (= |r′×r″|/|r′|³), r = (σ₁..σ₄) over windows, causal Savitzky–Golay (5, cubic)",
+            trajectory_curvature,
+            needs=("trajectory",),
+        ),
+        Metric(
+            "trajectory_torsion",
+            "context",
+            "τ = √det G₃ / det G₂ (second Frenet curvature, unsigned), the same curve and smoothing",
+            trajectory_torsion,
+            needs=("trajectory",),
         ),
     ]
 }
