@@ -23,8 +23,8 @@ test: $(STAMP)
 
 # format the tree the way tests/test_lint.py checks it (ruff: import order, then the formatter)
 format: $(STAMP)
-	$(BIN)/ruff check --select I --fix src tests bench examples docs/hooks.py
-	$(BIN)/ruff format src tests bench examples docs/hooks.py
+	$(BIN)/ruff check --select I --fix src tests bench examples docs/hooks.py docs/maths_pdf.py
+	$(BIN)/ruff format src tests bench examples docs/hooks.py docs/maths_pdf.py
 
 clean:
 	rm -rf $(VENV) .cache .pytest_cache results
@@ -43,6 +43,18 @@ $(DOCS_STAMP): $(STAMP)
 
 docs: $(DOCS_STAMP)
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
+	@if $(BIN)/python -c 'import sys; sys.path.insert(0, "docs"); import maths_pdf; sys.exit(maths_pdf.find_browser() is None)'; \
+	then $(MAKE) --no-print-directory maths-pdf; \
+	else echo "make docs: no Chromium, so no site/maths.pdf (see make maths-pdf)"; fi
+
+# make maths-pdf: docs/maths.md (the site's maths page, hooks applied) with every function it names
+# and its line range (from inspect, at build time) as a printable PDF, site/maths.pdf (~15 s).
+# HTML -> PDF by headless Chromium, formulas as MathML (latex2mathml): no TeX Live (about 1 GB for
+# XeLaTeX and fonts), no JavaScript or network (MathJax); Chromium is what checks the HTML reports.
+# Needs Chromium (apt-get install chromium; macOS: brew install --cask chromium; or CHROMIUM=path).
+.PHONY: maths-pdf
+maths-pdf: $(DOCS_STAMP)
+	$(BIN)/python docs/maths_pdf.py --out site/maths.pdf
 
 # The per-user data cache (graphs and walks, keyed by their data hash): $DCSBM_CACHE_DIR, else
 # $XDG_CACHE_HOME/dcsbm-transformer, else ~/.cache/dcsbm-transformer. `make clean` leaves it alone.

@@ -11,7 +11,7 @@ import sys
 import pytest
 from conftest import REPO
 
-PATHS = ["src", "tests", "bench", "examples", "docs/hooks.py"]
+PATHS = ["src", "tests", "bench", "examples", "docs/hooks.py", "docs/maths_pdf.py"]
 
 
 def _ruff(*arguments: str) -> subprocess.CompletedProcess:
