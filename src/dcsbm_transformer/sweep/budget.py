@@ -212,6 +212,8 @@ def print_estimates(
             f"{estimate.analysis_s / 3600:>7.2f}  {estimate.seconds / 3600:>7.2f}  {total / 3600:>11.2f} h{usd}  "
             f"({estimate.point.label}; {estimate.note})"
         )
+    if budget_seconds is not None and cut is None:
+        echo(f"----- the whole queue fits in the budget of {hours(budget_seconds)} -----")
     todo = sum(e.seconds for e in estimates)
     bounds = sum(e.upper_bound and e.seconds > 0 for e in estimates)
     train = sum(e.data_s + e.training_s for e in estimates)
