@@ -57,6 +57,9 @@ class CausalSelfAttention(nn.Module):
     extraction path always uses (False; then every mode gives bitwise identical logits).
     """
 
+    # A buffer (register_buffer below): declared so the type checker sees a Tensor, not nn.Module.__getattr__'s Tensor | Module.
+    causal_mask: torch.Tensor
+
     def __init__(self, d_model: int, n_heads: int, context_window: int, dropout: float, *, use_sdpa: bool = False):
         super().__init__()
         assert d_model % n_heads == 0, "checked by TransformerLM"
@@ -114,7 +117,7 @@ class CausalSelfAttention(nn.Module):
         ``allowed`` (bool, broadcastable to [B, H, T_q, T_k]) says which keys each query sees."""
         p = self.dropout if self.training else 0.0
         if self.edit is not None:
-            return self._attend_edited(q, k, v, allowed)
+            return self._attend_edited(self.edit, q, k, v, allowed)
         if not self.use_sdpa:
             _, _, weights = self._scores_and_weights(q, k, allowed)
             return F.dropout(weights, p, self.training) @ v
@@ -128,23 +131,25 @@ class CausalSelfAttention(nn.Module):
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
 
     def _edited_weights(
-        self, q: torch.Tensor, k: torch.Tensor, allowed: torch.Tensor | None
+        self, edit: AttentionEdit, q: torch.Tensor, k: torch.Tensor, allowed: torch.Tensor | None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """``_scores_and_weights`` under ``self.edit``: (scores, the unedited mask expanded to
+        """``_scores_and_weights`` under ``edit`` (the active ``self.edit``): (scores, the unedited mask expanded to
         [B, H, T_q, T_k], the edited mask, weights over the edited mask)."""
         t_q, t_k = q.shape[-2], k.shape[-2]
         if allowed is None:
             allowed = self.causal_mask[t_k - t_q : t_k, :t_k]
         allowed = allowed.expand(q.shape[0], self.n_heads, t_q, t_k)
-        edited = self.edit.mask(allowed)
-        scores = self.edit.scores((q @ k.transpose(-2, -1)) * self.scale, self.scale)
+        edited = edit.mask(allowed)
+        scores = edit.scores((q @ k.transpose(-2, -1)) * self.scale, self.scale)
         weights = torch.softmax(scores.masked_fill(~edited, float("-inf")), dim=-1)
         return scores, allowed, edited, weights
 
-    def _attend_edited(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, allowed: torch.Tensor | None) -> torch.Tensor:
-        """``_attend`` with ``self.edit`` applied (explicit kernel, dropout on the weights as usual)."""
-        _, allowed, _, weights = self._edited_weights(q, k, allowed)
-        return self.edit.read(F.dropout(weights, self.dropout if self.training else 0.0, self.training), v, allowed)
+    def _attend_edited(
+        self, edit: AttentionEdit, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, allowed: torch.Tensor | None
+    ) -> torch.Tensor:
+        """``_attend`` with ``edit`` (the active ``self.edit``) applied (explicit kernel, dropout on the weights as usual)."""
+        _, allowed, _, weights = self._edited_weights(edit, q, k, allowed)
+        return edit.read(F.dropout(weights, self.dropout if self.training else 0.0, self.training), v, allowed)
 
     # -- entry points --------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -161,12 +166,13 @@ class CausalSelfAttention(nn.Module):
         attention [B, H, T, T] softmax weights before dropout, values [B, H, T, d_head]).
         """
         q, k, v = self._project_qkv(x)
-        if self.edit is None:
+        edit = self.edit
+        if edit is None:
             scores, allowed, weights = self._scores_and_weights(q, k)
             y = F.dropout(weights, self.dropout if self.training else 0.0, self.training) @ v
         else:  # under an edit: qkt keeps its causal layout; attention shows the edited weights
-            scores, allowed, _, weights = self._edited_weights(q, k, None)
-            y = self.edit.read(F.dropout(weights, self.dropout if self.training else 0.0, self.training), v, allowed)
+            scores, allowed, _, weights = self._edited_weights(edit, q, k, None)
+            y = edit.read(F.dropout(weights, self.dropout if self.training else 0.0, self.training), v, allowed)
         return self._output(y[:, :, -1:] if last_only else y), scores.masked_fill(~allowed, 0.0), weights, v
 
     def forward_last(self, x: torch.Tensor) -> torch.Tensor:

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import enum
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol, cast, overload
 
 import torch
 from torch import nn
@@ -57,6 +58,22 @@ class ModelOutput:
     residual: torch.Tensor | None = None
 
 
+class BlockStack(Protocol):
+    """``TransformerLM.blocks`` as the type checker sees it: an ``nn.ModuleList`` that holds only
+    ``Block``s, in order (torch types a ModuleList's items as any ``nn.Module``, whose every
+    attribute is then ``Tensor | Module``). Only for annotations; at run time it is the ModuleList."""
+
+    def __len__(self) -> int: ...
+
+    def __iter__(self) -> Iterator[Block]: ...
+
+    @overload
+    def __getitem__(self, index: int) -> Block: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> BlockStack: ...
+
+
 class TransformerLM(nn.Module):
     """GPT-2-style decoder: token + learned absolute position embeddings, pre-norm blocks
     (causal self-attention, GELU MLP with 4·d_model hidden units), final LayerNorm and an
@@ -98,7 +115,9 @@ class TransformerLM(nn.Module):
             self.tok_emb = nn.Embedding(vocab_size, d_model)
             self.pos_emb = nn.Embedding(context_window, d_model)
             self.emb_dropout = nn.Dropout(dropout)
-            self.blocks = nn.ModuleList(Block(d_model, n_heads, context_window, dropout, use_sdpa=use_sdpa) for _ in range(n_layers))
+            self.blocks = cast(
+                BlockStack, nn.ModuleList(Block(d_model, n_heads, context_window, dropout, use_sdpa=use_sdpa) for _ in range(n_layers))
+            )
             self.ln_f = nn.LayerNorm(d_model)
             self.head = nn.Linear(d_model, vocab_size)
         self._init_weights(generator)
