@@ -212,3 +212,17 @@ def test_running_points_count_with_their_estimate_or_their_time_so_far(tmp_path)
     budget.ended(plan.points[0], "done")
     assert budget.spent == 160.0 and budget.held == [plan.points[3]]
     assert not budget.admit(plan.points[3])  # held stays held, in queue order
+
+
+def test_the_command_starts_nothing_that_would_pass_the_budget(tmp_path, capsys):
+    """Through `dcsbm sweep`: a budget below the first point's estimate starts nothing (no
+    training: cheap), says why, and leaves every point pending for a rerun with a larger one."""
+    plan = sweep_from_dict(FOUR)
+    sweep, cal = _write(tmp_path, fake_calibration(plan))  # 10 x 10 + 2 + 1 = 103 s a point
+    args = _args(tmp_path, sweep, "--calibration", str(cal), "--budget-usd", "0.01", "--price-per-hour", "0.5", "--executor", "debug")
+    assert main(args) == 0  # 0.01 USD at 0.5 USD/h = 72 s
+    out = capsys.readouterr().out
+    assert "point 1 (seed=1) not started: its estimate would pass the budget" in out
+    assert "budget: 0.00 h of 0.02 h spent (0.00 of 0.01 USD); 4 point(s) held by the budget" in out
+    rows = json.loads((tmp_path / "sweeps" / "four" / "status.json").read_text())["rows"]
+    assert [row["state"] for row in rows] == ["pending"] * 4 and not (tmp_path / "results").exists()
