@@ -275,7 +275,8 @@ def test_one_r_and_no_arrays(run, tmp_path):
     horizon = read_horizon(run)
     horizon["r_values"] = [6]
     drawn = draw_figures(tmp_path, horizon, None, top_n=2)
-    assert set(drawn) == {"primary", "primary_by_layer", "auroc_small_multiples", "overview"}
+    assert {"primary", "primary_by_layer", "auroc_small_multiples", "auprc", "overview"} <= set(drawn)
+    assert set(drawn) - {"primary", "primary_by_layer", "auroc_small_multiples", "auprc", "overview"} <= {"reliability"}
     assert all(path.read_bytes()[:8] == PNG_MAGIC for path in drawn.values())
 
 

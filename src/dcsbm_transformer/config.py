@@ -196,6 +196,18 @@ class AnalysisConfig(_Section):
     sensitivity_events: StrictInt = Field(
         4000, ge=1, description="rule events of the sampled sensitivity analysis (sampling breaks rules often: fewer suffice)"
     )
+    null_multiple: StrictInt = Field(
+        3,
+        ge=0,
+        description="jumper-free null events per violation (walks under no rule at the measured positions, matched to the "
+        "violations' walk step and r; analysis.measure.null); 0 = no null",
+    )
+    null_max_events: StrictInt = Field(
+        2000,
+        ge=0,
+        description="at most this many null events in all (a seeded subset of the violations is matched when the multiple "
+        "would exceed it): bounds the null's measuring time when violations are many",
+    )
     min_effect_auroc: StrictFloat = Field(
         0.6,
         gt=0.5,

@@ -292,7 +292,9 @@ def read_spectra(directory: Path) -> dict[str, np.ndarray]:
 HORIZON_FILE = "horizon.json"
 # 2: lookback-ordered arrays, the registration check, the held-out confirmatory test and its verdict,
 # the headline; a version-1 horizon.json is recomputed, never read.
-HORIZON_SCHEMA_VERSION = 2
+# 3: AUPRC beside every AUROC (value, interval, prevalence, permutation p), the calibration of the
+# incremental-value models, the jumper-free null; a version-2 horizon.json is recomputed, never read.
+HORIZON_SCHEMA_VERSION = 3
 Number = float | None  # JSON has no NaN: undefined values (too few events, no such lookback) are null
 
 
@@ -324,6 +326,25 @@ class VersusBehaviour(_Strict):
     critical: Number  # the band's critical value c (|t| quantile of the max over lookbacks)
 
 
+class Reliability(_Strict):
+    """Calibration of one model's out-of-fold probabilities (``analysis.stats.calibration``)."""
+
+    bins: int
+    binning: str  # stated: equal-count bins of the predicted probability, out-of-fold predictions
+    events: int
+    mean_predicted: list[float]  # per bin
+    observed: list[float]  # per bin: the violation share
+    count: list[int]
+    ece: Number  # sum_b n_b / N |observed_b - mean_predicted_b|
+    ece_calibrated_95: Number  # 95th percentile of the ECE of outcomes drawn from the predictions themselves
+    p_value: Number  # consistency resampling: small = miscalibrated beyond chance
+
+
+class Calibration(_Strict):
+    full: Reliability  # with the metric
+    reduced: Reliability  # without it
+
+
 class Incremental(_Strict):
     """Nested logistic models within jumper at lookback j (``analysis.stats.incremental``): the metric beyond its bases."""
 
@@ -340,6 +361,7 @@ class Incremental(_Strict):
     gain: Number  # auroc_full - auroc_reduced, paired DeLong 95% CI
     gain_ci_low: Number
     gain_ci_high: Number
+    calibration: Calibration | None  # of both models' out-of-fold probabilities; None where they could not be made
     note: str
 
 
@@ -371,6 +393,16 @@ class Separation(_Strict):
     context_only: ContextOnly | None
     versus_behaviour: VersusBehaviour | None
     incremental: Incremental | None = None  # the primary and every metric significant after Holm
+    # AUPRC beside the AUROC (analysis.stats.precision): jumper-stratified average precision in the orientation below
+    auprc: list[Number]
+    auprc_ci_low: list[Number]  # 95%, logit scale, jackknife + binomial variance
+    auprc_ci_high: list[Number]
+    prevalence: list[Number]  # the no-skill line: the violation prevalence, weighted as the AUPRC
+    auprc_orientation: str | None  # "higher" | "lower": the metric's side that predicts a violation
+    auprc_p_value: Number  # max over j >= 1 of AUPRC - prevalence, the AUROC's shuffles; doubled when two-sided
+    auprc_p_adjusted: Number  # Holm across the exploratory family (the registered primary: its own p)
+    auprc_p_per_j: list[Number]
+    auprc_permutations: int  # how many of the AUROC's shuffles (the first ones) tested it
 
 
 class MetricStatistics(_Strict):
@@ -463,6 +495,72 @@ class HorizonSettings(_Strict):
     events: str
     seed: int
     stream: str
+    auprc: str  # the AUPRC's definition, interval and test, in words
+    null: str  # the jumper-free null's matching and test, with analysis.null_multiple and null_max_events
+
+
+class NullBands(_Strict):
+    q10: list[Number]  # per lookback
+    q50: list[Number]
+    q90: list[Number]
+
+
+class NullQuantiles(_Strict):
+    violations: NullBands
+    successes: NullBands
+    null: NullBands
+
+
+class NullSuccesses(_Strict):
+    """Successes vs the null: jumper-stratified AUROC per lookback with its DeLong 95% CI (descriptive)."""
+
+    auroc: list[Number]
+    ci_low: list[Number]
+    ci_high: list[Number]
+
+
+class NullEntry(_Strict):
+    """One metric, one r: violations vs the position-matched jumper-free null (``analysis.stats.null``)."""
+
+    status: str
+    n_violations: int
+    n_null: int
+    n_successes: int
+    auroc: list[Number]  # P(violation's value > null's), within the matched rule, per lookback
+    ci_low: list[Number]
+    ci_high: list[Number]
+    auprc: list[Number]
+    prevalence: list[Number]
+    p_value: Number  # within-rule permutation, max over j >= 1, two-sided
+    p_adjusted: Number  # Holm across the null family of this r (its own family)
+    p_per_j: list[Number]
+    significant: bool | None
+    best_j: int | None
+    direction: str | None
+    successes_vs_null: NullSuccesses
+    quantiles: NullQuantiles
+
+
+class NullMetric(_Strict):
+    by_r: dict[str, NullEntry]
+
+
+class NullSection(_Strict):
+    """Is the signal a response to rule events at all? The metrics on walks under no rule (``null_metrics.npz``)."""
+
+    null_multiple: int
+    null_max_events: int
+    events: int
+    per_violation: float  # null events per violation, as drawn
+    generated_jumpers: int  # null continuations in which the model emitted a jumper (later passes NaN)
+    permutations: int
+    auprc_permutations: int
+    family_size: int
+    floor: Number
+    stream: str
+    sha256: str  # of the null_metrics.npz it was computed from
+    metrics: dict[str, NullMetric]
+    answer: list[str]
 
 
 class Horizon(_Strict):
@@ -491,6 +589,7 @@ class Horizon(_Strict):
     metrics: dict[str, MetricStatistics]  # every non-constant metric array (the exploratory family + the primary's)
     constant: list[str]  # arrays constant by construction: not tested
     top: dict[str, list[str]]  # r -> keys ordered by strength (significant first, then oriented AUROC at best_j)
+    null: NullSection | None  # the jumper-free null; None when off (analysis.null_multiple 0) or without violations
     timings: dict[str, float]
     versions: dict[str, Any]
 

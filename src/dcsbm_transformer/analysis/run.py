@@ -49,6 +49,7 @@ from .measure.batched import Measurements, measure
 from .measure.continuations import RULE_VIOLATED, TARGETS
 from .measure.events import draw_analysis_events
 from .measure.metrics import METRICS, compute_metrics, spectrum
+from .measure.null import measure_null, null_expected, read_null
 from .report.page import write_report
 from .stats.horizon import horizon_for_run
 from .stats.random_matrix import random_matrix_for_run
@@ -156,7 +157,7 @@ def analyze_run(
     from_run_config = block == run.config.analysis
     settings = analysis_settings(block, run.checkpoint, precision=precision, include_failed=include_failed)
     out_dir, label = analysis_folder_for(run.directory, settings, name)
-    if (summary := finished_summary(out_dir, settings)) is not None:
+    if (summary := finished_summary(out_dir, settings)) is not None and _null_present(out_dir, config, summary):
         echo(f"{out_dir}: already measured with these settings, reusing {TOKEN_METRICS_FILE}")
     else:
         summary = _measure_run(run, config, settings, gate_failed, out_dir, device, precision, started, echo)
@@ -212,6 +213,28 @@ def _measure_run(
             stream=config.analysis.stream,
             autocast=autocast_factory(precision, torch_device),
         )
+        null_started = time.perf_counter()
+        if null_expected(config, measured.labels.violated):  # the jumper-free null, by the same measurement
+            measure_null(
+                out_dir,
+                config,
+                run.graph,
+                drawn,
+                measured.labels.violated,
+                lambda events: measure(
+                    model,
+                    run.graph,
+                    events,
+                    top_k=settings["top_k"],
+                    chunk_mb=config.analysis.chunk_mb,
+                    temperature=settings["temperature"],
+                    seed=config.seed,
+                    stream=f"{config.analysis.stream}-null",
+                    autocast=autocast_factory(precision, torch_device),
+                ),
+                echo,
+            )
+        null_seconds = time.perf_counter() - null_started
         write_started = time.perf_counter()
         npz = write_npz(out_dir / TOKEN_METRICS_FILE, token_metric_arrays(drawn, measured))
         write_spectra(out_dir, drawn.r, measured.spectra, measured.context_spectra)
@@ -220,6 +243,7 @@ def _measure_run(
         summary["timings"] = {
             "events_seconds": round(events_seconds, 3),
             "measure_seconds": round(measured.seconds["measure_seconds"], 3),
+            "null_seconds": round(null_seconds, 3),
             "write_seconds": round(time.perf_counter() - write_started, 3),
             "total_seconds": round(time.perf_counter() - started, 3),
         }
@@ -231,6 +255,14 @@ def _measure_run(
         f"in {summary['timings']['total_seconds']:.1f}s"
     )
     return summary
+
+
+def _null_present(out_dir: Path, config: ExperimentConfig, summary: dict[str, Any]) -> bool:
+    """Whether a finished analysis has the jumper-free null its settings call for (written before
+    its summary; a folder without it is measured again)."""
+    if config.analysis.null_multiple == 0 or config.analysis.null_max_events == 0 or summary["counts"]["violated"] == 0:
+        return True
+    return read_null(out_dir, config) is not None
 
 
 def token_metric_arrays(events, measured: Measurements) -> dict[str, np.ndarray]:

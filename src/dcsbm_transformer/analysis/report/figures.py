@@ -314,9 +314,19 @@ def centred_within_rule(values: np.ndarray, y: np.ndarray, jumper: np.ndarray) -
     return out
 
 
-def draw_event_aligned(path: Path, horizon: dict[str, Any], arrays: Mapping[str, np.ndarray], *, extra: int = 3) -> Path:
+def draw_event_aligned(
+    path: Path,
+    horizon: dict[str, Any],
+    arrays: Mapping[str, np.ndarray],
+    *,
+    extra: int = 3,
+    null: Mapping[str, np.ndarray] | None = None,
+) -> Path:
     """Mean ± 95% CI of each metric for violations vs successes at every lookback (rows: r),
-    centred within rule (:func:`centred_within_rule`)."""
+    centred within rule (:func:`centred_within_rule`); with ``null`` (null_metrics.npz), the
+    jumper-free null's band beside them (``rare_figures.draw_null_band``)."""
+    from .rare_figures import centred_null, draw_null_band  # (it imports this module's helpers)
+
     y = np.asarray(arrays["violated"], dtype=bool)
     jumper = np.asarray(arrays["event_jumper"])
     event_r = np.asarray(arrays["event_r"], dtype=np.int64)
@@ -332,6 +342,11 @@ def draw_event_aligned(path: Path, horizon: dict[str, Any], arrays: Mapping[str,
             context = arrays[CONTEXT_PREFIX + key] if CONTEXT_PREFIX + key in arrays else None
             if context is not None:
                 context = centred_within_rule(np.asarray(context, dtype=np.float64)[mask][:, None], y[mask], jumper[mask])[:, 0]
+            if null is not None and key in null:
+                null_mask = stratum_mask(np.asarray(null["event_r"]), r)
+                null_jumper = np.asarray(null["event_jumper"])[null_mask]
+                raw = np.asarray(arrays[key], dtype=np.float64)[mask, :r]
+                draw_null_band(axis, centred_null(raw, y[mask], jumper[mask], np.asarray(null[key])[null_mask, :r], null_jumper))
             _event_panel(axis, values, y[mask], context, r)
             role = "primary: " if col == 0 else ""
             status = "" if _ok(horizon["primary"]["by_r"][str(r)]) else " (too few events for statistics)"
@@ -341,7 +356,7 @@ def draw_event_aligned(path: Path, horizon: dict[str, Any], arrays: Mapping[str,
         figure,
         "Event-aligned mean metric ± 95% CI (mean ± 1.96·sd/√n), violations vs successes, centred within rule "
         "(each rule's success mean subtracted: rule identity removed); left: the window before the jumper entered "
-        "(context only)",
+        "(context only)" + ("; grey: the jumper-free null, mean ± 95% CI and 10–90% of its values" if null is not None else ""),
         horizon,
     )
     figure.tight_layout()
@@ -449,15 +464,23 @@ def _box_primary(axis, primary: dict[str, Any], metrics: list[str], labels: list
 
 
 def draw_figures(
-    analysis_dir: Path, horizon: dict[str, Any], arrays: Mapping[str, np.ndarray] | None, *, top_n: int = 4
+    analysis_dir: Path,
+    horizon: dict[str, Any],
+    arrays: Mapping[str, np.ndarray] | None,
+    *,
+    top_n: int = 4,
+    null: Mapping[str, np.ndarray] | None = None,
 ) -> dict[str, Path]:
     """Draw every figure into ``analysis_dir / "figures"``; returns name → path.
 
     ``arrays``: token_metrics.npz (a lazily loaded ``np.load`` archive is enough: only the labels,
     the plotted metrics and their ``context.`` values are read); None skips ``event_aligned``.
     Names: ``primary``, ``primary_by_layer``, ``auroc_small_multiples`` (one r) or ``auroc_small_multiples_r{r}``,
-    ``event_aligned``, ``overview``.
+    ``auprc``, ``event_aligned`` (with the jumper-free null's band when ``null``, null_metrics.npz, is given),
+    ``reliability`` (when an incremental-value test was made), ``overview``.
     """
+    from .rare_figures import draw_auprc, draw_reliability
+
     folder = Path(analysis_dir) / FIGURES_DIR
     drawn = {
         "primary": draw_primary(folder / "primary.png", horizon),
@@ -467,8 +490,11 @@ def draw_figures(
     for r in r_values:
         name = "auroc_small_multiples" if len(r_values) == 1 else f"auroc_small_multiples_r{r}"
         drawn[name] = draw_small_multiples(folder / f"{name}.png", horizon, r, top_n=top_n)
+    drawn["auprc"] = draw_auprc(folder / "auprc.png", horizon)
     if arrays is not None:
-        drawn["event_aligned"] = draw_event_aligned(folder / "event_aligned.png", horizon, arrays)
+        drawn["event_aligned"] = draw_event_aligned(folder / "event_aligned.png", horizon, arrays, null=null)
+    if (reliability := draw_reliability(folder / "reliability.png", horizon)) is not None:
+        drawn["reliability"] = reliability
     drawn["overview"] = draw_overview(folder / "overview.png", horizon)
     return drawn
 

@@ -29,10 +29,12 @@ from ...storage import atomic_write_bytes
 from ...training.plots import FIGURE_FILE as TRAINING_CURVES_FILE
 from ...training.plots import plot_from_result
 from ..files import HORIZON_FILE, SUMMARY_FILE, TOKEN_METRICS_FILE, read_horizon, read_index
+from ..measure.null import NULL_FILE
 from ..stats.horizon import TARGET_NAMES
 from .figures import FIGURES_DIR, draw_figures, layer_keys, metric_label
 from .heads import head_summary
 from .random_matrix import random_matrix_section
+from .rare_page import auprc_text, calibration_rows, null_context, with_rare_figures
 
 REPORT_FILE = "report.html"
 TEMPLATE = "report.html.j2"
@@ -87,6 +89,9 @@ FIGURE_TEXT = {
 
 # --------------------------------------------------------------------------------------------------
 # formatting
+
+
+FIGURE_TEXT = with_rare_figures(FIGURE_TEXT)  # AUPRC and calibration figures, the null band (issue 26)
 
 
 def fmt(value: float | None, digits: int = 3) -> str:
@@ -217,6 +222,7 @@ def metric_row(key: str, stats: dict[str, Any], r: int, *, role: str = "") -> di
             if versus is None
             else versus["verdict"] + (f" (j = {', '.join(map(str, versus['better_at']))})" if versus["better_at"] else ""),
             "incremental_text": incremental_text(entry.get("incremental")),
+            "auprc_text": auprc_text(entry, j),
         }
     )
     return row
@@ -258,6 +264,7 @@ def baseline_rows(horizon: dict[str, Any], r: int) -> list[dict[str, Any]]:
                 "best_j": j,
                 "direction": entry["direction"] or "—",
                 "auroc_text": fmt_ci(entry["auroc"][j], entry["ci_low"][j], entry["ci_high"][j]),
+                "auprc_text": auprc_text(entry, j),
                 "j0_text": fmt_ci(entry["auroc"][0], entry["ci_low"][0], entry["ci_high"][0]),
                 "p_text": fmt_p(entry["p_value"]),
             }
@@ -571,6 +578,8 @@ def _context(run: dict[str, Any], figures: dict[str, Path] | None, *, figure_sec
         "mechanism": run.get("mechanism"),
         "random_matrix": run.get("random_matrix"),
         "heads": head_summary(horizon),
+        "null_section": null_context(horizon),
+        "calibration": calibration_rows(horizon),
     }
 
 
@@ -720,8 +729,13 @@ def write_report(analysis_dir: Path) -> Path:
     started = time.perf_counter()
     npz = analysis / TOKEN_METRICS_FILE
     if npz.is_file():
+        null_npz = analysis / NULL_FILE
         with np.load(npz, allow_pickle=False) as arrays:  # lazy: only the plotted arrays are read
-            figures = draw_figures(analysis, run["horizon"], arrays)
+            if run["horizon"].get("null") is not None and null_npz.is_file():
+                with np.load(null_npz, allow_pickle=False) as null:
+                    figures = draw_figures(analysis, run["horizon"], arrays, null=null)
+            else:
+                figures = draw_figures(analysis, run["horizon"], arrays)
     else:  # no event-aligned figure without the arrays
         figures = draw_figures(analysis, run["horizon"], None)
     gate = run["config"].get("gate", {})

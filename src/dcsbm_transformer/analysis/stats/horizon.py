@@ -38,12 +38,14 @@ from ...config import ExperimentConfig
 from ...experiment import git_commit
 from ...registration import RegistrationCheck
 from ...reproducibility import numpy_rng
-from ...storage import read_npz
+from ...storage import read_npz, sha256_file
 from ..files import CONTEXT_PREFIX, HORIZON_FILE, TOKEN_METRICS_FILE, read_horizon, write_horizon
 from ..measure.behaviour import ATTENTION_PREFIX
 from ..measure.behaviour import BEHAVIOURAL as BEHAVIOURAL_PREDICTORS
+from ..measure.null import NULL_FILE, read_null
 from .confirmatory import confirmatory_entry, headline, held_out_events
 from .incremental import incremental_value
+from .null import null_answer, null_comparison
 from .statistics import (
     SeparationResult,
     auroc_ci,
@@ -96,6 +98,17 @@ def _top_of(metric_stats: dict[str, Any], primary: str, rv: int) -> list[str]:
     return sorted((k for k in metric_stats if k != primary), key=lambda k: _strength(metric_stats[k]["by_r"][str(rv)]))
 
 
+AUPRC_PERMUTATIONS = 2000  # at least this many of the AUROC's shuffles test the AUPRC (its sort per shuffle is the cost)
+
+
+def auprc_permutations(permutations: int, family_size: int, alpha: float) -> int:
+    """How many of the AUROC's shuffles (the first ones) test the AUPRC: all of them up to
+    AUPRC_PERMUTATIONS, more when the exploratory family's Holm floor needs it (as for the AUROC)."""
+    if permutations <= 0:
+        return 0
+    return min(permutations, max(AUPRC_PERMUTATIONS, permutations_needed(family_size, alpha, 0)))
+
+
 INCREMENTAL_BASES = ("target_block_probability", "rule_feasible_mass", "output_entropy")
 REGISTERED_BASES = ("target_block_probability",)
 
@@ -125,8 +138,19 @@ def incremental_bases(
     return bases
 
 
+def _json_numbers(value):
+    """NaN-free JSON: every float NaN / inf inside dicts and lists becomes None."""
+    if isinstance(value, float):
+        return _number(value)
+    if isinstance(value, dict):
+        return {k: _json_numbers(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_json_numbers(v) for v in value]
+    return value
+
+
 def incremental_entry(result: dict[str, Any], j: int, note: str) -> dict[str, Any]:
-    return {"j": j, **{k: (_number(v) if isinstance(v, float) else v) for k, v in result.items()}, "p_adjusted": None, "note": note}
+    return {"j": j, **{k: _json_numbers(v) for k, v in result.items()}, "p_adjusted": None, "note": note}
 
 
 def _incremental_family(arrays: dict[str, np.ndarray], y, g, r, metric_stats: dict, keys: list[str], rng: np.random.Generator) -> None:
@@ -178,6 +202,14 @@ def horizon_settings(config: ExperimentConfig) -> dict[str, Any]:
         "every other number is computed on the remaining (exploratory) events",
         "seed": config.seed,
         "stream": f"{a.stream}/permutations",
+        "auprc": "beside every AUROC: average precision per jumper, weighted by its violations, in the metric's direction "
+        "(declared for the registered primary, else the side its AUROC takes at the best lookback); no-skill line = the "
+        "violation prevalence weighted alike; 95% logit interval with jackknife + binomial variance; permutation p from the "
+        f"first min(P, max({AUPRC_PERMUTATIONS}, the Holm need)) of the AUROC's shuffles, statistic max over j >= 1 of "
+        "AUPRC - prevalence, doubled when the direction was chosen on the data",
+        "null": f"jumper-free null: {a.null_multiple} walks under no rule per violation (at most {a.null_max_events}), at the "
+        "violation's walk step and r, stratum = its rule; violations vs null per metric and lookback: stratified AUROC with "
+        "DeLong CI, within-rule permutation test (max over j >= 1), Holm across the metrics in its own family per r",
     }
 
 
@@ -254,8 +286,13 @@ def _versus_behaviour(
     }
 
 
-def _separation_entry(result: SeparationResult, *, p_adjusted, alpha: float, context, versus) -> dict[str, Any]:
+def _separation_entry(result: SeparationResult, *, p_adjusted, alpha: float, context, versus, auprc_p_adjusted=None) -> dict[str, Any]:
     ok = result.status == "ok"
+    nothing = [None] * len(result.auroc)
+
+    def listed(values) -> list[float | None]:
+        return nothing if values is None else _numbers(values)
+
     return {
         "status": result.status,
         "n_violations": result.n_violations,
@@ -281,6 +318,15 @@ def _separation_entry(result: SeparationResult, *, p_adjusted, alpha: float, con
         "confident_horizon_lower": result.confident_horizon_lower if ok else None,
         "context_only": context,
         "versus_behaviour": versus,
+        "auprc": listed(result.auprc),
+        "auprc_ci_low": listed(result.auprc_ci_low),
+        "auprc_ci_high": listed(result.auprc_ci_high),
+        "prevalence": listed(result.prevalence),
+        "auprc_orientation": result.auprc_orientation,
+        "auprc_p_value": _number(result.auprc_p_value),
+        "auprc_p_adjusted": _number(auprc_p_adjusted),
+        "auprc_p_per_j": listed(result.auprc_p_per_j),
+        "auprc_permutations": result.auprc_permutations,
     }
 
 
@@ -351,11 +397,14 @@ def compute_horizon(
     *,
     check: RegistrationCheck | None = None,
     analysis_name: str = "",
+    null: dict[str, np.ndarray] | None = None,
+    null_sha256: str = "",
 ) -> dict[str, Any]:
     """The horizon.json payload (validated on writing) from the arrays of token_metrics.npz.
 
     ``config`` carries the analysis block this analysis was made with; ``check`` says whether it
-    is the run's registered analysis (None: it is not known to be, so it is exploratory)."""
+    is the run's registered analysis (None: it is not known to be, so it is exploratory); ``null``
+    the arrays of null_metrics.npz (its checksum ``null_sha256``), None without a null."""
     started = time.perf_counter()
     a = config.analysis
     check = check or _unregistered("no registration was checked for this analysis")
@@ -401,19 +450,26 @@ def compute_horizon(
         min_events=a.min_events,
         threshold=a.horizon_threshold,
         alternatives=alternatives,
+        auprc_permutations=auprc_permutations(permutations, len(exploratory), a.alpha),
     )
     stats_seconds = time.perf_counter() - started
 
     r_values = sorted(int(v) for v in np.unique(np.asarray(everything["event_r"])))
     adjusted: dict[str, dict[int, float | None]] = {key: {} for key in family}
+    adjusted_auprc: dict[str, dict[int, float | None]] = {key: {} for key in family}
     for rv in r_values:
-        p = np.array([np.nan if (res := results[k].get(rv)) is None or res.p_value is None else res.p_value for k in exploratory])
-        for key, value in zip(exploratory, holm(p) if p.size else []):
-            adjusted[key][rv] = value
-        if registered:
-            adjusted[primary][rv] = results[primary][rv].p_value if rv in results[primary] else None
-        for key in (BEHAVIOURAL, *baselines):  # each baseline on its own: not part of the SVD metrics' family
-            adjusted[key][rv] = results[key][rv].p_value if rv in results[key] else None
+        for field_, table in (("p_value", adjusted), ("auprc_p_value", adjusted_auprc)):
+            p = np.array(
+                [
+                    np.nan if (res := results[k].get(rv)) is None or getattr(res, field_) is None else getattr(res, field_)
+                    for k in exploratory
+                ]
+            )
+            for key, value in zip(exploratory, holm(p) if p.size else []):
+                table[key][rv] = value
+            own = ([primary] if registered else []) + [BEHAVIOURAL, *baselines]  # each on its own, not in the SVD family
+            for key in own:
+                table[key][rv] = getattr(results[key][rv], field_) if rv in results[key] else None
 
     present = [rv for rv in r_values if rv in results[BEHAVIOURAL]]
     versus_rng = numpy_rng(config.seed, a.stream, "versus-logits")
@@ -433,7 +489,14 @@ def compute_horizon(
                 versus = _versus_behaviour(
                     x, behaviour_by_r[rv], results[BEHAVIOURAL][rv].auroc, y[m], g[m], result, direction_of(result), versus_rng
                 )
-            by_r[str(rv)] = _separation_entry(result, p_adjusted=adjusted[key].get(rv), alpha=a.alpha, context=context, versus=versus)
+            by_r[str(rv)] = _separation_entry(
+                result,
+                p_adjusted=adjusted[key].get(rv),
+                auprc_p_adjusted=adjusted_auprc[key].get(rv),
+                alpha=a.alpha,
+                context=context,
+                versus=versus,
+            )
         return by_r
 
     def described(key: str, by_r) -> dict[str, Any]:
@@ -519,8 +582,32 @@ def compute_horizon(
         },
     }
     label = f"{TARGET_NAMES[primary_entry['target']]} {primary_entry['metric'].replace('_', ' ')} (layer {primary_entry['layer']}, head {primary_entry['head']})"
+    if null is not None:  # the null events matched to exploratory violations: the held-out half stays untouched
+        null = _events_subset(null, ~held[np.asarray(null["event_matched"])])
+    payload["null"] = _null_section(arrays, null, null_sha256, [*tested, primary], metric_stats, primary, label, config)
+    payload["timings"]["total_seconds"] = round(time.perf_counter() - started, 3)
     payload["headline"] = headline(payload, label)
     return payload
+
+
+def _null_section(arrays, null, sha256: str, keys: list[str], metric_stats, primary: str, label: str, config) -> dict | None:
+    """horizon.json's ``null``: the exploratory violations against the jumper-free null (``stats.null``)."""
+    if null is None:
+        return None
+    a = config.analysis
+    section = null_comparison(
+        arrays,
+        null,
+        list(dict.fromkeys(keys)),
+        permutations=a.permutations,
+        alpha=a.alpha,
+        min_events=a.min_events,
+        threshold=a.horizon_threshold,
+        rng=numpy_rng(config.seed, a.stream, "null"),
+    )
+    section.update(null_multiple=a.null_multiple, null_max_events=a.null_max_events, stream=f"{a.stream}/null", sha256=sha256)
+    section["answer"] = null_answer(section, primary, metric_stats, label)
+    return section
 
 
 def _split(arrays: dict[str, np.ndarray], held: np.ndarray, fraction: float, stream: str) -> dict[str, Any]:
@@ -680,12 +767,25 @@ def _confirmatory(
     return out, edge_verdicts
 
 
+def _null_file(analysis_dir: Path, config: ExperimentConfig) -> tuple[dict[str, np.ndarray] | None, str]:
+    """The null's arrays and checksum in an analysis folder (None, "" when there is none for these settings)."""
+    null = read_null(analysis_dir, config)
+    return (null, sha256_file(Path(analysis_dir) / NULL_FILE)) if null is not None else (None, "")
+
+
 def horizon_is_current(
-    horizon: dict[str, Any] | None, config: ExperimentConfig, summary: dict[str, Any], check: RegistrationCheck | None = None
+    horizon: dict[str, Any] | None,
+    config: ExperimentConfig,
+    summary: dict[str, Any],
+    check: RegistrationCheck | None = None,
+    directory: Path | None = None,
 ) -> bool:
     """Whether a horizon.json (parsed, or None) was made from this summary's token_metrics.npz
-    with this analysis block's statistics settings, primary hypothesis and registration status."""
+    with this analysis block's statistics settings, primary hypothesis and registration status
+    (and, given the analysis ``directory``, from the null_metrics.npz there)."""
     check = check or _unregistered("no registration was checked for this analysis")
+    if horizon is not None and directory is not None and (horizon["null"] or {}).get("sha256", "") != _null_file(directory, config)[1]:
+        return False
     return (
         horizon is not None
         and horizon["token_metrics_sha256"] == summary["token_metrics_sha256"]
@@ -703,11 +803,14 @@ def horizon_for_run(
     """horizon.json of a finished analysis: reused when it was made from the same token_metrics.npz
     with the same settings, computed and written (validated, atomically) otherwise."""
     done = read_horizon(analysis_dir)
-    if horizon_is_current(done, config, summary, check):
+    if horizon_is_current(done, config, summary, check, analysis_dir):
         echo(f"{analysis_dir / HORIZON_FILE}: already computed from this token_metrics.npz, reusing it")
         return done
     arrays = read_npz(analysis_dir / TOKEN_METRICS_FILE)
-    payload = compute_horizon(arrays, config, summary, check=check, analysis_name=analysis_dir.name)
+    null, null_sha256 = _null_file(analysis_dir, config)
+    payload = compute_horizon(
+        arrays, config, summary, check=check, analysis_name=analysis_dir.name, null=null, null_sha256=null_sha256
+    )
     write_horizon(analysis_dir, payload)
     echo(
         f"{analysis_dir / HORIZON_FILE}: {len(payload['metrics'])} metric arrays tested in {payload['timings']['total_seconds']:.1f}s"

@@ -18,6 +18,11 @@ jumper of the metric's layer and head, each at j (every column z-scored). Two an
   difference with its 95% CI (``statistics.auroc_difference``): how much better the full model
   ranks held-out events, which a significant but tiny γ cannot fake.
 
+* the **calibration** of both models' out-of-fold probabilities (``calibration.reliability``: a
+  reliability diagram in 10 equal-count bins and the expected calibration error with its
+  consistency-resampling reference): whether the fitted model's probabilities mean what they say
+  on events it was not fitted to.
+
 A model that cannot be fitted (a class missing, perfect separation, a singular design) gives NaN,
 never a number. The lookback is chosen before the test: on the held-out events for the
 registered test (j* from the exploratory events), at the metric's best lookback for the
@@ -33,6 +38,7 @@ from typing import Any
 import numpy as np
 from scipy.stats import chi2
 
+from .calibration import reliability
 from .statistics import auroc_difference, stratified_auroc
 
 
@@ -101,7 +107,9 @@ def incremental_value(
     ``violations``, ``bases`` (names), ``lr_statistic``, ``p_value`` (χ²₁), ``coefficient`` (γ
     per standard deviation of the metric), ``auroc_reduced``, ``auroc_full`` (cross-validated,
     jumper-stratified), ``gain`` with ``gain_ci_low`` / ``gain_ci_high`` (paired DeLong 95%) —
-    NaN (None in JSON) where a model cannot be fitted.
+    NaN (None in JSON) where a model cannot be fitted — and ``calibration`` (``{"full": ...,
+    "reduced": ...}``, ``calibration.reliability`` of each model's out-of-fold probabilities; None
+    where the cross-validated predictions could not be made).
     """
     y = np.asarray(violated, dtype=bool)
     g = np.asarray(jumper)
@@ -123,6 +131,7 @@ def incremental_value(
         "gain": float("nan"),
         "gain_ci_low": float("nan"),
         "gain_ci_high": float("nan"),
+        "calibration": None,
     }
     if y.sum() < folds or (~y).sum() < folds:
         return out
@@ -142,4 +151,9 @@ def incremental_value(
         out.update(
             gain=float(compared["delta"][0]), gain_ci_low=float(compared["ci_low"][0]), gain_ci_high=float(compared["ci_high"][0])
         )
+        probability = lambda eta: 1.0 / (1.0 + np.exp(-eta))  # noqa: E731 (the logistic link)
+        out["calibration"] = {
+            "full": reliability(probability(predicted_full[both]), y[both], rng=rng),
+            "reduced": reliability(probability(predicted_reduced[both]), y[both], rng=rng),
+        }
     return out
