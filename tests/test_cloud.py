@@ -204,6 +204,7 @@ def _sweep_file(tmp_path: Path) -> Path:
         (["--cloud-bucket", "b"], "only apply to --executor skypilot"),
         (["--executor", "skypilot", "--dry-run"], "needs --cloud-bucket"),
         (["--executor", "skypilot", "--cloud-bucket", "b", "--cloud-store", "azure", "--dry-run"], "--cloud-sync-command"),
+        (["--executor", "skypilot", "--cloud-bucket", "b", "--cloud-sync-command", "no-such-copier {bucket} {local}"], "not on PATH"),
     ],
 )
 def test_cloud_flags_that_make_no_sense_are_usage_errors(tmp_path, capsys, extra, message):

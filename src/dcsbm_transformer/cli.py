@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import shutil
 import sys
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -454,6 +455,18 @@ def _cloud_settings(args: argparse.Namespace):
         "sync_command": args.cloud_sync_command,
     }
     settings = CloudSettings(**{k: v for k, v in values.items() if v is not None}, use_spot=not args.no_spot)
+    if not args.dry_run:  # the copy back runs after each point: its program must be here before anything is launched
+        from .sweep.cloud import CloudError, sync_command
+
+        try:
+            program = sync_command(settings, "x", Path("x"))[0]
+        except CloudError as error:
+            raise UsageError(str(error)) from None
+        if shutil.which(program) is None:
+            raise UsageError(
+                f"--executor skypilot copies each point's results back with `{program}`, which is not on PATH "
+                "(install it, or give --cloud-sync-command)"
+            )
     if settings.sync_command is None:
         from .sweep.cloud import SYNC_TEMPLATES
 
