@@ -107,7 +107,7 @@ def newest_loadable(directory: Path, config_hash: str) -> ResumePoint | None:
 
     Raises CheckpointError when checkpoints exist but none can be used."""
     candidates = epoch_checkpoints(directory)
-    skipped = []
+    skipped: list[str] = []
     for _, path in candidates:
         try:
             return ResumePoint(load_checkpoint(path, config_hash), path, skipped)

@@ -53,6 +53,9 @@ class GateEvaluation:
 class GateEvaluator:
     """Holds the fixed prompts of one experiment and scores a model on them."""
 
+    # set by _prepare_*: the rule events to score; None = every rule event the free-running walks contain
+    scored_events: RuleEvents | None
+
     def __init__(self, config: ExperimentConfig, graph: Graph, eval_corpus: Corpus):
         self.graph = graph
         self.window = config.model.context_window

@@ -42,9 +42,10 @@ def rule_score(aggregate: RuleAggregate, per_rule: Sequence[float | None], poole
     """The single rule figure the gate compares with its threshold; None when any rule it needs is unscored."""
     if aggregate == "pooled":
         return pooled
-    if not per_rule or any(value is None for value in per_rule):
+    scored = [value for value in per_rule if value is not None]
+    if not per_rule or len(scored) < len(per_rule):
         return None
-    return min(per_rule) if aggregate == "every_rule" else math.fsum(per_rule) / len(per_rule)
+    return min(scored) if aggregate == "every_rule" else math.fsum(scored) / len(scored)
 
 
 def _short(what: str, value: float, threshold: float) -> str:
@@ -80,9 +81,16 @@ def gate_decision(
     unscored = [names[j] for j, value in enumerate(per_rule) if value is None]
     if unscored and aggregate != "pooled":
         shortfalls.append(f"no scored events for {', '.join(unscored)}, so its compliance is unknown")
-    elif aggregate == "every_rule":
-        shortfalls += [_short(names[j], value, rule_threshold) for j, value in enumerate(per_rule) if not value > rule_threshold]
-    elif not score > rule_threshold:
-        label = "mean rule compliance" if aggregate == "mean_rule" else "pooled rule compliance"
-        shortfalls.append(f"{_short(label, score, rule_threshold)}; weakest {names[worst]} at {per_rule[worst]:.4f}")
+    elif aggregate == "every_rule":  # every rule is scored here (no unscored ones)
+        shortfalls += [
+            _short(names[j], value, rule_threshold)
+            for j, value in enumerate(per_rule)
+            if value is not None and not value > rule_threshold
+        ]
+    else:
+        # pooled: score is `pooled`, not None (returned above); mean_rule: every rule is scored here
+        assert score is not None, "rule_score is None only when pooled is or a rule is unscored"
+        if not score > rule_threshold:
+            label = "mean rule compliance" if aggregate == "mean_rule" else "pooled rule compliance"
+            shortfalls.append(f"{_short(label, score, rule_threshold)}; weakest {names[worst]} at {per_rule[worst]:.4f}")
     return GateDecision(not shortfalls, "; ".join(shortfalls) or None, score, worst)

@@ -73,7 +73,7 @@ class _Batch:
 
     def keep(self, rows: torch.Tensor) -> None:
         """Keep only ``rows`` (sorted indices), with their cache rows."""
-        if self.cache is not None:
+        if self.cache is not None and self.pending is not None:  # set and cleared together
             cache_row = torch.cumsum(self.cached, 0) - 1
             kept = cache_row[rows[self.cached[rows]]]
             self.cache, self.pending = self.cache.select(kept), self.pending[kept]
@@ -87,13 +87,15 @@ class _Batch:
         stay in cache, and the memory-bound work (bias copies, GELU, LayerNorm) runs about
         1.6× faster; rows are independent, so the logits are the same."""
         if bool(self.cached.all()):
+            # a batch has rows (greedy_continue), so they were all prefilled or decoded: pending holds their logits
+            assert self.pending is not None, "every row is cached but no pending logits"
             return self.pending
         logits = torch.empty(len(self.ids), self.model.vocab_size, device=self.context.device)
         slid = torch.nonzero(~self.cached).squeeze(1)
         windows = self.context[slid]
         rows = len(windows) if windows.device.type != "cpu" else max(1, CPU_TOKENS_PER_FORWARD // self.window)
         logits[slid] = torch.cat([self.model.logits_last(part, check_ids=False).float() for part in windows.split(rows)])
-        if self.cache is not None:
+        if self.pending is not None:  # the cached rows' logits (set and cleared with the cache)
             logits[torch.nonzero(self.cached).squeeze(1)] = self.pending
         return logits
 

@@ -63,7 +63,7 @@ class RunLock:
                 "wait for it to finish or stop it first"
             ) from None
         self._fd = fd
-        self._write_owner()
+        self._write_owner(fd)
 
     def _open(self) -> int:
         """Open (creating if needed) the lock file; an OSError names the file."""
@@ -74,10 +74,11 @@ class RunLock:
                 error.errno, f"cannot open the run lock file {self.path}: {error.strerror} (the run folder must exist and be writable)"
             ) from None
 
-    def _write_owner(self) -> None:
-        """Replace the file's content with our ``"pid host"``: for readers, never for deciding."""
-        os.ftruncate(self._fd, 0)
-        os.pwrite(self._fd, self.owner.encode(), 0)
+    def _write_owner(self, fd: int) -> None:
+        """Replace the lock file's content (``fd``, the held lock's) with our ``"pid host"``: for
+        readers, never for deciding."""
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, self.owner.encode(), 0)
 
     def release(self) -> None:
         """Empty the file (no stale owner for readers), unlock and close; the file stays.
