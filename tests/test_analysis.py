@@ -19,8 +19,10 @@ from dcsbm_transformer.analysis.measure.continuations import (
 )
 from dcsbm_transformer.analysis.measure.events import draw_analysis_events
 from dcsbm_transformer.analysis.measure.metrics import METRICS
+from dcsbm_transformer.analysis.measure.null import read_null
 from dcsbm_transformer.analysis.run import AnalysisRefused, analyze_run
 from dcsbm_transformer.analysis.stats.statistics import holm
+from dcsbm_transformer.api import load_run
 from dcsbm_transformer.data.compliance import score_compliance
 from dcsbm_transformer.experiment import RunOptions, run_directory, run_experiment
 from dcsbm_transformer.model import ExtractionMode, TransformerLM
@@ -397,3 +399,37 @@ def test_a_pass_reads_nothing_back_from_the_device(quick_config, quick_events):
             continue_with_targets(model, prompts, members, passes, metrics_of)
         counts.append(reads.calls)
     assert counts[0] == counts[1], f"host reads grow with the passes: {counts[0]} for 3, {counts[1]} for 8"
+
+
+def test_the_null_is_rule_free_matched_to_violations_and_in_horizon(tiny_run):
+    """The jumper-free null of a real analysis (analysis.null_multiple = 3 by default): every null event
+    copies a violation's walk step, r and rule, no rule of its prompt falls due at a measured pass, and
+    horizon.json compares it with the violations; another multiple is another analysis."""
+    config, folder = tiny_run
+    summary = analyze_run(folder, echo=lambda _: None)
+    directory = folder / ANALYSIS_DIR / summary["analysis_name"]
+    null, arrays = read_null(directory, config), read_npz(directory / TOKEN_METRICS_FILE)
+    assert null is not None and summary["counts"]["violated"] > 0
+    matched = null["event_matched"]
+    assert len(matched) == 3 * summary["counts"]["violated"] and arrays["violated"][matched].all()
+    for field in ("event_step", "event_r", "event_jumper"):
+        assert (null[field] == arrays[field][matched]).all()
+    graph = load_run(folder).graph
+    w = config.model.context_window
+    window = null["tokens"][:, :w].astype(np.int64)
+    jumper = graph.jumper_index[window]
+    deadline = np.arange(w)[None, :] + np.where(jumper >= 0, graph.jumper_r[np.maximum(jumper, 0)], -(10**6))
+    assert not (deadline > w - 1).any()  # no rule of the prompt is pending at a measured pass
+    key = metric_key("qkt", 0, 0, "stable_rank")
+    assert null[key].shape == (len(matched), arrays[key].shape[1]) and null[key].dtype == np.float32
+    first, r = null["first_jumper_pass"], null["event_r"]
+    for e in np.flatnonzero(first > 0)[:5]:  # after a jumper the model emitted itself: under its rule, NaN
+        k = np.arange(1, r[e] + 1)
+        assert np.isnan(null[key][e, r[e] - k[k > first[e]]]).all()
+    section = read_horizon(directory)["null"]
+    assert section["null_multiple"] == 3 and section["per_violation"] == 3.0 and section["sha256"] and section["answer"]
+    entry = next(iter(section["metrics"][metric_key("qkt", 0, 0, "grassmannian_distance")]["by_r"].values()))
+    assert len(entry["auroc"]) == len(entry["quantiles"]["null"]["q50"]) == arrays[key].shape[1]
+    other = analyze_run(folder, analysis=config.analysis.model_copy(update={"null_multiple": 1}), echo=lambda _: None)
+    assert other["analysis_name"] != summary["analysis_name"]  # the multiple is in the settings digest
+    assert read_horizon(folder / ANALYSIS_DIR / other["analysis_name"])["null"]["null_multiple"] == 1

@@ -1,22 +1,15 @@
 """The jumper-free null (analysis.measure.null, analysis.stats.null) and the calibration of the
-incremental-value models (analysis.stats.calibration): what is drawn, what is measured, and the
-statistics' size and power by simulation."""
+incremental-value models (analysis.stats.calibration): what is drawn and the statistics' size and
+power by simulation (the null of a real analysis: tests/test_analysis.py)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import tiny_config
 
-from dcsbm_transformer.analysis.files import ANALYSIS_DIR, read_horizon
-from dcsbm_transformer.analysis.measure.null import NULL_FILE, matched_violations, pending_after, read_null
-from dcsbm_transformer.analysis.run import analyze_run
+from dcsbm_transformer.analysis.measure.null import matched_violations, pending_after
 from dcsbm_transformer.analysis.stats.calibration import reliability
 from dcsbm_transformer.analysis.stats.null import null_comparison
-from dcsbm_transformer.experiment import RunOptions, run_directory, run_experiment
-from dcsbm_transformer.storage import read_npz
-
-ALWAYS = {"edge_threshold": 0.0, "rule_threshold": 0.0, "rule_aggregate": "pooled"}
 
 
 class _Graph:
@@ -97,65 +90,3 @@ def test_reliability_is_calibrated_for_true_probabilities_and_flags_wrong_ones()
     assert wrong["count"] == [300] * 10 and wrong["bins"] == 10  # equal-count bins, as stated
     manual = sum(n / 3000 * abs(o - m) for n, o, m in zip(wrong["count"], wrong["observed"], wrong["mean_predicted"]))
     assert wrong["ece"] == pytest.approx(manual)
-
-
-@pytest.fixture(scope="module")
-def null_run(tmp_path_factory):
-    """A one-epoch tiny run (it breaks rules often) analysed with the null on."""
-    root = tmp_path_factory.mktemp("null")
-    config = tiny_config(
-        gate=ALWAYS,
-        training={"max_epochs": 1},
-        analysis={"events": 40, "chunk_mb": 0.01, "permutations": 200, "null_multiple": 2, "min_events": 5},
-    )
-    run_experiment(config, RunOptions(results_root=root / "results", cache_root=root / "cache"), echo=lambda _: None)
-    folder = run_directory(config, root / "results")
-    summary = analyze_run(folder, echo=lambda _: None)
-    return config, folder, folder / ANALYSIS_DIR / summary["analysis_name"], summary
-
-
-def test_null_events_are_rule_free_and_copy_their_violations(null_run):
-    config, _, directory, summary = null_run
-    null = read_null(directory, config)
-    arrays = read_npz(directory / "token_metrics.npz")
-    assert null is not None and summary["counts"]["violated"] > 0
-    matched = null["event_matched"]
-    assert len(matched) == 2 * summary["counts"]["violated"] and arrays["violated"][matched].all()
-    assert (null["event_step"] == arrays["event_step"][matched]).all() and (null["event_r"] == arrays["event_r"][matched]).all()
-    assert (null["event_jumper"] == arrays["event_jumper"][matched]).all()
-    from dcsbm_transformer.api import load_run
-
-    graph = load_run(null_run[1]).graph
-    w = config.model.context_window
-    window = null["tokens"][:, :w].astype(np.int64)
-    jumper = graph.jumper_index[window]
-    position = np.arange(w)[None, :]
-    deadline = position + np.where(jumper >= 0, graph.jumper_r[np.maximum(jumper, 0)], -(10**6))
-    assert not (deadline > w - 1).any()  # no rule of the prompt falls due at a measured pass
-    assert not (graph.jumper_index[window[:, -1]] >= 0).any()  # the prompt does not end at a jumper
-    key = "qkt.layer_0.head_0.stable_rank"
-    assert null[key].shape == (len(matched), arrays[key].shape[1]) and null[key].dtype == np.float32
-    # passes after a jumper the model itself emitted are not rule-free: NaN there
-    first = null["first_jumper_pass"]
-    r = null["event_r"]
-    for e in np.flatnonzero(first > 0)[:5]:
-        k = np.arange(1, r[e] + 1)
-        assert np.isnan(null[key][e, r[e] - k[k > first[e]]]).all()
-
-
-def test_horizon_holds_the_null_and_other_null_settings_get_another_folder(null_run):
-    config, folder, directory, summary = null_run
-    horizon = read_horizon(directory)
-    null = horizon["null"]
-    assert null is not None and null["null_multiple"] == 2 and null["events"] > 0 and null["sha256"]
-    assert set(null["metrics"]) >= {"qkt.layer_0.head_0.grassmannian_distance"}
-    entry = next(iter(null["metrics"]["qkt.layer_0.head_0.grassmannian_distance"]["by_r"].values()))
-    assert len(entry["auroc"]) == len(entry["quantiles"]["null"]["q50"]) and null["answer"]
-    # (here each rule is all violations or all successes on the exploratory events, so the main tests are
-    # "insufficient"; violations vs their null are matched within rule, so that comparison is made)
-    assert entry["status"] == "ok" and entry["p_value"] is not None and entry["auprc"][1] is not None
-    assert 0 < entry["prevalence"][1] < 1 and all(e["auprc"] is not None for e in horizon["primary"]["by_r"].values())
-    assert (directory / NULL_FILE).is_file()
-    other = analyze_run(folder, analysis=config.analysis.model_copy(update={"null_multiple": 1}), echo=lambda _: None)
-    assert other["analysis_name"] != summary["analysis_name"]  # the multiple is in the settings digest
-    assert read_horizon(folder / ANALYSIS_DIR / other["analysis_name"])["null"]["null_multiple"] == 1
