@@ -2,7 +2,9 @@
 
 ``analysis.measure.null`` measured every metric on continuations of walks that are under no rule,
 position-matched to the violations (same walk step, same r, the violation's rule as stratum). Here,
-per metric and r stratum, on the exploratory events:
+per metric and r stratum, on the exploratory events and the null events matched to them (the
+caller, ``horizon.compute_horizon``, drops those matched to held-out violations: the held-out half
+stays for the registered test alone):
 
 * **the test** — violations vs null: the jumper-stratified AUROC at every lookback with its DeLong
   95% CI and the within-stratum permutation test with the max-over-j statistic
