@@ -387,7 +387,7 @@ def _cross_field_problems(raw: Any) -> list[str]:
                     "(the rule could never be observed)"
                 )
     analysis = _section_values(raw, "analysis")
-    primary = analysis.get("primary") if isinstance(analysis.get("primary"), dict) else {}
+    primary = _section_values(analysis, "primary")
     layers = _as_int(get("model", "n_layers"))
     layer, head = _as_int(primary.get("layer", -1)), _as_int(primary.get("head", 0))
     if layers and layer is not None and not -layers <= layer < layers:

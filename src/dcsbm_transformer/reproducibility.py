@@ -49,7 +49,10 @@ def seed_everything(seed: int) -> None:
 
 def capture_rng_state() -> dict[str, Any]:
     """Every global RNG state, as tensors and plain lists (weights_only-loadable)."""
-    np_kind, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state(legacy=True)
+    np_state = np.random.get_state(legacy=True)
+    # legacy=True gives the 5-tuple for the global MT19937 (the dict form is for other bit generators)
+    assert isinstance(np_state, tuple), "numpy's global RNG is not MT19937"
+    np_kind, np_keys, np_pos, np_has_gauss, np_gauss = np_state
     py_version, py_internal, py_gauss = random.getstate()
     return {
         "torch": torch.get_rng_state(),

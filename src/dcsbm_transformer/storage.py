@@ -43,8 +43,9 @@ def temporary_path_for(path: Path) -> Path:
     return path.with_name(f".{path.name}{TEMP_MARKER}{os.getpid()}")
 
 
-def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None], before_commit: Callable[[Path], None] | None = None) -> Path:
-    """Write ``path`` through ``write(file)`` so that readers see the old or the new file, never a mix.
+def atomic_write(path: str | Path, write: Callable[[IO[bytes]], object], before_commit: Callable[[Path], None] | None = None) -> Path:
+    """Write ``path`` through ``write(file)`` (its return value is ignored) so that readers see the
+    old or the new file, never a mix.
 
     On any error (a full disk raises OSError) the temporary is removed, the previous file is
     untouched and the error propagates. ``before_commit(path)`` runs when the temporary is
