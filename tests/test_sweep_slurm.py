@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -30,12 +31,14 @@ from test_sweep import STEPS_PER_EPOCH, TINY, TWO_POINTS, deterministic, sweep_a
 
 from dcsbm_transformer.cli import main
 from dcsbm_transformer.sweep import SlurmSettings, SweepSettings, run_sweep, sweep_from_dict
-from dcsbm_transformer.sweep.execute import owner_alive
+from dcsbm_transformer.sweep.execute import _process_start
 from dcsbm_transformer.sweep.slurm import GONE, JOBS_FILE, STEP_GONE_EXIT, JobState, SacctNotice, parse_show_job
 
 SLURM_HELPERS = Path(__file__).with_name("slurm")
 HOLD_STEP = STEPS_PER_EPOCH + 10
-PLAN = sweep_from_dict({**TWO_POINTS, "name": "tiny"})
+# the sampled second analysis (analysis.sensitivity_temperature) on 40 events too, not its default 4000
+BASE = {**TINY, "analysis": {**TINY["analysis"], "sensitivity_events": 40}}
+PLAN = sweep_from_dict({**TWO_POINTS, "base": BASE, "name": "tiny"})
 
 
 @pytest.fixture(scope="session")
@@ -86,7 +89,7 @@ class Sweep(threading.Thread):
         except BaseException as error:  # reported by finish()
             self.error = error
 
-    def finish(self, timeout: float = 90) -> list[dict]:
+    def finish(self, timeout: float = 240) -> list[dict]:
         self.join(timeout)
         assert not self.is_alive(), f"the sweep did not end in {timeout} s:\n" + "\n".join(self.lines)
         assert self.error is None, self.error
@@ -127,19 +130,23 @@ def slurm_text(cluster, *args: str) -> str:
 
 
 def comparable_result(root: Path, experiment_id: str) -> dict:
-    """result.json apart from the clock (the timings block, the evaluation's seconds)."""
+    """result.json apart from the clock (the timings block, the evaluation's seconds) and the code's
+    commit (others may commit to the working tree while the suite runs)."""
     result = json.loads((root / "results" / experiment_id / "result.json").read_text())
     result = {key: value for key, value in result.items() if key != "timings"}
     result["evaluation"] = {key: value for key, value in result["evaluation"].items() if key != "seconds"}
+    result["environment"] = {key: value for key, value in result["environment"].items() if key != "git_commit"}
     return result
 
 
 def horizons(root: Path, experiment_id: str) -> dict[str, dict]:
-    """Every analysis's horizon.json, apart from when it was written."""
+    """Every analysis's horizon.json apart from the clock and the code's commit: its name's hash
+    (which covers the checkpoint file), timings, versions, and timestamps (when the run registered)."""
     found = {}
     for path in sorted((root / "results" / experiment_id / "analysis").glob("*/horizon.json")):
-        content = json.loads(path.read_text())
-        found[path.parent.name] = {key: value for key, value in content.items() if key not in ("created", "written", "seconds")}
+        text = re.sub(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d[+\-:\dZ]*", "<time>", path.read_text())
+        content = {key: value for key, value in json.loads(text).items() if key not in ("analysis_name", "timings", "versions")}
+        found[path.parent.name.rsplit("-", 1)[0]] = content  # 40ev-greedy, 40ev-t1
     return found
 
 
@@ -161,6 +168,11 @@ def start_from(reference: Path, root: Path, with_point_one: bool = True) -> None
 
 def queue_is_empty(cluster) -> bool:
     return slurm_text(cluster, "squeue", "--noheader").strip() == ""
+
+
+def gone(pid: int) -> bool:
+    """The process has ended (a zombie not yet reaped by its parent counts as ended)."""
+    return _process_start(pid) is None
 
 
 @pytest.fixture(scope="module")
@@ -210,7 +222,7 @@ def test_a_requeued_job_resumes_from_its_checkpoint_and_its_old_process_stops(sl
     first = held_pid(signal_file)
     job = job_id(tmp_path, 2)
     slurm_cluster.command("scontrol", "requeue", job)  # what a preemption does
-    wait_for(lambda: not owner_alive((first, None)), "the requeued job's old process to stop", timeout=20)
+    wait_for(lambda: gone(first), "the requeued job's old process to stop", timeout=20)
     line = f"point 2 (gate.rule_threshold=1.0) job {job}: PENDING (BeginTime), requeued 1x"
     wait_for(lambda: line in sweep.lines, "the sweep to see the requeue", sweep=sweep)
     assert sweep.is_alive() and not any(" done " in l or l.endswith(" done") for l in sweep.lines if l.startswith("point 2 "))
@@ -237,9 +249,9 @@ def test_a_time_limit_mid_training_checkpoints_requeues_and_completes(slurm_clus
     wait_for(
         lambda: any(f"job {job}: PENDING" in l and "requeued 1x" in l for l in sweep.lines), "the time-limit requeue", sweep=sweep
     )
-    assert not owner_alive((first, None))
+    wait_for(lambda: gone(first), "the timed-out job's old process to stop", timeout=20)
     release.touch()
-    rows = sweep.finish(timeout=150)
+    rows = sweep.finish()
     assert rows[1]["state"] == "done"
     log = (tmp_path / "sweeps" / "tiny" / "jobs" / f"{job}_0_log.out").read_text()
     assert "Caught signal SIGUSR2" in log + (tmp_path / "sweeps" / "tiny" / "jobs" / f"{job}_0_log.err").read_text()
@@ -313,6 +325,7 @@ def test_a_cancelled_job_is_recorded_the_other_goes_on_and_a_rerun_submits_it_ag
 )
 def test_a_request_sbatch_refuses_is_a_clear_error_and_nothing_is_written(slurm_cluster, tmp_path, capsys, extra, sbatch_says):
     sweep_file = write_sweep(tmp_path, {"base": TINY, "axes": {"seed": [1]}})
+    queue = slurm_text(slurm_cluster, "squeue", "--noheader")
     resources = {"--slurm-gpus": "0", "--slurm-cpus-per-task": "1", "--slurm-time": "5"}
     for flag, value in zip(extra[::2], extra[1::2]):
         resources[flag] = value
@@ -323,7 +336,7 @@ def test_a_request_sbatch_refuses_is_a_clear_error_and_nothing_is_written(slurm_
     err = capsys.readouterr().err
     assert "sbatch refuses the sweep's jobs" in err and sbatch_says in err and "nothing was submitted or written" in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny.json"]
-    assert queue_is_empty(slurm_cluster)
+    assert slurm_text(slurm_cluster, "squeue", "--noheader") == queue  # nothing submitted
 
 
 # ---- without a cluster: the pieces the real tests rely on -------------------------------------
@@ -347,13 +360,14 @@ def test_the_controllers_job_states_are_read_task_by_task():
 def test_submitits_sacct_warning_is_said_once_with_what_it_means():
     said = []
     notice = SacctNotice(said.append)
-    logger = logging.getLogger("submitit")
-    logger.addFilter(notice)
-    try:
-        for call in range(3):
-            logger.warning(f"Call #{call} - Bypassing sacct error Command sacct returned 1, status may be inaccurate.")
-    finally:
-        logger.removeFilter(notice)
+    records = [
+        logging.LogRecord("submitit", logging.WARNING, __file__, 1, message, None, None)
+        for message in [
+            f"Call #{call} - Bypassing sacct error Command sacct returned 1, status may be inaccurate." for call in (1, 2, 3)
+        ]
+        + ["Bypassing signal SIGTERM"]
+    ]
+    assert [notice.filter(record) for record in records] == [False, False, False, True]  # submitit's own lines dropped
     assert len(said) == 1 and "SLURM accounting is off" in said[0] and "scontrol show job" in said[0]
 
 
@@ -400,7 +414,7 @@ def test_a_slurm_job_whose_step_is_gone_stops_at_once(tmp_path):
     )
     done = subprocess.run([sys.executable, "-c", launcher, code, str(record)], stdout=subprocess.PIPE, text=True, timeout=60)
     child = int(done.stdout.split()[0])
-    wait_for(lambda: not owner_alive((child, None)), "the orphan to stop", timeout=20)
+    wait_for(lambda: gone(child), "the orphan to stop", timeout=20)
     assert "the SLURM step that started this process" in Path(f"{record}.out").read_text()
 
 

@@ -610,7 +610,7 @@ class _Runner:
             jobs = read_jobs(self.sweep_dir)
             known = [jobs[p.experiment_id]["job_id"] for p in todo if p.experiment_id in jobs]
             states = job_states(known) if known else {}
-            fresh = []
+            fresh, said = [], {}
             for point in todo:
                 job_id = jobs.get(point.experiment_id, {}).get("job_id")
                 state = states.get(job_id)
@@ -620,6 +620,7 @@ class _Runner:
                     if self.budget is not None:  # already running: it counts from now, whatever the budget says
                         self.budget.running[point.index] = (self.budget.clock(), point)
                     self.echo(f"{point.describe()} re-attached to its job {job_id} ({state.describe()}), not submitted again")
+                    said[job_id] = state
                     continue
                 if state is not None:
                     self.echo(f"{point.describe()}: its job {job_id} is {state.describe()}; submitting the point again")
@@ -636,13 +637,14 @@ class _Runner:
                 for point, job in zip(fresh, submitted):
                     self._started(point, job)
             self.table.write()
-            self._follow_slurm()
+            self._follow_slurm(said)
         finally:
             logger.removeFilter(notice)
 
-    def _follow_slurm(self) -> None:
-        """Poll the controller until every job has ended: one line per change of a job's state."""
-        seen: dict[str, tuple[str, int]] = {}
+    def _follow_slurm(self, said: dict[str, JobState]) -> None:
+        """Poll the controller until every job has ended: one line per change of a job's state
+        (``said``: the states already on the console, those of the jobs re-attached to)."""
+        seen = {job_id: (state.state, state.restarts) for job_id, state in said.items()}
         silent_since: float | None = None
         while self.running:
             try:
