@@ -1,6 +1,7 @@
-"""The tree passes ruff's pyflakes, bugbear and import-order checks and is in ruff's format
-(configured in pyproject.toml): an unused import, an undefined name, a mutable default or an
-unformatted file is a test failure, not a review comment. Fix with `make format`."""
+"""The tree passes ruff's pyflakes, bugbear and import-order checks and is in ruff's format, and
+the package passes mypy (both configured in pyproject.toml): an unused import, an undefined name,
+a mutable default, an unformatted file or a wrong type is a test failure, not a review comment.
+Fix the format with `make format`."""
 
 from __future__ import annotations
 
@@ -33,3 +34,12 @@ def test_ruff_finds_nothing():
 def test_tree_is_in_ruff_format():
     done = _ruff("format", "--check")
     assert done.returncode == 0, "run `make format`:\n" + done.stdout + done.stderr
+
+
+def test_mypy_finds_nothing():
+    """mypy with pyproject.toml's [tool.mypy] (the package, pydantic's plugin) reports no error."""
+    # the interpreter running the tests (the venv's): a mypy found elsewhere on PATH would not see pydantic's plugin
+    done = subprocess.run([sys.executable, "-m", "mypy"], cwd=REPO, capture_output=True, text=True)
+    if "No module named mypy" in done.stderr:
+        pytest.skip("mypy is not installed (it is in the test extra: pip install -e '.[test]')")
+    assert done.returncode == 0, done.stdout + done.stderr
