@@ -90,3 +90,19 @@ def test_reliability_is_calibrated_for_true_probabilities_and_flags_wrong_ones()
     assert wrong["count"] == [300] * 10 and wrong["bins"] == 10  # equal-count bins, as stated
     manual = sum(n / 3000 * abs(o - m) for n, o, m in zip(wrong["count"], wrong["observed"], wrong["mean_predicted"]))
     assert wrong["ece"] == pytest.approx(manual)
+
+
+def test_incremental_value_reports_the_calibration_of_both_models_out_of_fold():
+    from dcsbm_transformer.analysis.stats.incremental import incremental_value
+
+    rng = np.random.default_rng(3)
+    n = 2000
+    g = rng.integers(0, 2, n)
+    base = rng.normal(size=n)
+    metric = rng.normal(size=n)
+    y = rng.random(n) < 1 / (1 + np.exp(-(-3 + base + metric)))
+    out = incremental_value(metric, {"base": base}, y, g, rng=rng)
+    for name in ("full", "reduced"):
+        cal = out["calibration"][name]
+        assert cal["bins"] == 10 and sum(cal["count"]) == n and "out-of-fold" in cal["binning"]
+        assert 0 <= cal["ece"] < 0.05 and cal["p_value"] > 0.001  # a correctly specified model: calibrated out of fold

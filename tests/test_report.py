@@ -181,8 +181,9 @@ def test_report_is_one_self_contained_page(run, written):
     page = written.read_text()
     assert 'src="http' not in page and "<link" not in page and "<script" not in page
     sources = re.findall(r'<img[^>]*\ssrc="([^"]*)"', page)
-    assert len(sources) == len(list((run / "figures").glob("*.png"))) == 6
+    assert len(sources) == len(list((run / "figures").glob("*.png"))) == 8
     assert all(src.startswith("data:image/png;base64,") for src in sources)
+    assert "AUPRC [95% CI] at best j vs no skill (prevalence)" in page and 'id="calibration-table"' in page
     assert 'id="exploratory-banner"' not in page  # the gate passed
 
 
@@ -261,6 +262,8 @@ def test_figures_are_valid_pngs(run, written):
         "auroc_small_multiples_r6",
         "event_aligned",
         "overview",
+        "auprc",
+        "reliability",
     }
     import matplotlib.image
 
