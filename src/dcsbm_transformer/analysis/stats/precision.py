@@ -183,7 +183,7 @@ def stratified_auprc(scores: np.ndarray, violated: np.ndarray, jumper: np.ndarra
     """The jumper-stratified average precision per column, its no-skill line and its variance.
 
     ``scores [n]`` or ``[n, columns]`` (NaN excluded per column), ``violated [n]`` bool, ``jumper [n]``.
-    Returns ``auprc``, ``prevalence`` (the stratified no-skill line), ``var`` (the Boyd et al.
+    Returns ``auprc``, ``prevalence`` (the stratified no-skill line), ``var`` (jackknife + Boyd et al.
     binomial variance combined over strata), ``per_jumper`` (jumper -> AP_s) and ``counts`` (jumper ->
     (finite violations, finite events)), each ``[columns]``; NaN where no stratum has a finite
     violation.
