@@ -148,7 +148,7 @@ def build_result(
     timings: dict[str, Any],
 ) -> dict[str, Any]:
     state: TrainingState = trainer.state
-    graph = trainer.evaluator.graph
+    graph = trainer.gate.graph
     return {
         "experiment_id": config.experiment_id,
         "status": "finished" if state.finished else "running",
@@ -266,7 +266,7 @@ def run_experiment(
             write_npz(run_dir / "graph.npz", data.graph.to_arrays())
 
         trainer = _build_trainer(config, data, device, autocast, options, checkpoint_dir, hooks)
-        baseline = rule_blind_baseline(trainer.evaluator, data.train.walks)
+        baseline = rule_blind_baseline(trainer.gate, data.train.walks)
         _warn_if_rule_blind_passes(config, data.graph, baseline, echo)
         _resume_if_possible(trainer, checkpoint_dir, echo)
         environment, data_block = _environment(device, options), _data_summary(data)

@@ -121,7 +121,7 @@ class Trainer:
         config: ExperimentConfig,
         model: TransformerLM,
         train_walks: torch.Tensor,
-        evaluator: GateEvaluator,
+        evaluator: GateEvaluator | None,
         checkpoint_dir: Path,
         *,
         autocast: Callable[[], AbstractContextManager] = nullcontext,
@@ -239,6 +239,14 @@ class Trainer:
 
     # ---- the loop ------------------------------------------------------------------------
 
+    @property
+    def gate(self) -> GateEvaluator:
+        """The gate's evaluator. A Trainer made with ``evaluator=None`` (dcsbm calibrate and the benches
+        time training steps only) has none: asking for it is an error."""
+        if self.evaluator is None:
+            raise RuntimeError("this Trainer was made without a gate evaluator (evaluator=None: training steps only)")
+        return self.evaluator
+
     def run(self, on_epoch_end: Callable[["Trainer", GateEvaluation | None], None]) -> TrainingState:
         """Train until the gate passes, the loss breaks, or max_epochs; ``on_epoch_end`` writes results."""
         state = self.state
@@ -253,7 +261,7 @@ class Trainer:
                 break
             if self.hooks.before_evaluation:
                 self.hooks.before_evaluation(epoch)
-            evaluation = self.evaluator.evaluate(self.model, self.autocast())
+            evaluation = self.gate.evaluate(self.model, self.autocast())
             self._record_epoch(epoch, losses, seconds, evaluation)
             self._write_checkpoints()
             on_epoch_end(self, evaluation)
@@ -270,13 +278,13 @@ class Trainer:
 
     def _record_epoch(self, epoch: int, losses: torch.Tensor, seconds: float, evaluation: GateEvaluation) -> None:
         state, report = self.state, evaluation.report
-        decision = judge(self.config, self.evaluator.graph, report)
+        decision = judge(self.config, self.gate.graph, report)
         state.epoch = epoch
         state.global_step += len(losses)
         state.train_loss.extend(losses.tolist())
         state.edge_compliance.append(report.edge_compliance)
         state.rule_compliance.append(decision.rule_score)
-        state.rule_compliance_per_jumper.append(report.jumper_compliances(self.evaluator.graph.n_jumpers))
+        state.rule_compliance_per_jumper.append(report.jumper_compliances(self.gate.graph.n_jumpers))
         state.rule_events.append(report.rule_events)
         state.epoch_seconds.append(seconds)
         state.eval_seconds.append(evaluation.seconds)
