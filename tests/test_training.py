@@ -473,6 +473,17 @@ def epoch_trainer(config, device: torch.device, directory, hooks=None, compile_b
     return Trainer(config, model, walks, evaluator, directory, hooks=hooks, compiled=compiled)
 
 
+def test_a_trainer_without_an_evaluator_trains_but_has_no_gate(tmp_path):
+    """evaluator=None (dcsbm calibrate, the benches: steps only) trains an epoch; asking for the
+    gate, as the training loop does, is a clear error rather than an AttributeError."""
+    config = tiny_config()
+    data = build_data(config)
+    trainer = Trainer(config, build_model(config, torch.device("cpu")), torch.from_numpy(data.train.walks), None, tmp_path)
+    assert torch.isfinite(trainer.train_epoch(1, max_steps=2)).all()
+    with pytest.raises(RuntimeError, match="without a gate evaluator"):
+        trainer.run(lambda *_: None)  # the loop asks for the gate after the first epoch
+
+
 UNEVEN = {"batch_size": 60}  # tiny_config's 6,400 windows: 106 full batches and a last one of 40
 
 
