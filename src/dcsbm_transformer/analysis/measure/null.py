@@ -8,7 +8,7 @@ where *no* rule is pending, and the same metrics are measured there by the same 
 **Matching.** Each null event copies one violation of the analysis: the same walk step ``s`` (so the
 prompt window covers the same positions of a walk of the same length) and the same number of passes
 ``r`` (so lookback ``j`` is the same pass). ``analysis.null_multiple`` null events per violation
-(default 3), at most ``analysis.null_max_events`` in all (default 2,000: the quick preset's 316
+(default 3), at most ``analysis.null_max_events`` in all (default 1,000: the quick preset's 316
 violations give 948; a sampled sensitivity analysis with thousands of violations stays bounded); when
 the cap binds, the matched violations are a seeded random subset of the multiset. Each null event
 carries the rule of its violation as its stratum (``event_jumper``), so violations and their null are
