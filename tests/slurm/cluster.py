@@ -96,10 +96,13 @@ def _install() -> None:
         raise Unavailable("SLURM is not installed and this machine has no apt-get to install it")
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     install = ["apt-get", "install", "-y", "-q", "-o", "DPkg::Lock::Timeout=300", *PACKAGES]
-    done = subprocess.run(install, capture_output=True, text=True, env=env, timeout=900)
-    if done.returncode != 0:  # the package lists may be missing on a fresh machine
-        subprocess.run(["apt-get", "update", "-q", "-o", "DPkg::Lock::Timeout=300"], capture_output=True, env=env, timeout=600)
+    try:
         done = subprocess.run(install, capture_output=True, text=True, env=env, timeout=900)
+        if done.returncode != 0:  # the package lists may be missing on a fresh machine
+            subprocess.run(["apt-get", "update", "-q", "-o", "DPkg::Lock::Timeout=300"], capture_output=True, env=env, timeout=600)
+            done = subprocess.run(install, capture_output=True, text=True, env=env, timeout=900)
+    except subprocess.TimeoutExpired as error:
+        raise Unavailable(f"apt-get did not finish installing SLURM in {error.timeout:.0f} s (no package access?)") from None
     if done.returncode != 0:
         tail = " ".join((done.stderr or done.stdout).strip().splitlines()[-2:])
         raise Unavailable(f"could not install SLURM with apt-get: {tail}")
