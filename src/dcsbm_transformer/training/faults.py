@@ -34,8 +34,17 @@ ENVIRONMENT_VARIABLE = "DCSBM_TEST_HOOKS"
 _EPOCH_IN_NAME = re.compile(r"checkpoint_epoch_(\d+)\.pt$")
 
 
+def _signal(spec: dict[str, Any], where: str) -> None:
+    """Write "<pid> <where>" to the signal file whole: a temp file renamed into place, so a test
+    that polls for the file never reads it half-written (created but still empty)."""
+    target = Path(spec["signal_file"])
+    temporary = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+    temporary.write_text(f"{os.getpid()} {where}")
+    os.replace(temporary, target)
+
+
 def _pause_forever(spec: dict[str, Any], where: str) -> None:
-    Path(spec["signal_file"]).write_text(f"{os.getpid()} {where}")
+    _signal(spec, where)
     while True:  # until the test kills this process
         time.sleep(60)
 
@@ -46,7 +55,7 @@ def _hold(spec: dict[str, Any], where: str) -> None:
     release = Path(spec["release_file"])
     if release.exists():
         return
-    Path(spec["signal_file"]).write_text(f"{os.getpid()} {where}")
+    _signal(spec, where)
     while not release.exists():
         time.sleep(0.1)
 
