@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import shutil
 import signal
 import subprocess
@@ -389,6 +390,10 @@ def test_a_job_that_dies_without_a_result_is_recorded_as_failed(tmp_path, monkey
 
 
 def test_slurm_array_script_and_requeue_resume_the_same_point(tmp_path, capsys):
+    # platform.processor() (called by torch/result environment code) runs a subprocess the first
+    # time; under submitit's mock that subprocess is the fake sbatch, so fill its cache first
+    # (the test then passes alone as well as after the file's other tests)
+    platform.processor()
     plan = sweep_from_dict(
         {"name": "slurm", "base": {**TINY, "gate": {**TINY["gate"], "rule_threshold": 1.0}}, "axes": {"seed": [1, 2]}}
     )
