@@ -98,15 +98,24 @@ def _top_of(metric_stats: dict[str, Any], primary: str, rv: int) -> list[str]:
     return sorted((k for k in metric_stats if k != primary), key=lambda k: _strength(metric_stats[k]["by_r"][str(rv)]))
 
 
-AUPRC_PERMUTATIONS = 2000  # at least this many of the AUROC's shuffles test the AUPRC (its sort per shuffle is the cost)
+AUPRC_PERMUTATIONS = 2000  # this many of the AUROC's shuffles test the AUPRC, more when Holm's floor needs it ...
+AUPRC_BUDGET = 4e8  # ... within this many violation keys sorted (shuffles x columns x violations: the test's cost)
+AUPRC_MIN_PERMUTATIONS = 200  # ... and never fewer
 
 
-def auprc_permutations(permutations: int, family_size: int, alpha: float) -> int:
-    """How many of the AUROC's shuffles (the first ones) test the AUPRC: all of them up to
-    AUPRC_PERMUTATIONS, more when the exploratory family's Holm floor needs it (as for the AUROC)."""
+def auprc_permutations(permutations: int, family_size: int, alpha: float, columns: int = 0, violations: int = 0) -> int:
+    """How many of the AUROC's shuffles (the first ones) test the AUPRC: AUPRC_PERMUTATIONS, or
+    what the exploratory family's Holm floor needs (as for the AUROC), at most ``permutations`` —
+    and at most what AUPRC_BUDGET allows for ``columns`` (arrays × lookbacks) and ``violations``: a
+    shuffle's AP sorts the keys of its violations in every column, so the cost grows with them (the
+    quick preset's 153 exploratory violations: 2,800 shuffles, the whole need; its sampled analysis's
+    1,136: about 550). Never fewer than AUPRC_MIN_PERMUTATIONS; the number used is in horizon.json."""
     if permutations <= 0:
         return 0
-    return min(permutations, max(AUPRC_PERMUTATIONS, permutations_needed(family_size, alpha, 0)))
+    wanted = min(permutations, max(AUPRC_PERMUTATIONS, permutations_needed(family_size, alpha, 0)))
+    if columns > 0 and violations > 0:
+        wanted = min(wanted, max(AUPRC_MIN_PERMUTATIONS, int(AUPRC_BUDGET // (columns * violations))))
+    return min(permutations, wanted)
 
 
 INCREMENTAL_BASES = ("target_block_probability", "rule_feasible_mass", "output_entropy")
@@ -205,7 +214,7 @@ def horizon_settings(config: ExperimentConfig) -> dict[str, Any]:
         "auprc": "beside every AUROC: average precision per jumper, weighted by its violations, in the metric's direction "
         "(declared for the registered primary, else the side its AUROC takes at the best lookback); no-skill line = the "
         "violation prevalence weighted alike; 95% logit interval with jackknife + binomial variance; permutation p from the "
-        f"first min(P, max({AUPRC_PERMUTATIONS}, the Holm need)) of the AUROC's shuffles, statistic max over j >= 1 of "
+        f"first min(P, max({AUPRC_PERMUTATIONS}, the Holm need), {AUPRC_BUDGET:.0e} / (columns x violations)) of the AUROC's shuffles, statistic max over j >= 1 of "
         "AUPRC - prevalence, doubled when the direction was chosen on the data",
         "null": f"jumper-free null: {a.null_multiple} walks under no rule per violation (at most {a.null_max_events}), at the "
         "violation's walk step and r, stratum = its rule; violations vs null per metric and lookback: stratified AUROC with "
@@ -450,7 +459,9 @@ def compute_horizon(
         min_events=a.min_events,
         threshold=a.horizon_threshold,
         alternatives=alternatives,
-        auprc_permutations=auprc_permutations(permutations, len(exploratory), a.alpha),
+        auprc_permutations=auprc_permutations(
+            permutations, len(exploratory), a.alpha, columns=len(family) * int(r.max(initial=1)), violations=int(y.sum())
+        ),
     )
     stats_seconds = time.perf_counter() - started
 
