@@ -257,7 +257,7 @@ def main() -> None:
     parser.add_argument("--compile", action="store_true", help="also time torch.compile (~1 min to compile on 2 cores)")
     args = parser.parse_args()
     device = torch.device(args.device)
-    shapes = {name: shape_of(ROOT / "configs" / f"{name}.json") for name in ("anchor", "quick")}
+    shapes = {name: shape_of(ROOT / "configs" / f"{name}.json") for name in ("anchor", "mid", "quick")}
     rows = []
     for label, shape in shapes.items():
         rows += bench_shape(label, shape, device, args.rounds, args.repeat, args.compile)

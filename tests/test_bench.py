@@ -85,7 +85,7 @@ def test_gemm_and_training_step_benchmarks_report_utilisation_against_the_same_r
     results = run_bench(bench_env, "bench.training_step", "--rounds", "1", "--repeat", "1")
     assert set(results["gemm"]["ceiling_GFLOPs"]) >= {"float32"}
     rows = results["training_step"]["rows"]
-    assert {row["model"] for row in rows} == {"anchor", "quick"}
+    assert {row["model"] for row in rows} == {"anchor", "mid", "quick"}
     for row in rows:
         assert row["MFU"] == pytest.approx(row["model_GFLOPs"] / row["gemm_ceiling_GFLOPs"])
     # The host-overhead floor: the same variants at tiny shapes, scaled to an anchor epoch
