@@ -327,7 +327,9 @@ def _measure_chunk(
     def generated_pass(shard: _Shard, k: int, targets: PassTargets) -> None:
         rows = shard.rows
         exists = (r[rows] >= k).view(-1, 1, 1)  # [E, 1, 1]: the events that have a pass k
-        fields = _window_context(embeddings, targets.window[rows], targets.token[rows])
+        window, token = targets.window, targets.token
+        assert window is not None and token is not None, "continue_with_targets sets them before on_pass"
+        fields = _window_context(embeddings, window[rows], token[rows])
         for target in TARGETS:
             side, shifted = TARGET_SIDE[target]
             current = spectrum(targets[target][rows], top_k=top_k, side=side)  # all its events, layers, heads at once
@@ -344,11 +346,12 @@ def _measure_chunk(
                 values[target, name][rows, k - 1] = metric_values
             shard.previous[target] = current
 
-    cpu = device.type == "cpu"
-    pools = [
-        ThreadPoolExecutor(max_workers=1, initializer=torch.set_num_threads if cpu else None, initargs=(1,) if cpu else ())
-        for _ in shards
-    ]
+    def new_pool() -> ThreadPoolExecutor:  # on a CPU each shard's thread runs torch on one thread
+        if device.type == "cpu":
+            return ThreadPoolExecutor(max_workers=1, initializer=torch.set_num_threads, initargs=(1,))
+        return ThreadPoolExecutor(max_workers=1)
+
+    pools = [new_pool() for _ in shards]
     try:
         pending: deque = deque()
 

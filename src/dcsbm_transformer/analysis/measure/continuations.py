@@ -88,7 +88,7 @@ def continue_with_targets(
         else:
             token = logits.argmax(dim=-1)
         generated[:, k - 1] = token
-        if on_pass is not None:
+        if on_pass is not None and targets is not None:  # targets are extracted exactly when on_pass is given
             on_pass(k, replace(targets, window=window, token=token))
         window = torch.cat([window[:, 1:], token[:, None]], dim=1)
     return generated, target_probability
@@ -112,8 +112,10 @@ def forward_targets(
         return logits, None
     if w_o is None:
         w_o, _ = model.attention_output_weights()
-    avwo = out.attention.float() @ out.values.float() @ w_o  # [E, L, H, w, d_model]
-    return logits, PassTargets(qkt=out.qkt.float(), avwo=avwo, last_attention=out.attention[..., -1, :].float())
+    qkt, attention, values = out.qkt, out.attention, out.values
+    assert qkt is not None and attention is not None and values is not None, "extract_last returns every layer's internals"
+    avwo = attention.float() @ values.float() @ w_o  # [E, L, H, w, d_model]
+    return logits, PassTargets(qkt=qkt.float(), avwo=avwo, last_attention=attention[..., -1, :].float())
 
 
 @dataclass(frozen=True)
@@ -197,7 +199,7 @@ def generate_continuations(run, prompts: np.ndarray, *, temperature: float = 0.0
     targets: list[PassTargets] = []
     members = torch.from_numpy(graph.block[None, :] == target_block[:, None])
     generator = torch.Generator().manual_seed(seed) if temperature > 0 else None
-    generated, probability = continue_with_targets(
+    generated, on_device = continue_with_targets(
         model,
         torch.from_numpy(prompts),
         members,
@@ -207,6 +209,6 @@ def generate_continuations(run, prompts: np.ndarray, *, temperature: float = 0.0
         generator=generator,
     )
     labels = label_continuations(prompts, generated.numpy(), r, target_block, graph)
-    probability = probability.numpy()
+    probability = on_device.numpy()
     probability[np.arange(probability.shape[1])[None, :] >= r[:, None]] = np.nan
     return Continuation(labels.tokens, labels, probability, targets)

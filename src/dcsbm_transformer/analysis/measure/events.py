@@ -54,7 +54,7 @@ def draw_analysis_events(config: ExperimentConfig, graph: Graph, count: int | No
     quota = -(-count // graph.n_jumpers)
     # full-window events per walk are few (s ≥ w + 1 and s + r < L): draw generously per round
     per_round = max(2 * quota * graph.n_jumpers, 1000)
-    taken: list[list[tuple[np.ndarray, np.ndarray]]] = [[] for _ in range(graph.n_jumpers)]
+    taken: list[list[tuple[np.ndarray, np.ndarray, np.ndarray]]] = [[] for _ in range(graph.n_jumpers)]
     have = np.zeros(graph.n_jumpers, dtype=np.int64)
     walks_drawn = 0
     for round_ in range(MAX_ROUNDS):

@@ -55,6 +55,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -240,7 +241,7 @@ def spectrum(matrices: torch.Tensor, top_k: int = 2, side: str | None = None, me
         values = eig.clamp_min(0).sqrt().flip(-1)
 
     values = torch.where(finite[..., None], values, _NAN)
-    if basis is not None:
+    if basis is not None and other is not None:  # set together
         basis = torch.where(finite[..., None, None], basis, _NAN)
         other = torch.where(finite[..., None, None], other, _NAN).contiguous()
     vectors = None if basis is None else basis[..., :top_k].contiguous()  # contiguous: the per-step metrics read it often
@@ -317,14 +318,16 @@ def _rank_error(k: int) -> Callable[[torch.Tensor], torch.Tensor]:
 # --------------------------------------------------------------------------- temporal metrics
 
 
-def _check_pair(previous: Spectrum, current: Spectrum) -> None:
-    """Two passes' spectra a temporal subspace metric can compare: vectors of the same side and top_k."""
+def _check_pair(previous: Spectrum, current: Spectrum) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two passes' spectra a temporal subspace metric can compare: vectors of the same side and top_k.
+    Returns their vectors (previous, current)."""
     if previous.vectors is None or current.vectors is None:
         raise ValueError("temporal subspace metrics need singular vectors: spectrum(..., side='left'|'right')")
     if previous.side != current.side:
         raise ValueError(f"previous and current spectra are of different sides: {previous.side!r} vs {current.side!r}")
     if previous.vectors.shape[-1] != current.vectors.shape[-1]:
         raise ValueError("previous and current spectra have different top_k")
+    return previous.vectors, current.vectors
 
 
 def _aligned_vectors(previous: Spectrum, current: Spectrum, shifted: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -333,8 +336,8 @@ def _aligned_vectors(previous: Spectrum, current: Spectrum, shifted: bool) -> tu
     ``shifted``: the window moved by one token, so the previous pass's rows 1..n−1 and the current
     pass's rows 0..n−2 are the same tokens; keep only those.
     """
-    _check_pair(previous, current)
-    up, uc = previous.vectors.double(), current.vectors.double()
+    vectors_p, vectors_c = _check_pair(previous, current)
+    up, uc = vectors_p.double(), vectors_c.double()
     if shifted:
         up, uc = up[..., 1:, :], uc[..., :-1, :]
     zero = torch.zeros((), dtype=up.dtype, device=up.device)
@@ -357,9 +360,9 @@ def grassmannian_distance(previous: Spectrum, current: Spectrum, shifted: bool) 
     to the shared token positions when ``shifted``. NaN (guard) when either top-k subspace is not
     unique (σ_k − σ_{k+1} ≤ eps·σ₁, which includes σ₁ = 0) or a restriction loses rank.
     """
-    _check_pair(previous, current)
+    _, vectors = _check_pair(previous, current)
     # the first k columns of the QR of the whole basis (shared with grassmannian_2/4/8) span the top-k vectors
-    return _step_grassmann(previous, current, current.vectors.shape[-1], shifted)
+    return _step_grassmann(previous, current, vectors.shape[-1], shifted)
 
 
 def top_vector_angle(previous: Spectrum, current: Spectrum, shifted: bool) -> torch.Tensor:
@@ -500,10 +503,12 @@ def _restricted_qr(spec: Spectrum, offset: int, tail: bool) -> tuple[torch.Tenso
 
 def _step_grassmann(previous: Spectrum, current: Spectrum, k: int, shifted: bool) -> torch.Tensor:
     """√Σθᵢ² between the top-k subspaces of consecutive passes (shared positions when ``shifted``), NaN where undefined."""
-    if previous.subspace(k) is None or current.subspace(k) is None:  # k > m (raises when the vectors are missing)
+    previous_k = previous.subspace(k)
+    current_k = current.subspace(k) if previous_k is not None else None
+    if current_k is None:  # k > m (raises when the vectors are missing)
         return torch.full(current.values.shape[:-1], _NAN, dtype=torch.float64, device=current.values.device)
     offset = int(shifted)
-    if current.subspace(k).shape[-2] - offset < k:  # fewer shared indices than k: the restriction cannot have rank k
+    if current_k.shape[-2] - offset < k:  # fewer shared indices than k: the restriction cannot have rank k
         return torch.full(current.values.shape[:-1], _NAN, dtype=torch.float64, device=current.values.device)
     qp, rp = _restricted_qr(previous, offset, tail=True)
     qc, rc = _restricted_qr(current, offset, tail=False)
@@ -555,25 +560,40 @@ def subspace_drift(previous: Spectrum | None, current: Spectrum, shifted: bool, 
     either top-k subspace is not unique, a restriction loses rank, or fewer than k positions are shared
     (o > n − k). Needs ``context.first``; without it (the context windows before pass 1) NaN, no guard.
     """
-    first = context.first
-    k = current.vectors.shape[-1]
-    if first.vectors is None or first.vectors.shape[-1] != k:
+    first = _needed(context.first, "subspace_drift needs context.first")
+    vectors = _needed(current.vectors, "subspace_drift needs singular vectors: spectrum(..., side='left'|'right')")
+    k = vectors.shape[-1]
+    first_vectors = first.vectors
+    if first_vectors is None or first_vectors.shape[-1] != k:
         raise ValueError("subspace_drift: context.first must hold the same top_k singular vectors as the current spectrum")
     offset = context.since_first if shifted else 0
-    n = current.vectors.shape[-2]
+    n = vectors.shape[-2]
     if n - offset < k:  # fewer positions shared with pass 1 than k
         return torch.full(current.values.shape[:-1], _NAN, dtype=torch.float64, device=current.values.device)
     qc, rc = _restricted_qr(current, offset, tail=False)  # cached: at offsets 0 and 1 shared with the step distances
     if offset == 0:
         qf, rf = _restricted_qr(first, 0, tail=True)  # cached on pass 1's spectrum for the whole chunk
     else:  # pass 1's rows o..n−1: a new restriction at every pass, so not cached (only its k columns)
-        qf, rf = torch.linalg.qr(_restricted(first.vectors, first.vectors, offset)[0])
+        qf, rf = torch.linalg.qr(_restricted(first_vectors, first_vectors, offset)[0])
     return _principal_distance(first, qf, rf, current, qc, rc, k, snap=DRIFT_COS_TOL)
+
+
+_BOTH_SIDES = "this metric needs the singular vectors of both sides: spectrum(..., side='left'|'right')"
+_T = TypeVar("_T")
+
+
+def _needed(value: _T | None, message: str) -> _T:
+    """``value``, which a metric cannot do without: a ``MetricContext`` field in its ``needs`` (the
+    registry measures it only when they are there) or singular vectors of a spectrum; ValueError(message)
+    when it is None (a direct call without it)."""
+    if value is None:
+        raise ValueError(message)
+    return value
 
 
 def _other_side(spec: Spectrum) -> str:
     if spec.side is None or spec.other is None:
-        raise ValueError("this metric needs the singular vectors of both sides: spectrum(..., side='left'|'right')")
+        raise ValueError(_BOTH_SIDES)
     return "right" if spec.side == "left" else "left"
 
 
@@ -586,7 +606,10 @@ def top_vector_angle_other(previous: Spectrum, current: Spectrum, shifted: bool,
     NaN (guard) when either top vector is not unique (σ₁ − σ₂ ≤ eps·σ₁) or its restriction vanishes.
     """
     side = _other_side(current)
-    up, uc = _restricted(previous.side_vectors(side)[..., :1], current.side_vectors(side)[..., :1], int(context.positions[side]))
+    positions = _needed(context.positions, "top_vector_angle_other needs context.positions")
+    previous_vectors = _needed(previous.side_vectors(side), _BOTH_SIDES)
+    current_vectors = _needed(current.side_vectors(side), _BOTH_SIDES)
+    up, uc = _restricted(previous_vectors[..., :1], current_vectors[..., :1], int(positions[side]))
     up, uc = up[..., 0], uc[..., 0]
     norm_p, norm_c = torch.linalg.vector_norm(up, dim=-1), torch.linalg.vector_norm(uc, dim=-1)
     ok = (norm_p > RESTRICTED_RANK_TOL) & (norm_c > RESTRICTED_RANK_TOL)
@@ -643,11 +666,12 @@ def membership_change_other(previous: Spectrum, current: Spectrum, shifted: bool
     NaN (guard) when either top-k subspace is not unique or a vector set is not finite.
     """
     side = _other_side(current)
-    up, uc = previous.side_vectors(side), current.side_vectors(side)
+    positions = _needed(context.positions, "membership_change_other needs context.positions")
+    up, uc = _needed(previous.side_vectors(side), _BOTH_SIDES), _needed(current.side_vectors(side), _BOTH_SIDES)
     k = uc.shape[-1]
     finite = torch.isfinite(up).all(-1).all(-1) & torch.isfinite(uc).all(-1).all(-1)
     defined = _top_k_unique(previous, k) & _top_k_unique(current, k) & finite
-    return torch.where(defined, _membership_change(up, uc, int(context.positions[side])), _NAN)
+    return torch.where(defined, _membership_change(up, uc, int(positions[side])), _NAN)
 
 
 def _in_embedding_space(vectors: torch.Tensor, positions: bool, context: MetricContext) -> torch.Tensor:
@@ -659,13 +683,15 @@ def _in_embedding_space(vectors: torch.Tensor, positions: bool, context: MetricC
     """
     if not positions:
         return vectors.double()
-    window = context.window_embeddings  # float32: the mixture is formed in the embeddings' precision
+    window = _needed(
+        context.window_embeddings, "context.window_embeddings"
+    )  # float32: the mixture is formed in the embeddings' precision
     return (window.mT @ vectors.to(window.dtype)).double()
 
 
 def _embedding_scale(context: MetricContext) -> torch.Tensor:
     """The largest token-embedding norm: the scale below which a mapped vector counts as vanished."""
-    return torch.linalg.vector_norm(context.embeddings.double(), dim=-1).amax()
+    return torch.linalg.vector_norm(_needed(context.embeddings, "this metric needs context.embeddings").double(), dim=-1).amax()
 
 
 def _alignment(vector: torch.Tensor, token: torch.Tensor, scale: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -687,9 +713,11 @@ def embedding_alignment_left(previous: Spectrum | None, current: Spectrum, shift
     Sign-free (|cos|), in [0, 1]. NaN (guard) when u₁ is not unique (σ₁ − σ₂ ≤ eps·σ₁) or ũ₁ or e(x_t)
     vanishes (norm ≤ 1e-6 × the largest token-embedding norm).
     """
-    u1 = current.side_vectors("left")[..., :1]
-    mapped = _in_embedding_space(u1, context.positions["left"], context)[..., 0]
-    cosine, ok = _alignment(mapped, context.window_embeddings[..., -1, :], _embedding_scale(context))
+    u1 = _needed(current.side_vectors("left"), _BOTH_SIDES)[..., :1]
+    positions = _needed(context.positions, "embedding_alignment_left needs context.positions")
+    mapped = _in_embedding_space(u1, positions["left"], context)[..., 0]
+    window = _needed(context.window_embeddings, "embedding_alignment_left needs context.window_embeddings")
+    cosine, ok = _alignment(mapped, window[..., -1, :], _embedding_scale(context))
     return torch.where(ok & _top_k_unique(current, 1), cosine, _NAN)
 
 
@@ -701,9 +729,11 @@ def embedding_alignment_right(previous: Spectrum | None, current: Spectrum, shif
     window's token embeddings; for AVWₒ (d_model) v₁ itself — the direction the head writes most.
     Sign-free, in [0, 1]. NaN (guard) when v₁ is not unique or ṽ₁ or the embedding vanishes.
     """
-    v1 = current.side_vectors("right")[..., :1]
-    mapped = _in_embedding_space(v1, context.positions["right"], context)[..., 0]
-    cosine, ok = _alignment(mapped, context.next_embedding, _embedding_scale(context))
+    v1 = _needed(current.side_vectors("right"), _BOTH_SIDES)[..., :1]
+    positions = _needed(context.positions, "embedding_alignment_right needs context.positions")
+    mapped = _in_embedding_space(v1, positions["right"], context)[..., 0]
+    predicted = _needed(context.next_embedding, "embedding_alignment_right needs context.next_embedding")
+    cosine, ok = _alignment(mapped, predicted, _embedding_scale(context))
     return torch.where(ok & _top_k_unique(current, 1), cosine, _NAN)
 
 
@@ -718,13 +748,14 @@ def embedding_coherence(previous: Spectrum | None, current: Spectrum, shifted: b
     skipped. NaN (guard) when the top-k subspace is not unique or its image loses rank (|R_ii| ≤ 1e-6 ×
     the largest token-embedding norm).
     """
-    vk = current.side_vectors("right")
+    vk = _needed(current.side_vectors("right"), _BOTH_SIDES)
     k = vk.shape[-1]
-    mapped = _in_embedding_space(vk, context.positions["right"], context)  # [..., d, k]
+    positions = _needed(context.positions, "embedding_coherence needs context.positions")
+    mapped = _in_embedding_space(vk, positions["right"], context)  # [..., d, k]
     q, r = torch.linalg.qr(mapped)
     scale = _embedding_scale(context)
     full_rank = torch.diagonal(r, dim1=-2, dim2=-1).abs().amin(-1) > RESTRICTED_RANK_TOL * scale
-    rows = context.embeddings.double()
+    rows = _needed(context.embeddings, "embedding_coherence needs context.embeddings").double()
     norms = torch.linalg.vector_norm(rows, dim=-1, keepdim=True)
     unit = torch.where(norms > 0, rows / torch.where(norms > 0, norms, 1.0), 0.0)  # [vocab, d]
     coherence = (unit @ q).square().sum(-1).sqrt().amax(-1)  # [..., vocab, k] -> [...]
@@ -789,7 +820,7 @@ def trajectory_curvature(previous: Spectrum | None, current: Spectrum, shifted: 
     windows; nothing is padded. NaN (guard) where a point is not finite or the curve does not move
     (|r′| ≤ TRAJECTORY_TOL = 1e-6 × the window's largest σ).
     """
-    r11, r22, _, moving, _ = trajectory_frame(context.trajectory)
+    r11, r22, _, moving, _ = trajectory_frame(_needed(context.trajectory, "trajectory_curvature needs context.trajectory"))
     return torch.where(moving, r22 / torch.where(moving, r11, 1.0).square(), _NAN)
 
 
@@ -804,7 +835,7 @@ def trajectory_torsion(previous: Spectrum | None, current: Spectrum, shifted: bo
     NaN (guard) where κ is, and where the curve does not bend (the part of r″ normal to r′ ≤ 1e-6 × the
     window's largest σ; a straight line's torsion is 0/0).
     """
-    r11, r22, r33, _, bending = trajectory_frame(context.trajectory)
+    r11, r22, r33, _, bending = trajectory_frame(_needed(context.trajectory, "trajectory_torsion needs context.trajectory"))
     return torch.where(bending, r33 / torch.where(bending, r11 * r22, 1.0), _NAN)
 
 
