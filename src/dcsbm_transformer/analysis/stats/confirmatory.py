@@ -216,14 +216,14 @@ def headline(horizon: dict[str, Any], name: str) -> list[str]:
             continue
         j, a = _best(entry, direction)
         jo, ao = _best(entry, other)
-        if j is None:
+        if j is None or a is None:  # _best gives both or neither
             continue
         described = (
             f"r = {r}, exploratory events ({entry['n_violations']} violations, {entry['n_successes']} successes): "
             f"strongest {direction} at j = {j}, AUROC {_fmt(a)} [{_fmt(entry['ci_low'][j])}, {_fmt(entry['ci_high'][j])}] "
             "(pointwise CI at a lookback chosen after looking)"
         )
-        if jo is not None and abs(ao - 0.5) > abs(a - 0.5):
+        if jo is not None and ao is not None and abs(ao - 0.5) > abs(a - 0.5):
             described += (
                 f"; it separates more strongly the other way — {other} before violations — at j = {jo}, AUROC "
                 f"{_fmt(ao)} [{_fmt(entry['ci_low'][jo])}, {_fmt(entry['ci_high'][jo])}]"

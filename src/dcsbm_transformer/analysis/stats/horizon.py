@@ -29,7 +29,7 @@ import platform
 import re
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 import numpy as np
 import scipy
@@ -61,6 +61,14 @@ from .statistics import (
 KEY = re.compile(r"^(?P<target>qkt|avwo)\.layer_(?P<layer>\d+)\.head_(?P<head>\d+)\.(?P<metric>\w+)$")
 BEHAVIOURAL = "target_block_probability"
 TARGET_NAMES = {"qkt": "QKᵀ", "avwo": "AVWₒ"}
+
+
+def _key_parts(key: str) -> re.Match[str]:
+    """The target, layer, head and metric of a metric key (``KEY``); ValueError for a key of another form."""
+    parts = KEY.match(key)
+    if parts is None:
+        raise ValueError(f"{key!r} is not a metric key (<target>.layer_<L>.head_<H>.<metric>)")
+    return parts
 
 
 def metric_arrays(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -297,7 +305,7 @@ def _versus_behaviour(
 
 def _separation_entry(result: SeparationResult, *, p_adjusted, alpha: float, context, versus, auprc_p_adjusted=None) -> dict[str, Any]:
     ok = result.status == "ok"
-    nothing = [None] * len(result.auroc)
+    nothing: list[float | None] = [None] * len(result.auroc)
 
     def listed(values) -> list[float | None]:
         return nothing if values is None else _numbers(values)
@@ -511,7 +519,7 @@ def compute_horizon(
         return by_r
 
     def described(key: str, by_r) -> dict[str, Any]:
-        parts = KEY.match(key)
+        parts = _key_parts(key)
         return {
             "target": parts["target"],
             "layer": int(parts["layer"]),
@@ -536,8 +544,8 @@ def compute_horizon(
     _incremental_family(
         arrays, y, g, r, metric_stats, list(dict.fromkeys([primary, *survivors])), numpy_rng(config.seed, a.stream, "incremental")
     )
-    parts = KEY.match(primary)
-    primary_entry = {
+    parts = _key_parts(primary)
+    primary_entry: dict[str, Any] = {
         "registered": registered,
         "key": primary,
         "target": parts["target"],
@@ -727,7 +735,8 @@ def _confirmatory(
         threshold=a.horizon_threshold,
         alternatives={primary: one_sided, EDGE_CLEAN: one_sided, BEHAVIOURAL: "less"},
     )
-    out, edge_verdicts = {}, ({} if EDGE_CLEAN in results else None)
+    out: dict[str, Any] = {}
+    edge_verdicts: dict[str, str] | None = {} if EDGE_CLEAN in results else None
     for rv, held_result in results[primary].items():
         m = stratum_mask(r, rv)
         chosen = exploratory_results[primary].get(rv)
@@ -790,8 +799,8 @@ def horizon_is_current(
     summary: dict[str, Any],
     check: RegistrationCheck | None = None,
     directory: Path | None = None,
-) -> bool:
-    """Whether a horizon.json (parsed, or None) was made from this summary's token_metrics.npz
+) -> TypeGuard[dict[str, Any]]:
+    """Whether a horizon.json (parsed, or None: never current) was made from this summary's token_metrics.npz
     with this analysis block's statistics settings, primary hypothesis and registration status
     (and, given the analysis ``directory``, from the null_metrics.npz there)."""
     check = check or _unregistered("no registration was checked for this analysis")
@@ -828,4 +837,6 @@ def horizon_for_run(
     )
     for sentence in payload["headline"]:
         echo(sentence)
-    return read_horizon(analysis_dir)
+    written = read_horizon(analysis_dir)
+    assert written is not None, "write_horizon has just written it"
+    return written

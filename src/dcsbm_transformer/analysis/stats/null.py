@@ -122,7 +122,8 @@ def null_comparison(
 def _entry(res, p_adjusted, alpha, x, y, g, xn, gn, min_events) -> dict[str, Any]:
     """One metric in one r stratum: the test's numbers, successes vs null, the three distributions."""
     ok = res.status == "ok"
-    successes_vs_null = {"auroc": [None] * x.shape[1], "ci_low": [None] * x.shape[1], "ci_high": [None] * x.shape[1]}
+    none: list[float | None] = [None] * x.shape[1]
+    successes_vs_null = {"auroc": none, "ci_low": none.copy(), "ci_high": none.copy()}
     if (~y).sum() >= min_events and len(xn) >= min_events:
         st = stratified_auroc(
             np.concatenate([x[~y], xn]), np.r_[np.ones(int((~y).sum()), bool), np.zeros(len(xn), bool)], np.r_[g[~y], gn]

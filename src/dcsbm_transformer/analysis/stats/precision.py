@@ -56,7 +56,7 @@ __all__ = ["ORIENTATIONS", "ap_keys", "ap_numerators", "auprc_ci", "stratified_a
 ORIENTATIONS = ("higher", "lower")
 
 
-def ap_keys(x: np.ndarray, orientation: str = "higher") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def ap_keys(x: np.ndarray, orientation: str = "higher") -> tuple[np.ndarray, int, np.ndarray]:
     """``D_i`` of every event and column of one stratum ``x [n, columns]`` (see the module docstring).
 
     Returns ``(keys [columns, n] int, sentinel, ties [columns] bool)``: ``keys[c, i] = D_i`` for a

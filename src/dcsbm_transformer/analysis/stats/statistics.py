@@ -66,6 +66,7 @@ Choices, and why
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from typing import TypedDict
 
 import numpy as np
 from scipy.special import betaln
@@ -161,7 +162,7 @@ def _column_ranks(x: np.ndarray, include: np.ndarray | None = None) -> tuple[np.
     return ranks, mask
 
 
-def auroc(scores: np.ndarray, violated: np.ndarray) -> np.ndarray:
+def auroc(scores: np.ndarray, violated: np.ndarray) -> float | np.ndarray:
     """Unfolded midrank AUROC per column: ``P(X_v > X_s) + 1/2 P(X_v = X_s)``.
 
     ``A = (R_v - n_v (n_v + 1) / 2) / (n_v n_s)`` with ``R_v`` the sum of the violations' midranks
@@ -194,7 +195,7 @@ def _placements(x: np.ndarray, y: np.ndarray):
     return v10, v01, mv, ms, nv, ns
 
 
-def delong(scores: np.ndarray, violated: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def delong(scores: np.ndarray, violated: np.ndarray) -> tuple[float, float] | tuple[np.ndarray, np.ndarray]:
     """AUROC and DeLong's variance per column (DeLong, DeLong & Clarke-Pearson 1988).
 
     Structural components (placements) from midranks, with ``R`` the midrank among all finite
@@ -218,7 +219,15 @@ def delong(scores: np.ndarray, violated: np.ndarray) -> tuple[np.ndarray, np.nda
     Returns ``(auroc, variance)``, each a float or ``[columns]``.
     """
     x, flat = _as_2d(scores)
-    v10, v01, mv, ms, nv, ns = _placements(x, np.asarray(violated, dtype=bool))
+    a, var = _delong_columns(x, np.asarray(violated, dtype=bool))
+    if flat:
+        return float(a[0]), float(var[0])
+    return a, var
+
+
+def _delong_columns(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`delong` of every column of ``x [n, columns]`` (float64) against ``y [n]`` (bool): ``(auroc, variance)``."""
+    v10, v01, mv, ms, nv, ns = _placements(x, y)
     with np.errstate(invalid="ignore", divide="ignore"):
         a = v10.sum(axis=0) / nv
         s10 = (np.where(mv, (v10 - a) ** 2, 0.0).sum(axis=0)) / (nv - 1)
@@ -235,8 +244,6 @@ def delong(scores: np.ndarray, violated: np.ndarray) -> tuple[np.ndarray, np.nda
         bound[top] = perfect_separation_bound(nv[top], ns[top])
         bound[bottom] = perfect_separation_bound(ns[bottom], nv[bottom])  # successes all above violations
         var = np.where(top | bottom, np.maximum(var, ((1.0 - bound) / z) ** 2), var)
-    if flat:
-        return float(a[0]), float(var[0])
     return a, var
 
 
@@ -292,7 +299,7 @@ def stratified_auroc(scores: np.ndarray, violated: np.ndarray, jumper: np.ndarra
     for s in np.unique(g):
         sel = g == s
         xs, ys = x[sel], y[sel]
-        a_s, v_s = delong(xs, ys)
+        a_s, v_s = _delong_columns(xs, ys)
         fin = np.isfinite(xs)
         nv = (fin & ys[:, None]).sum(axis=0)
         ns = (fin & ~ys[:, None]).sum(axis=0)
@@ -735,6 +742,19 @@ def _family_max(stat: np.ndarray) -> np.ndarray:
     return np.where(defined, np.nanmax(np.where(np.isfinite(fam), fam, -np.inf), axis=-1), np.nan)
 
 
+class _Common(TypedDict):
+    """The fields of a ``SeparationResult`` that every status has (``_observed`` passes them as ``**base``)."""
+
+    r: int
+    n_violations: int
+    n_successes: int
+    counts_per_jumper: dict[int, tuple[int, int]]
+    permutations: int
+    threshold: float
+    min_events: int
+    alternative: str
+
+
 def _observed(
     x: np.ndarray,
     y: np.ndarray,
@@ -752,7 +772,7 @@ def _observed(
     counts = {int(s): (int((y & (g == s)).sum()), int((~y & (g == s)).sum())) for s in np.unique(g)}
     ncol = x.shape[1]
     nan = np.full(ncol, np.nan)
-    base = dict(
+    base = _Common(
         r=r_value,
         n_violations=nv_tot,
         n_successes=ns_tot,
