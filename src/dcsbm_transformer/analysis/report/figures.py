@@ -446,6 +446,7 @@ def draw_overview(path: Path, horizon: dict[str, Any]) -> Path:
                 fontsize=8,
                 color="0.3",
             )
+    assert image is not None, "tables[0] exists, so there is at least one panel"
     figure.colorbar(image, ax=list(axes.flat), shrink=0.8, label="best oriented AUROC, j ≥ 1")
     _title(
         figure,

@@ -42,7 +42,8 @@ def head_summary(horizon: dict[str, Any]) -> dict[str, Any]:
     heads: dict[tuple[int, int], list[tuple[str, dict[str, Any]]]] = {}
     for key, stats in horizon["metrics"].items():
         heads.setdefault((int(stats["layer"]), int(stats["head"])), []).append((key, stats))
-    rows, best_by_r = [], {}
+    rows: list[dict[str, Any]] = []
+    best_by_r: dict[int, tuple[dict[str, Any], tuple]] = {}
     for (layer, head), arrays in sorted(heads.items()):
         for rv in horizon["r_values"]:
             entries = [

@@ -468,8 +468,8 @@ def _counts(summary: dict[str, Any]) -> dict[str, Any]:
     return {"total": summary.get("counts"), "by_r": by_r, "by_rule": summary.get("counts_by_rule", [])}
 
 
-def _figures(figures: dict[str, Path] | None) -> list[dict[str, str]]:
-    out = []
+def _figures(figures: dict[str, Path] | None) -> list[dict[str, str | int]]:
+    out: list[dict[str, str | int]] = []
     for name, path in (figures or {}).items():
         if name == "training_curves":  # shown in the gate's section (_training_figure)
             continue
@@ -490,7 +490,7 @@ def _figures(figures: dict[str, Path] | None) -> list[dict[str, str]]:
     return out
 
 
-def _training_figure(figures: dict[str, Path] | None) -> dict[str, str] | None:
+def _training_figure(figures: dict[str, Path] | None) -> dict[str, str | int] | None:
     path = (figures or {}).get("training_curves")
     if path is None:
         return None
