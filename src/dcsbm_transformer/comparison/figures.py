@@ -85,12 +85,11 @@ def _summaries(axis, groups: dict[tuple[str, float], list[float]], colours, offs
     ``bounds``, the values the mean can take (compliance in [0, 1], a horizon ≥ 0)."""
     for (label, x), values in groups.items():
         mean, low, high = t_interval(values)
-        if low is not None:
+        xe = x + offsets[label] + 0.006
+        if low is not None and high is not None:  # both or neither (one run: no interval)
             floor, ceiling = bounds
             low = low if floor is None else max(low, floor)
             high = high if ceiling is None else min(high, ceiling)
-        xe = x + offsets[label] + 0.006
-        if low is not None:
             axis.errorbar([xe], [mean], yerr=[[mean - low], [high - mean]], color=colours[label], capsize=4, linewidth=1.5, zorder=4)
         axis.plot([xe], [mean], marker="_", markersize=14, markeredgewidth=2.5, color=colours[label], zorder=5)
 

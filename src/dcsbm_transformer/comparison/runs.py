@@ -85,7 +85,7 @@ class Run:
 
     @property
     def gate_passed(self) -> bool:
-        return self.finished and bool(self.result["training"]["gate_passed"])
+        return self.result is not None and self.finished and bool(self.result["training"]["gate_passed"])
 
     @property
     def state(self) -> str:

@@ -248,7 +248,7 @@ def _by_layer(horizon: dict[str, Any], r: str) -> dict[str, dict[str, Any]]:
 def _horizon_of(horizon: dict[str, Any], key: str, r: str, direction: str) -> dict[str, Any]:
     """One target's horizons at r, read in ``direction``, with the class counts and the horizons as
     a share of r; ``status`` says when there are none ("insufficient": too few events, counts kept)."""
-    empty = {
+    empty: dict[str, Any] = {
         "key": key,
         "direction": direction,
         "horizon": None,
