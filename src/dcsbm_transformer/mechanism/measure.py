@@ -173,6 +173,7 @@ def continue_greedy(
                 out = model.extract_last(part, check_ids=False)
             nexts.append(out.logits[:, -1].argmax(dim=-1))
             # one definition of "attention on the jumper" for the analysis and the mechanism (NaN once it has left)
+            assert out.attention is not None, "extract_last returns every layer's attention"
             attention[begin : begin + rows, step] = attention_to_jumper(out.attention[..., -1, :], step + 1).cpu()
         nxt = torch.cat(nexts)
         tokens[:, step] = nxt.cpu()
@@ -214,7 +215,7 @@ def score_condition(
     return Scored(
         obeyed,
         landed.astype(np.int64),
-        int(round(report.edge_compliance * report.edge_transitions)),
+        0 if report.edge_compliance is None else int(round(report.edge_compliance * report.edge_transitions)),  # None: no transitions
         report.edge_transitions,
         is_edge.all(axis=1),
     )
@@ -274,7 +275,9 @@ def _condition_row(
     own = np.arange(attention.shape[1])[None, :] < r[:, None]  # [E, passes]
     passes = np.where(own[:, :, None, None], attention, np.nan)[:, 1:]  # pass 1's query is the jumper itself: not a read
     with np.errstate(invalid="ignore"):
-        reads = np.nanmean(passes.reshape(-1, *passes.shape[2:]), axis=0) if passes.size else np.full(passes.shape[2:], np.nan)
+        reads: np.ndarray = (
+            np.nanmean(passes.reshape(-1, *passes.shape[2:]), axis=0) if passes.size else np.full(passes.shape[2:], np.nan)
+        )
     return {
         "name": condition.name,
         "kind": condition.kind,

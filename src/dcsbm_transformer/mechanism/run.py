@@ -167,7 +167,9 @@ def mechanism_run(
     for line in payload["findings"]:
         echo(f"  {line}")
     echo(f"mechanism: {folder / 'mechanism.json'}; report: {report}")
-    return read_mechanism(folder)
+    written = read_mechanism(folder)
+    assert written is not None, "write_mechanism has just written it"
+    return written
 
 
 def _perturbation_windows(count: int) -> np.ndarray:
