@@ -38,7 +38,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import submitit
 from submitit.slurm.slurm import SlurmJob
@@ -74,6 +74,10 @@ from .status import (
     write_record,
     write_status,
 )
+
+if TYPE_CHECKING:  # for annotations only: both are imported where a sweep uses them
+    from .budget import Budget
+    from .cloud import SkyPilotExecutor
 
 EXECUTORS = ("local", "slurm", "debug", "skypilot")  # skypilot: sweep/cloud.py
 JOBS_DIR = "jobs"  # submitit's folder: each job's pickles and logs (<job id>_0_log.out, ...)
@@ -112,7 +116,7 @@ class SweepSettings:
     sweeps_root: Path = Path("sweeps")
     cache_root: Path | None = None
     device: str = "auto"
-    precision: str = "fp32"
+    precision: Literal["fp32", "bf16"] = "fp32"
     slurm: SlurmSettings = field(default_factory=SlurmSettings)
     poll_seconds: float | None = None  # default: 0.5 s local and debug, 30 s on SLURM
     lock_wait_seconds: float = 60.0  # a results folder still held (by a job of a killed sweep) is waited for this long
@@ -196,7 +200,7 @@ class PointJob(submitit.helpers.Checkpointable):
         results_root: str,
         cache_root: str | None,
         device: str,
-        precision: str,
+        precision: Literal["fp32", "bf16"],
         threads: int | None,
         record: str,
         executor: str,
@@ -232,7 +236,7 @@ class PointJob(submitit.helpers.Checkpointable):
         if self.owner is not None:
             _watch_owner(self.owner)
         started, clock = now(), time.perf_counter()
-        record = {
+        record: dict[str, Any] = {
             "experiment_id": None,
             "point": self.point,
             "varied": self.varied,
@@ -340,7 +344,7 @@ def executor_problem(settings: SweepSettings) -> str | None:
     return None
 
 
-def make_executor(settings: SweepSettings, folder: Path, name: str) -> submitit.Executor:
+def make_executor(settings: SweepSettings, folder: Path, name: str) -> submitit.Executor | SkyPilotExecutor:
     """The submitit executor of ``settings.executor``, writing its pickles and logs under ``folder``."""
     threads = settings.threads_per_job()
     thread_setup = [f"export OMP_NUM_THREADS={threads}", f"export MKL_NUM_THREADS={threads}"]
@@ -352,9 +356,9 @@ def make_executor(settings: SweepSettings, folder: Path, name: str) -> submitit.
         cloud = settings.cloud or CloudSettings()
         return SkyPilotExecutor(folder.parent / SKYPILOT_DIR, cloud, device=settings.device, precision=settings.precision)
     if settings.executor == "local":
-        executor = submitit.LocalExecutor(folder=folder)
-        executor.update_parameters(timeout_min=LOCAL_TIMEOUT_MIN, setup=thread_setup + _cuda_setup())
-        return executor
+        local = submitit.LocalExecutor(folder=folder)
+        local.update_parameters(timeout_min=LOCAL_TIMEOUT_MIN, setup=thread_setup + _cuda_setup())
+        return local
     if (problem := executor_problem(settings)) is not None:
         raise ExecutorUnavailable(problem)
     slurm = settings.slurm
@@ -551,7 +555,7 @@ def run_sweep(plan: SweepPlan, settings: SweepSettings, echo: Callable[[str], No
 
 
 class _Runner:
-    budget = None  # a budget.Budget: admits points, records their time (run_sweep's budget)
+    budget: Budget | None = None  # admits points, records their time (run_sweep's budget)
 
     def __init__(self, plan, settings: SweepSettings, sweep_dir: Path, executor, table: _Table, echo):
         self.plan, self.settings, self.sweep_dir = plan, settings, sweep_dir
@@ -588,6 +592,7 @@ class _Runner:
             while queue and len(self.running) < limit:
                 point = queue.popleft()
                 if not self._admitted([point]):
+                    assert self.budget is not None, "only a budget refuses a point"
                     self.budget.held.extend(queue)  # held by the budget, with every point after it
                     queue.clear()
                     break
@@ -610,11 +615,12 @@ class _Runner:
             jobs = read_jobs(self.sweep_dir)
             known = [jobs[p.experiment_id]["job_id"] for p in todo if p.experiment_id in jobs]
             states = job_states(known) if known else {}
-            fresh, said = [], {}
+            fresh: list[Point] = []
+            said: dict[str, JobState] = {}
             for point in todo:
                 job_id = jobs.get(point.experiment_id, {}).get("job_id")
-                state = states.get(job_id)
-                if state is not None and state.live:
+                state = states.get(job_id) if job_id is not None else None
+                if job_id is not None and state is not None and state.live:
                     self.running[point.index] = (SlurmJob(folder=self.sweep_dir / JOBS_DIR, job_id=job_id), point)
                     self.table.states[point.index] = "running"
                     if self.budget is not None:  # already running: it counts from now, whatever the budget says

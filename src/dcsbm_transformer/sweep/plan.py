@@ -181,7 +181,8 @@ def load_sweep(path: str | Path, overrides: dict[str, Any] | None = None) -> Swe
         raise SweepError([error.problem], str(path)) from None
     if overrides:
         problems = [f"--set {problem}" for key in overrides if (problem := config_key_problem(key)) is not None]
-        axes = raw.get("axes") if isinstance(raw, dict) and isinstance(raw.get("axes"), dict) else {}
+        given = raw.get("axes") if isinstance(raw, dict) else None
+        axes = given if isinstance(given, dict) else {}
         problems += [f"--set {key}: an axis of this sweep; a key is either fixed or varied" for key in overrides if key in axes]
         if problems:
             raise SweepError(problems, str(path))
@@ -320,6 +321,7 @@ def sweep_from_dict(raw: Any, source: Path | None = None, text: str | None = Non
         points = _expand(base, axes, order, problems, variants)
     if problems:
         raise SweepError(problems, where)
+    assert isinstance(name, str), "a name that is not text is among the problems above"
     return SweepPlan(
         name=name,
         description=description,
