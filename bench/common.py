@@ -5,7 +5,6 @@ from __future__ import annotations
 import datetime
 import json
 import os
-import platform
 import re
 import socket
 import statistics
@@ -15,7 +14,7 @@ from typing import Any, Callable
 
 import torch
 
-from dcsbm_transformer.devices import synchronize
+from dcsbm_transformer.devices import cpu_name, synchronize
 from dcsbm_transformer.storage import atomic_write_bytes
 
 # Where results files go; DCSBM_BENCH_RESULTS moves them (the smoke tests write to a temp folder).
@@ -53,16 +52,6 @@ def _format(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.3g}" if abs(value) < 100 else f"{value:,.0f}"
     return str(value)
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def machine_info(device: torch.device | str = "cpu") -> dict[str, Any]:

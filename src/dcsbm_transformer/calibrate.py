@@ -150,20 +150,12 @@ def cost_shape(config) -> dict[str, Any]:
     return shape
 
 
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def machine(device) -> dict[str, Any]:
     """Where it was measured: device name, CPU, cores, threads, host, versions, date."""
     import numpy
     import torch
+
+    from .devices import cpu_name
 
     try:
         ours = version("dcsbm-transformer")
@@ -171,8 +163,8 @@ def machine(device) -> dict[str, Any]:
         ours = "unknown (not installed)"
     info: dict[str, Any] = {
         "device": device.type,
-        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name(),
-        "cpu": _cpu_name(),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name(),
+        "cpu": cpu_name(),
         "cores": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "hostname": socket.gethostname(),

@@ -9,6 +9,7 @@ import platform
 from collections.abc import Callable
 from contextlib import nullcontext
 from functools import partial
+from pathlib import Path
 
 import torch
 
@@ -101,3 +102,15 @@ def threads_warning(threads: int, chosen: bool, jobs: int | None = None) -> str 
     except (AttributeError, OSError):  # no load average on this platform
         return None
     return thread_advice(usable_cores(), load, threads, chosen, jobs)
+
+
+def cpu_name() -> str:
+    """The CPU's model name (/proc/cpuinfo's "model name"), else what ``platform`` knows: where a
+    timing was measured (calibration files, benchmark records)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
