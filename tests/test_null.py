@@ -4,10 +4,14 @@ power by simulation (the null of a real analysis: tests/test_analysis.py)."""
 
 from __future__ import annotations
 
+import zlib
+
 import numpy as np
 import pytest
+from conftest import tiny_config
 
-from dcsbm_transformer.analysis.measure.null import matched_violations, pending_after
+from dcsbm_transformer.analysis.measure import null as null_module
+from dcsbm_transformer.analysis.measure.null import _rule_free_walks, matched_violations, pending_after
 from dcsbm_transformer.analysis.stats.calibration import reliability
 from dcsbm_transformer.analysis.stats.null import null_comparison
 
@@ -34,6 +38,35 @@ def test_matched_violations_repeat_each_violation_and_respect_the_cap():
     capped = matched_violations(violated, 3, 4, np.random.default_rng(0))
     assert capped.size == 4 and set(capped) <= {1, 3, 4} and (np.diff(capped) >= 0).all()
     assert matched_violations(np.zeros(5, bool), 3, 100, np.random.default_rng(0)).size == 0
+
+
+class _DenseRules:
+    """Vertex 3 of 4 is a jumper whose rule outlasts the walk: step s is rule-free with probability
+    (3/4)^(s+1) on a uniform walk — common at s = 2, rare at 20 (0.24%), never in practice at 60."""
+
+    jumper_index = np.array([-1, -1, -1, 0])
+    jumper_r = np.array([100])
+
+
+def test_rule_free_walks_pool_the_rare_steps_and_count_the_impossible(monkeypatch):
+    drawn_streams = []
+
+    def uniform_walks(graph, count, length, start_fraction, seed, stream):
+        drawn_streams.append(stream)
+        rng = np.random.default_rng(zlib.crc32(stream.encode()))
+        return type("Corpus", (), {"walks": rng.integers(0, 4, size=(count, length))})
+
+    monkeypatch.setattr(null_module, "generate_corpus", uniform_walks)
+    config = tiny_config(walks={"walk_length": 64})
+    step = np.r_[np.full(50, 2), np.full(3, 20), 60]
+    walks, found, source, drawn = _rule_free_walks(config, _DenseRules(), step)
+    # every common and rare step found a walk (the rare ones in the pooled rounds); the impossible one is counted
+    assert found.tolist() == [True] * 53 + [False]
+    assert any("-null-pool-" in s for s in drawn_streams)
+    rows = np.flatnonzero(found)
+    assert not pending_after(walks[rows], _DenseRules())[np.arange(rows.size), step[rows]].any()
+    assert np.unique(source[rows]).size == rows.size and source[~found].tolist() == [-1]  # no walk serves two events
+    assert drawn >= 2 * null_module.MAX_ROUNDS * 999  # both phases ran all their rounds for the impossible step
 
 
 def _synthetic(rng, *, shift: float, violations=60, successes=600, null=180, lookbacks=4, jumpers=2):

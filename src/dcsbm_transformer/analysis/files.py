@@ -553,6 +553,7 @@ class NullSection(_Strict):
     events: int
     per_violation: float  # null events per violation, as drawn
     generated_jumpers: int  # null continuations in which the model emitted a jumper (later passes NaN)
+    unmatched: int = 0  # null events left out: no drawn walk was rule-free at their step (absent before: none)
     permutations: int
     auprc_permutations: int
     family_size: int

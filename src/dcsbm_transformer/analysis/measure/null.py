@@ -18,14 +18,18 @@ compared within rule, as every statistic of the analysis is.
 pending there when the walk visited a jumper at ``t <= s`` with deadline ``t + r_t > s`` (the visit at
 ``s`` itself included): such positions are never drawn. The walks come from their own random
 stream (``<analysis.stream>-null-<round>``), one null event per walk (independent samples), in rounds
-until every null event has a rule-free walk. The model may itself emit a jumper during the
+until every null event has a rule-free walk; where rules cover most positions (r near w) the events
+left after ``MAX_ROUNDS`` rounds share pooled rounds of walks (``_rule_free_walks``), and an event
+that still finds none is left out and counted (``unmatched``: the null is then smaller than
+``null_multiple`` per violation, and says so). The model may itself emit a jumper during the
 continuation, which starts a rule: the passes after such a token are set to NaN (not rule-free any
 more) and counted (``first_jumper_pass``, ``generated_jumpers`` in horizon.json).
 
 ``null_metrics.npz`` (``NULL_FILE``, its own ``schema_version``): ``event_r``, ``event_step``,
 ``event_jumper`` (the matched violation's rule), ``event_matched`` (that violation's index in
 token_metrics.npz), ``first_jumper_pass`` (0 = none) [N]; ``tokens`` int32 [N, w + max r];
-``null_multiple`` and ``null_max_events`` (0-d, the settings used); every metric array of
+``null_multiple`` and ``null_max_events`` (0-d, the settings used), ``unmatched`` and ``walks_drawn``
+(0-d; schema 2, absent from schema 1, whose sampling allowed no unmatched event); every metric array of
 token_metrics.npz (``<target>.layer_<L>.head_<H>.<metric>``, float32 [N, lookbacks], lookback order,
 NaN past r and after a generated jumper) and its ``context.`` value [N].
 """
@@ -48,7 +52,10 @@ from ..stats.statistics import lookback_view
 from .events import MAX_ROUNDS, AnalysisEvents, AnalysisEventsError
 
 NULL_FILE = "null_metrics.npz"
-NULL_SCHEMA_VERSION = 1
+NULL_SCHEMA_VERSION = 2
+# Schema 1 had no ``unmatched``: its sampling stopped the analysis when an event found no rule-free
+# walk, so a schema-1 file has none (and phase 1 of ``_rule_free_walks`` draws what it drew).
+_READABLE_SCHEMAS = (1, NULL_SCHEMA_VERSION)
 
 
 def pending_after(walks: np.ndarray, graph: Graph) -> np.ndarray:
@@ -76,37 +83,76 @@ def matched_violations(violated: np.ndarray, multiple: int, max_events: int, rng
     return chosen
 
 
-def draw_null_events(config: ExperimentConfig, graph: Graph, events: AnalysisEvents, matched: np.ndarray) -> AnalysisEvents:
-    """The null events copying ``events[matched]`` (step, r, rule as stratum) on rule-free walks."""
-    w, length = config.model.context_window, config.walks.walk_length
-    step, r = events.step[matched], events.r[matched]
-    count = len(matched)
+def _rule_free_walks(config: ExperimentConfig, graph: Graph, step: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """Rejection sampling of one rule-free walk per null event (``step`` [N]: the walk step each must
+    be rule-free at): ``(walks [N, L], found [N] bool, source [N] walk number, walks drawn)``.
+
+    Two phases, each up to ``MAX_ROUNDS`` rounds of fresh walks, and no walk serves two null events:
+    1. *one walk each* (``<stream>-null-<round>``): event ``i`` of those left tries walk ``i`` of the
+       round. Where rule-free positions are common this settles every event within a few rounds.
+    2. *pooled* (``<stream>-null-pool-<round>``), for events phase 1 left (where rules cover most
+       positions: r close to w, many jumpers): the round's walks are dealt out in equal blocks, and
+       each event takes the first rule-free walk of its block — up to ``MAX_ROUNDS · 1000`` tries each.
+    Either way the walk an event takes is a draw from the walks that are rule-free at its step (the
+    first success of independent tries), so the null is the same distribution; phase 2 only makes
+    the rare cases cheap. An event still without one is left out (``found`` False) and counted."""
+    length = config.walks.walk_length
+    count = len(step)
     walks = np.empty((count, length), dtype=np.int64)
     source = np.full(count, -1, dtype=np.int64)
     todo = np.arange(count)
     walks_drawn = 0
+
+    def draw(stream: str, per_round: int) -> np.ndarray:
+        corpus = generate_corpus(graph, per_round, length, config.walks.jumper_start_fraction, config.seed, stream)
+        return corpus.walks
+
     for round_ in range(MAX_ROUNDS):
         if todo.size == 0:
             break
         per_round = max(2 * todo.size, 1000)
-        corpus = generate_corpus(
-            graph, per_round, length, config.walks.jumper_start_fraction, config.seed, f"{config.analysis.stream}-null-{round_}"
-        )
+        drawn = draw(f"{config.analysis.stream}-null-{round_}", per_round)
         rows = np.arange(todo.size)  # null event todo[i] tries walk i of this round: one null event per walk
-        free = ~pending_after(corpus.walks[rows], graph)[rows, step[todo]]
-        done = todo[free]
-        walks[done] = corpus.walks[rows[free]]
-        source[done] = walks_drawn + rows[free]
+        free = ~pending_after(drawn[rows], graph)[rows, step[todo]]
+        walks[todo[free]] = drawn[rows[free]]
+        source[todo[free]] = walks_drawn + rows[free]
         todo = todo[~free]
         walks_drawn += per_round
-    if todo.size:
-        raise AnalysisEventsError(
-            f"after {walks_drawn} walks, {todo.size} null events still lack a rule-free position: lower analysis.null_multiple"
-        )
+    for round_ in range(MAX_ROUNDS):
+        if todo.size == 0:
+            break
+        block = max(1000 // todo.size, 2)
+        per_round = block * todo.size
+        drawn = draw(f"{config.analysis.stream}-null-pool-{round_}", per_round)
+        free = ~pending_after(drawn, graph)[np.arange(per_round), np.repeat(step[todo], block)]
+        free = free.reshape(todo.size, block)
+        hit = free.any(axis=1)
+        first = free.argmax(axis=1)  # the first rule-free walk of each event's block
+        rows = np.flatnonzero(hit) * block + first[hit]
+        walks[todo[hit]] = drawn[rows]
+        source[todo[hit]] = walks_drawn + rows
+        todo = todo[~hit]
+        walks_drawn += per_round
+    found = np.ones(count, dtype=bool)
+    found[todo] = False
+    return walks, found, source, walks_drawn
+
+
+def draw_null_events(
+    config: ExperimentConfig, graph: Graph, events: AnalysisEvents, matched: np.ndarray
+) -> tuple[AnalysisEvents, np.ndarray]:
+    """The null events copying ``events[matched]`` (step, r, rule as stratum) on rule-free walks, and
+    ``matched`` for those that found one (``_rule_free_walks``): events whose step no drawn walk was
+    rule-free at are left out, and counted by the caller (``unmatched`` in null_metrics.npz)."""
+    w = config.model.context_window
+    walks, found, source, walks_drawn = _rule_free_walks(config, graph, events.step[matched])
+    matched, walks, source = matched[found], walks[found], source[found]
+    step, r = events.step[matched], events.r[matched]
+    count = len(matched)
     index = np.arange(count)[:, None]
     prompts = walks[index, step[:, None] - w + 1 + np.arange(w)[None, :]]
     before = walks[index, step[:, None] - w - 1 + np.arange(w + 1)[None, :]]
-    return AnalysisEvents(
+    null_events = AnalysisEvents(
         prompts=prompts,
         before=before,
         walk_continuation=np.full((count, int(r.max()) if count else 0), -1, dtype=np.int64),
@@ -118,6 +164,7 @@ def draw_null_events(config: ExperimentConfig, graph: Graph, events: AnalysisEve
         walk=source,
         walks_drawn=walks_drawn,
     )
+    return null_events, matched
 
 
 def first_jumper_pass(generated: np.ndarray, r: np.ndarray, graph: Graph) -> np.ndarray:
@@ -129,9 +176,10 @@ def first_jumper_pass(generated: np.ndarray, r: np.ndarray, graph: Graph) -> np.
 
 
 def null_arrays(
-    null_events: AnalysisEvents, measured, graph: Graph, matched: np.ndarray, settings: dict[str, int]
+    null_events: AnalysisEvents, measured, graph: Graph, matched: np.ndarray, settings: dict[str, int], unmatched: int
 ) -> dict[str, np.ndarray]:
-    """The arrays of null_metrics.npz from the null events and their ``batched.Measurements``."""
+    """The arrays of null_metrics.npz from the null events and their ``batched.Measurements``
+    (``unmatched``: null events left out because no drawn walk was rule-free at their step)."""
     w = null_events.prompts.shape[1]
     generated = measured.labels.tokens[:, w:].astype(np.int64)
     first = first_jumper_pass(generated, null_events.r, graph)
@@ -147,6 +195,8 @@ def null_arrays(
         "schema_version": np.array(NULL_SCHEMA_VERSION),
         "null_multiple": np.array(settings["null_multiple"]),
         "null_max_events": np.array(settings["null_max_events"]),
+        "unmatched": np.array(unmatched),
+        "walks_drawn": np.array(null_events.walks_drawn),
         "event_r": null_events.r,
         "event_step": null_events.step,
         "event_jumper": null_events.jumper,
@@ -180,10 +230,17 @@ def measure_null(
     )
     if matched.size == 0:
         return None
-    null_events = draw_null_events(config, graph, events, matched)
+    null_events, kept = draw_null_events(config, graph, events, matched)
+    unmatched = len(matched) - len(kept)
+    if kept.size == 0:  # rules cover every drawn walk at these steps: no null to compare with
+        raise AnalysisEventsError(
+            f"none of {len(matched)} jumper-free null events found a rule-free walk in {null_events.walks_drawn} walks: "
+            "set analysis.null_multiple 0 to analyse without the null"
+        )
     measured = measure_events(null_events)
-    path = write_npz(out_dir / NULL_FILE, null_arrays(null_events, measured, graph, matched, settings))
-    echo(f"{path}: {len(matched)} jumper-free null events ({len(matched) / max(1, int(np.sum(violated))):.2g} per violation)")
+    path = write_npz(out_dir / NULL_FILE, null_arrays(null_events, measured, graph, kept, settings, unmatched))
+    left_out = f"; {unmatched} left out: no rule-free walk at their step" if unmatched else ""
+    echo(f"{path}: {len(kept)} jumper-free null events ({len(kept) / max(1, int(np.sum(violated))):.2g} per violation{left_out})")
     return path
 
 
@@ -198,7 +255,7 @@ def read_null(directory: Path, config: ExperimentConfig) -> dict[str, np.ndarray
     except (OSError, ValueError):
         return None
     settings = null_settings(config)
-    if int(arrays.get("schema_version", -1)) != NULL_SCHEMA_VERSION or any(int(arrays[k]) != v for k, v in settings.items()):
+    if int(arrays.get("schema_version", -1)) not in _READABLE_SCHEMAS or any(int(arrays[k]) != v for k, v in settings.items()):
         return None
     return arrays
 

@@ -123,6 +123,7 @@ def null_context(horizon: dict[str, Any], top: int = 8) -> dict[str, Any] | None
         "multiple": null["null_multiple"],
         "max_events": null["null_max_events"],
         "generated_jumpers": null["generated_jumpers"],
+        "unmatched": null.get("unmatched", 0),
         "permutations": f"{null['permutations']:,}",
         "family_size": null["family_size"],
         "floor": _fmt_p(null["floor"]),

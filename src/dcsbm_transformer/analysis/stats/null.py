@@ -111,6 +111,7 @@ def null_comparison(
         "events": count,
         "per_violation": float(count / max(1, np.unique(np.asarray(null["event_matched"])).size)),
         "generated_jumpers": int((np.asarray(null["first_jumper_pass"]) > 0).sum()),
+        "unmatched": int(null.get("unmatched", 0)),  # schema 1 files: none could be (module measure.null)
         "permutations": p_used,
         "auprc_permutations": 0,
         "family_size": len(keys),
