@@ -26,7 +26,7 @@ left is the framework's cost per step (Python, dispatch, autograd, and on a GPU 
 launches). A small model on a GPU cannot step faster than that, so ``epoch_floor_s`` = that
 time × the anchor config's steps per epoch is the shortest epoch eager training allows there.
 
-Run: python -m bench.training_step [--rounds 5] [--compile]
+Run: python -m bench.training_step [--rounds 5] [--compile] [--presets anchor mid quick]
 """
 
 from __future__ import annotations
@@ -217,6 +217,7 @@ def bench_shape(label: str, shape: dict, device: torch.device, rounds: int, repe
     return rows
 
 
+PRESETS = ("anchor", "mid", "quick")
 OVERHEAD_SHAPE = dict(vocab=8, context_window=4, d_model=8, batch=1)
 OVERHEAD_REPEAT = 50  # steps of a few milliseconds: more of them for a steady median
 
@@ -255,14 +256,22 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--compile", action="store_true", help="also time torch.compile (~1 min to compile on 2 cores)")
+    parser.add_argument(
+        "--presets",
+        nargs="+",
+        choices=PRESETS,
+        default=list(PRESETS),
+        help="the configs/<preset>.json model shapes to time (default: all; the host-overhead table always uses the anchor's layers)",
+    )
     args = parser.parse_args()
     device = torch.device(args.device)
-    shapes = {name: shape_of(ROOT / "configs" / f"{name}.json") for name in ("anchor", "mid", "quick")}
+    shapes = {name: shape_of(ROOT / "configs" / f"{name}.json") for name in args.presets}
     rows = []
     for label, shape in shapes.items():
         rows += bench_shape(label, shape, device, args.rounds, args.repeat, args.compile)
     print_table("Training step (forward + backward + clip + AdamW); MFU vs the fp32 GEMM ceiling", rows)
-    overhead = bench_overhead(shapes["anchor"], ROOT / "configs" / "anchor.json", device, args.rounds, args.compile)
+    anchor = shape_of(ROOT / "configs" / "anchor.json")
+    overhead = bench_overhead(anchor, ROOT / "configs" / "anchor.json", device, args.rounds, args.compile)
     print_table("Host overhead per step: anchor layers at tiny shapes (arithmetic nil)", overhead)
     formula = "tokens*(6*N_linear + 6*n_layers*T*d_model) / seconds / fp32 GEMM ceiling"
     payload = {"shapes": shapes, "rows": rows, "mfu_formula": formula, "overhead_rows": overhead}
