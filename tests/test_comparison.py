@@ -457,6 +457,23 @@ def test_the_primary_row_shows_the_metric_at_every_layer(runs, written):
     assert "QKᵀ L0H0" in table and "AVWₒ L0H0" in table
 
 
+def test_comparison_md_has_the_pages_numbers_in_markdown_tables(runs, written):
+    _, folders = runs
+    page, comparison, _, _ = written
+    markdown = (page.parent / "comparison.md").read_text()
+    gate = markdown.split("## Gate")[1].split("## ")[0]
+    # r/w 0.5: two seeds, both passed at epoch 3; r/w 1.5: one passed (not analysed), one failed with worst rule 0.410
+    assert "| 4 | 0.50 | 2 | 2/2 | 3, 3 |" in gate
+    assert "| 12 | 1.50 | 2 | 1/2 |" in gate and "0.410 (1)" in gate
+    primary = markdown.split("## The pre-registered primary")[1].split("## Negative control")[0]
+    stat = _entry(comparison, folders["analysed_a"])["primary"]["by_r"]["4"]
+    row = next(line for line in primary.splitlines() if folders["analysed_a"].name in line)
+    assert f"{stat['auroc']:.3f} [{stat['ci_low']:.3f}, {stat['ci_high']:.3f}] j={stat['best_j']}" in row
+    assert "QKᵀ L0H0" in row and "AVWₒ L0H0" in row
+    assert sum(line.startswith("| ") for line in primary.splitlines()) == 1 + 3  # header + the three analysed runs
+    assert "None" in markdown.split("## Negative control")[1]
+
+
 def test_a_gate_failed_run_analysed_anyway_is_a_labelled_negative_control_never_mixed(runs, tmp_path):
     _, folders = runs
     root = tmp_path / "results"
@@ -474,3 +491,7 @@ def test_a_gate_failed_run_analysed_anyway_is_a_labelled_negative_control_never_
     assert passed["in_horizon_figures"] and "negative control" not in passed["series"]
     assert not excluded["in_horizon_figures"]
     assert "gate failed: negative control" in page.read_text()
+    markdown = (page.parent / "comparison.md").read_text()
+    passed_rows, control_rows = markdown.split("## The pre-registered primary")[1].split("## Negative control")
+    assert folder.name in control_rows and folder.name not in passed_rows
+    assert folders["analysed_c"].name in passed_rows and folders["analysed_c"].name not in control_rows

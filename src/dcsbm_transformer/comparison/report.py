@@ -2,7 +2,9 @@
 
 Prints every run found (key parameters and where it stands) and writes, atomically, into the out
 folder: ``comparison.json`` (the table data, machine-readable), ``comparison.html`` (one
-self-contained page) and the figures as PNG files in ``figures/``.
+self-contained page), ``comparison.md`` (its tables in Markdown: gate per r, the primary of passed
+runs with the metric by layer, the negative control; ``markdown.py``) and the figures as PNG files
+in ``figures/``.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from typing import Any, Callable
 
 from ..storage import atomic_write_bytes, atomic_write_json
 from .figures import draw_auroc, draw_compliance, draw_gate, draw_horizons
+from .markdown import MARKDOWN_FILE, render_markdown
 from .page import render_page
 from .runs import ComparisonError, filter_runs, find_runs, is_run_folder, parse_where
 from .tables import build_comparison, format_listing
@@ -92,10 +95,11 @@ def report(
         else:  # no run qualifies: a figure from an earlier report must not stay behind
             (out / FIGURES_DIR / f"{name}.png").unlink(missing_ok=True)
     atomic_write_json(out / JSON_FILE, comparison)
+    atomic_write_bytes(out / MARKDOWN_FILE, render_markdown(comparison).encode("utf-8"))
     page = atomic_write_bytes(out / HTML_FILE, render_page(comparison, pngs).encode("utf-8"))
     if comparison["excluded"]:
         echo(f"left out of the horizon figures: {len(comparison['excluded'])} run(s) (reasons in {JSON_FILE} and the page)")
-    echo(f"wrote {out / HTML_FILE}, {out / JSON_FILE} and {out / FIGURES_DIR}/")
+    echo(f"wrote {out / HTML_FILE}, {out / JSON_FILE}, {out / MARKDOWN_FILE} and {out / FIGURES_DIR}/")
     return page
 
 
