@@ -455,6 +455,10 @@ def test_the_primary_row_shows_the_metric_at_every_layer(runs, written):
     assert set(by_layer) == {QKT, AVWO} and by_layer[QKT]["layer"] == 0 and by_layer[QKT]["auroc"] is not None
     table = page.split('id="primary-table"')[1].split("</table>")[0]
     assert "QKᵀ L0H0" in table and "AVWₒ L0H0" in table
+    # and where the signal sits: the layer's strongest exploratory array, here the planted QKᵀ or AVWₒ one
+    strongest = _entry(comparison, folders["analysed_a"])["primary"]["by_r"]["4"]["strongest_by_layer"]
+    assert [(x["layer"], x["head"]) for x in strongest] == [(0, 0)] and strongest[0]["significant"]
+    assert strongest[0]["key"] in {QKT, AVWO} and "L0H0: " in table
 
 
 def test_comparison_md_has_the_pages_numbers_in_markdown_tables(runs, written):

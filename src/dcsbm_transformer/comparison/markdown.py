@@ -19,6 +19,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from .page import strongest_text
 from .tables import TARGET_NAMES
 
 MARKDOWN_FILE = "comparison.md"
@@ -86,8 +87,9 @@ def _layer_cell(by_layer: dict[str, dict[str, Any]]) -> str:
 
 def primary_table(entries: list[dict[str, Any]]) -> list[str]:
     lines = [
-        "| r | r/w | run (seed) | analysis | primary AUROC [95% CI, pointwise] at best j | p | verdict | violations / successes | the metric by layer (* significant) |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| r | r/w | run (seed) | analysis | primary AUROC [95% CI, pointwise] at best j | p | verdict | violations / successes "
+        "| the metric by layer (* significant) | each layer's strongest exploratory array |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     rows = []
     for entry in entries:
@@ -108,7 +110,8 @@ def primary_table(entries: list[dict[str, Any]]) -> list[str]:
                     entry["parameters"]["seed"],
                     f"| {r} | {_ratio(entry, r):.2f} | {Path(entry['folder']).name} ({entry['parameters']['seed']}) | "
                     f"{entry.get('analysis') or '–'} | {auroc} | {_p(p)} ({kind}) | {stat['verdict']} | "
-                    f"{stat['n_violations']} / {stat['n_successes']} | {_layer_cell(stat['by_layer'])} |",
+                    f"{stat['n_violations']} / {stat['n_successes']} | {_layer_cell(stat['by_layer'])} | "
+                    f"{strongest_text(stat.get('strongest_by_layer', []))} |",
                 )
             )
     return lines + [row for *_, row in sorted(rows, key=lambda x: (x[0], x[1]))] if rows else []

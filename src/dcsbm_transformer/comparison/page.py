@@ -102,9 +102,23 @@ def _primary_rows(entry: dict[str, Any]) -> list[dict[str, Any]]:
                     for x in v["by_layer"].values()
                 )
                 or "–",
+                "strongest": strongest_text(v.get("strongest_by_layer", [])),
             }
         )
     return rows
+
+
+def strongest_text(rows: list[dict[str, Any]]) -> str:
+    """Per layer and head, its strongest exploratory array: name, AUROC at its best j, * when significant
+    after Holm, and how many of its arrays are significant."""
+    return (
+        "; ".join(
+            f"L{x['layer']}H{x['head']}: {x['label']} {_f(x['auroc'])} (j={x['best_j']}){'*' if x['significant'] else ''}, "
+            f"{x['significant_arrays']}/{x['tested_arrays']} significant"
+            for x in rows
+        )
+        or "–"
+    )
 
 
 def _horizon_text(v: dict[str, Any]) -> str:

@@ -20,6 +20,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+from ..analysis.report.heads import head_summary
 from .runs import Run
 
 HORIZON_RULE = (
@@ -185,6 +186,7 @@ def primary(run: Run) -> dict[str, Any] | None:
     p = run.horizon["primary"]
     alpha = run.horizon["settings"]["alpha"]
     confirmatory = run.horizon["confirmatory"] or {}
+    strongest = _strongest_by_layer(run.horizon)
     by_r = {}
     for r, entry in p["by_r"].items():
         j = entry["best_j"] if entry["status"] == "ok" else None
@@ -192,6 +194,7 @@ def primary(run: Run) -> dict[str, Any] | None:
         test = confirmatory.get(r)
         by_r[r] = {
             "by_layer": _by_layer(run.horizon, r),
+            "strongest_by_layer": strongest.get(int(r), []),
             "status": entry["status"],
             "n_violations": entry["n_violations"],
             "n_successes": entry["n_successes"],
@@ -242,6 +245,30 @@ def _by_layer(horizon: dict[str, Any], r: str) -> dict[str, dict[str, Any]]:
             "auroc": _at(entry["auroc"], j),
             "significant": entry["significant"],
         }
+    return out
+
+
+def _strongest_by_layer(horizon: dict[str, Any]) -> dict[int, list[dict[str, Any]]]:
+    """r -> per layer (and head), its strongest exploratory array (``analysis.report.heads``: significant
+    after Holm first, then |AUROC − 0.5| at the array's best lookback): where the signal sits."""
+    out: dict[int, list[dict[str, Any]]] = {}
+    for row in head_summary(horizon)["rows"]:
+        if row["key"] is None:
+            continue
+        out.setdefault(int(row["r"]), []).append(
+            {
+                "layer": row["layer"],
+                "head": row["head"],
+                "key": row["key"],
+                "label": row["label"],
+                "best_j": row["best_j"],
+                "auroc": row["auroc"],
+                "p_adjusted": row["p_adjusted"],
+                "significant": row["significant"],
+                "significant_arrays": row["significant_count"],
+                "tested_arrays": row["tested"],
+            }
+        )
     return out
 
 
