@@ -293,6 +293,23 @@ def test_a_rerun_skips_finished_points_and_retrains_nothing(reference, tmp_path,
     assert deterministic(table(root)) == deterministic(table(reference[0]))
 
 
+def test_a_negative_control_sweep_analyses_the_failed_point_and_a_rerun_finds_both_done(reference, tmp_path, capsys):
+    """analysis.include_failed: the same two runs (trained once, in the reference) analysed again, the
+    gate-failed one as a negative control; the table says so, and a rerun finds nothing to do (the
+    status looks each analysis up by the settings it was made with)."""
+    root = tmp_path / "copy"
+    shutil.copytree(reference[0], root)
+    controls = write_sweep(root, {**TWO_POINTS, "set": {"analysis.include_failed": True}}, name="controls")
+    assert main(sweep_args(root, controls, "--jobs", "2")) == 0
+    rows = table(root, "controls")
+    assert [r["experiment_id"] for r in rows] == [r["experiment_id"] for r in table(reference[0])]  # nothing retrained
+    assert [(r["state"], r["analysis"]) for r in rows] == [("done", "done"), ("done", "negative control: done")]
+    assert (root / "results" / rows[1]["experiment_id"] / "analysis" / "index.json").is_file()
+    capsys.readouterr()
+    assert main(sweep_args(root, controls, "--jobs", "2")) == 0
+    assert "nothing to run" in capsys.readouterr().out
+
+
 def test_a_killed_sweep_rerun_finishes_with_the_same_table(reference, tmp_path):
     ref_root, sweep_file, _ = reference
     shutil.copytree(ref_root / "cache", tmp_path / "cache")  # the data are not what is tested

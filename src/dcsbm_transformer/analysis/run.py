@@ -121,6 +121,13 @@ def analysis_folder_for(run_dir: Path, settings: dict[str, Any], name: str | Non
     return root / name, name
 
 
+def failed_runs_allowed(block: AnalysisConfig, flag: bool = False) -> bool:
+    """Whether an analysis with this block (and ``--include-failed`` ``flag``) may analyse a gate-failed
+    run: recorded as ``include_failed`` in its settings, so everything that looks an analysis up by its
+    settings (the sweep's status, ``dcsbm analyze``) must decide it here, the same way."""
+    return flag or block.include_failed
+
+
 def analyze_run(
     path: str | Path,
     *,
@@ -144,13 +151,13 @@ def analyze_run(
         run = load_run(path)
     training = run.result["training"]
     gate_failed = not training["gate_passed"]
-    include_failed = include_failed or (analysis is not None and analysis.include_failed)
+    block = analysis if analysis is not None else run.config.analysis
+    include_failed = failed_runs_allowed(block, include_failed)
     if gate_failed and not include_failed:
         raise AnalysisRefused(
             f"{run.directory}: its gate did not pass, so it is excluded from analysis ({training['failure_reason']}); "
             "--include-failed analyses it anyway, labelled exploratory"
         )
-    block = analysis if analysis is not None else run.config.analysis
     if events is not None:
         block = block.model_copy(update={"events": events})
     config = run.config.model_copy(update={"analysis": block})

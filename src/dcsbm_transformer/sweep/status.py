@@ -69,7 +69,7 @@ def analysis_finished(run_dir: Path, config: ExperimentConfig, precision: str) -
     config's analysis settings (its folder's summary.json vouching for its token_metrics.npz, and a
     horizon.json computed from that npz with these settings and registration status). When in
     doubt, False: the job then runs, and ``analyze_run`` reuses whatever is already finished."""
-    from ..analysis.run import analysis_settings
+    from ..analysis.run import analysis_settings, failed_runs_allowed
     from ..analysis.stats.horizon import horizon_is_current
     from ..registration import read_registration, registration_check
 
@@ -83,7 +83,8 @@ def analysis_finished(run_dir: Path, config: ExperimentConfig, precision: str) -
     if not checkpoint.is_file():
         return False
     try:
-        settings = analysis_settings(config.analysis, checkpoint, precision=precision, include_failed=not passed)
+        include_failed = failed_runs_allowed(config.analysis, not passed)
+        settings = analysis_settings(config.analysis, checkpoint, precision=precision, include_failed=include_failed)
         directory = run_dir / ANALYSIS_DIR / default_name(settings)
         summary = finished_summary(directory, settings)
         if summary is None:
@@ -163,6 +164,8 @@ def table_row(point: Point, state: str, assessment: Assessment, record: dict[str
         analysis = "not asked"
     elif finished and training.get("gate_passed"):
         analysis = "done" if assessment.state == "done" else "to do"
+    elif finished and analyze and point.config.analysis.include_failed:
+        analysis = "negative control: " + ("done" if assessment.state == "done" else "to do")
     elif finished:
         analysis = "excluded (gate not passed)"
     else:
