@@ -499,3 +499,19 @@ def test_a_gate_failed_run_analysed_anyway_is_a_labelled_negative_control_never_
     passed_rows, control_rows = markdown.split("## The pre-registered primary")[1].split("## Negative control")
     assert folder.name in control_rows and folder.name not in passed_rows
     assert folders["analysed_c"].name in passed_rows and folders["analysed_c"].name not in control_rows
+
+
+def test_a_run_analysed_twice_is_one_point_in_the_compliance_and_gate_figures(runs, tmp_path):
+    """Compliance is the training run's: a second analysis (another temperature) adds a row to the
+    primary table, not a second point, and its analysis keys do not split the training series."""
+    _, folders = runs
+    root = tmp_path / "results"
+    folder = shutil.copytree(folders["analysed_a"], root / folders["analysed_a"].name)
+    config = make_config(0.5, 1)
+    sampled = config.model_copy(update={"analysis": config.analysis.model_copy(update={"temperature": 1.0})})
+    write_analysis(folder, sampled, token_metrics(config, 1, 3, 1), "sampled", registered=False)
+    page = report([root], [], tmp_path / "out", echo=lambda _: None)
+    entries = json.loads((page.parent / "comparison.json").read_text())["runs"]
+    assert len(entries) == 2 and {e["analysis"] for e in entries} == {"default", "sampled"}
+    assert [e["in_compliance_figures"] for e in entries].count(True) == 1
+    assert {e["training_series"] for e in entries} == {"all runs"} and len({e["series"] for e in entries}) == 2

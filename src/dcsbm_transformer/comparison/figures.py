@@ -113,9 +113,15 @@ def _series_numbers(entries: list[dict[str, Any]]) -> dict[str, int]:
 # ---- compliance and gate -------------------------------------------------------------------------
 
 
+def _by_training_series(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The entries with their training series as series: what training learned does not depend on
+    how a run was analysed (comparison.json's ``training_series``)."""
+    return [{**e, "series": e.get("training_series", e["series"])} for e in entries]
+
+
 def draw_compliance(entries: list[dict[str, Any]], threshold: float | None) -> bytes | None:
     """Mean and worst rule compliance per r against r/w (runs in the compliance figures only)."""
-    shown = [e for e in entries if e["in_compliance_figures"] and e["compliance"]]
+    shown = _by_training_series([e for e in entries if e["in_compliance_figures"] and e["compliance"]])
     if not shown:
         return None
     colours = _colours(shown)
@@ -164,7 +170,7 @@ def draw_gate(entries: list[dict[str, Any]]) -> bytes | None:
     """Share of finished runs that passed the gate per (series, r/w). A run with several r is
     counted once at each of its r/w values, as passed there when the rules of that r passed (edge
     compliance and each of those rules above the thresholds), not by the whole run's verdict."""
-    shown = [e for e in entries if e["in_compliance_figures"] and e["gate"] and e["gate"]["finished"]]
+    shown = _by_training_series([e for e in entries if e["in_compliance_figures"] and e["gate"] and e["gate"]["finished"]])
     if not shown:
         return None
     colours = _colours(shown)

@@ -94,11 +94,20 @@ def series_label(run: Run, keys: list[str]) -> str:
     """The values of the differing keys other than seed and jump scales: runs that share them form
     one series in the figures (their seeds are replicates, their r/w the x axis). Negative controls
     (gate failed, analysed anyway) form series of their own, labelled so."""
-    shown = [key for key in keys if key not in AXIS_KEYS and key != "analysis.include_failed"]
-    label = (
-        "all runs" if not shown or run.config is None else ", ".join(f"{key}={json.dumps(run.flat_config.get(key))}" for key in shown)
-    )
+    label = _label(run, [key for key in keys if key not in AXIS_KEYS and key != "analysis.include_failed"])
     return f"{label} [{NEGATIVE_CONTROL}]" if negative_control(run) else label
+
+
+def training_series_label(run: Run, keys: list[str]) -> str:
+    """The series of the compliance and gate figures: as ``series_label`` without the analysis keys,
+    which cannot change what training learned (a run analysed twice is one training run)."""
+    return _label(run, [key for key in keys if key not in AXIS_KEYS and not key.startswith("analysis.")])
+
+
+def _label(run: Run, shown: list[str]) -> str:
+    if not shown or run.config is None:
+        return "all runs"
+    return ", ".join(f"{key}={json.dumps(run.flat_config.get(key))}" for key in shown)
 
 
 # ---- compliance --------------------------------------------------------------------------------------
@@ -379,6 +388,7 @@ def run_entry(run: Run, keys: list[str]) -> dict[str, Any]:
         "parameters": parameters(run),
         "differs": {key: run.flat_config.get(key) for key in keys} if run.config is not None else {},
         "series": series_label(run, keys),
+        "training_series": training_series_label(run, keys),
         "gate": gate(run),
         "compliance": compliance(run),
         "analysed": run.analysed,
@@ -407,14 +417,20 @@ def build_comparison(
                     "reason": left_out_horizons,
                 }
             )
+    entries = [run_entry(run, keys) for run in runs]
+    trained: set[str] = set()
+    for entry in entries:  # compliance is the training run's: one point per run, whatever its analyses
+        if entry["in_compliance_figures"]:
+            entry["in_compliance_figures"] = entry["folder"] not in trained
+            trained.add(entry["folder"])
     return _finite(
         {
-            "schema_version": 2,  # 2: one entry per analysis (its own settings), registered verdicts
+            "schema_version": 3,  # 2: one entry per analysis (its own settings), registered verdicts; 3: training_series
             "roots": roots,
             "filter": {"where": list(where), "conditions": conditions, "runs_found": found, "runs_matching": len(runs)},
             "differing_keys": keys,
             "horizon_rule": HORIZON_RULE,
-            "runs": [run_entry(run, keys) for run in runs],
+            "runs": entries,
             "excluded": excluded,
         }
     )
