@@ -307,7 +307,7 @@ def test_a_negative_control_sweep_analyses_the_failed_point_and_a_rerun_finds_bo
     assert [r["experiment_id"] for r in rows] == [r["experiment_id"] for r in table(reference[0])]  # nothing retrained
     assert [(r["state"], r["analysis"]) for r in rows] == [("done", "done"), ("done", "negative control: done")]
     assert (root / "results" / rows[1]["experiment_id"] / "analysis" / "index.json").is_file()
-    capsys.readouterr()
+    assert "gate not passed in 2 epochs (negative control: done)" in capsys.readouterr().out
     assert main(sweep_args(root, controls, "--jobs", "2")) == 0
     assert "nothing to run" in capsys.readouterr().out
 

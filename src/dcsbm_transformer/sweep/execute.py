@@ -496,7 +496,8 @@ def _finish_line(point: Point, record: dict[str, Any], row: dict[str, Any]) -> s
     if row["gate_passed"]:
         worst = "n/a" if row["worst_rule_compliance"] is None else f"{row['worst_rule_compliance']:.4f}"
         return f"{point.describe()} done{seconds}: gate passed at epoch {row['gate_epoch']} (worst rule {worst}), analysis {row['analysis']}"
-    return f"{point.describe()} done{seconds}: gate not passed in {row['epochs_trained']} epochs (excluded from analysis)"
+    analysis = row["analysis"] if str(row["analysis"]).startswith("negative control") else "excluded from analysis"
+    return f"{point.describe()} done{seconds}: gate not passed in {row['epochs_trained']} epochs ({analysis})"
 
 
 def run_sweep(plan: SweepPlan, settings: SweepSettings, echo: Callable[[str], None] = print, budget=None) -> SweepOutcome:
