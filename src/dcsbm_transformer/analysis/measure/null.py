@@ -102,37 +102,24 @@ def _rule_free_walks(config: ExperimentConfig, graph: Graph, step: np.ndarray) -
     source = np.full(count, -1, dtype=np.int64)
     todo = np.arange(count)
     walks_drawn = 0
-
-    def draw(stream: str, per_round: int) -> np.ndarray:
-        corpus = generate_corpus(graph, per_round, length, config.walks.jumper_start_fraction, config.seed, stream)
-        return corpus.walks
-
-    for round_ in range(MAX_ROUNDS):
-        if todo.size == 0:
-            break
-        per_round = max(2 * todo.size, 1000)
-        drawn = draw(f"{config.analysis.stream}-null-{round_}", per_round)
-        rows = np.arange(todo.size)  # null event todo[i] tries walk i of this round: one null event per walk
-        free = ~pending_after(drawn[rows], graph)[rows, step[todo]]
-        walks[todo[free]] = drawn[rows[free]]
-        source[todo[free]] = walks_drawn + rows[free]
-        todo = todo[~free]
-        walks_drawn += per_round
-    for round_ in range(MAX_ROUNDS):
-        if todo.size == 0:
-            break
-        block = max(1000 // todo.size, 2)
-        per_round = block * todo.size
-        drawn = draw(f"{config.analysis.stream}-null-pool-{round_}", per_round)
-        free = ~pending_after(drawn, graph)[np.arange(per_round), np.repeat(step[todo], block)]
-        free = free.reshape(todo.size, block)
-        hit = free.any(axis=1)
-        first = free.argmax(axis=1)  # the first rule-free walk of each event's block
-        rows = np.flatnonzero(hit) * block + first[hit]
-        walks[todo[hit]] = drawn[rows]
-        source[todo[hit]] = walks_drawn + rows
-        todo = todo[~hit]
-        walks_drawn += per_round
+    for infix, pooled in (("null", False), ("null-pool", True)):
+        for round_ in range(MAX_ROUNDS):
+            if todo.size == 0:
+                break
+            tries = max(1000 // todo.size, 2) if pooled else 1  # walks each event left tries this round
+            per_round = tries * todo.size if pooled else max(2 * todo.size, 1000)
+            drawn = generate_corpus(
+                graph, per_round, length, config.walks.jumper_start_fraction, config.seed, f"{config.analysis.stream}-{infix}-{round_}"
+            ).walks
+            tried = todo.size * tries  # event todo[i] tries walks i·tries .. (i+1)·tries − 1 of the round
+            free = ~pending_after(drawn[:tried], graph)[np.arange(tried), np.repeat(step[todo], tries)]
+            free = free.reshape(todo.size, tries)
+            hit = free.any(axis=1)
+            rows = np.flatnonzero(hit) * tries + free.argmax(axis=1)[hit]  # its first rule-free walk
+            walks[todo[hit]] = drawn[rows]
+            source[todo[hit]] = walks_drawn + rows
+            todo = todo[~hit]
+            walks_drawn += per_round
     found = np.ones(count, dtype=bool)
     found[todo] = False
     return walks, found, source, walks_drawn
