@@ -19,8 +19,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from .page import strongest_text
-from .tables import TARGET_NAMES
+from .page import by_layer_text, strongest_text
 
 MARKDOWN_FILE = "comparison.md"
 
@@ -74,17 +73,6 @@ def gate_table(entries: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
-def _layer_cell(by_layer: dict[str, dict[str, Any]]) -> str:
-    """The primary's metric at every target and layer: AUROC at its best lookback, * when significant."""
-    cells = []
-    for stats in by_layer.values():
-        star = "*" if stats.get("significant") else ""
-        cells.append(
-            f"{TARGET_NAMES.get(stats['target'], stats['target'])} L{stats['layer']}H{stats['head']} {_f(stats['auroc'])}{star}"
-        )
-    return "; ".join(cells) or "–"
-
-
 def primary_table(entries: list[dict[str, Any]]) -> list[str]:
     lines = [
         "| r | r/w | run (seed) | analysis | primary AUROC [95% CI, pointwise] at best j | p | verdict | violations / successes "
@@ -110,7 +98,7 @@ def primary_table(entries: list[dict[str, Any]]) -> list[str]:
                     entry["parameters"]["seed"],
                     f"| {r} | {_ratio(entry, r):.2f} | {Path(entry['folder']).name} ({entry['parameters']['seed']}) | "
                     f"{entry.get('analysis') or '–'} | {auroc} | {_p(p)} ({kind}) | {stat['verdict']} | "
-                    f"{stat['n_violations']} / {stat['n_successes']} | {_layer_cell(stat['by_layer'])} | "
+                    f"{stat['n_violations']} / {stat['n_successes']} | {by_layer_text(stat['by_layer'])} | "
                     f"{strongest_text(stat.get('strongest_by_layer', []))} |",
                 )
             )

@@ -96,16 +96,24 @@ def _primary_rows(entry: dict[str, Any]) -> list[dict[str, Any]]:
                 "auroc": f"{_f(v['auroc'])} [{_f(v['ci_low'])}, {_f(v['ci_high'])}]" if ok else v["status"],
                 "p": _f(v["p_value"], 4) if ok else "–",
                 "verdict": v["verdict"] if v["held_out_p"] is None else f"{v['verdict']} (held-out p = {v['held_out_p']:.4g})",
-                "by_layer": "; ".join(
-                    f"{TARGET_NAMES[x['target']]} L{x['layer']}H{x['head']} "
-                    + (f"{_f(x['auroc'])} (j={x['best_j']}){'*' if x['significant'] else ''}" if x["status"] == "ok" else x["status"])
-                    for x in v["by_layer"].values()
-                )
-                or "–",
+                "by_layer": by_layer_text(v["by_layer"]),
                 "strongest": strongest_text(v.get("strongest_by_layer", [])),
             }
         )
     return rows
+
+
+def by_layer_text(by_layer: dict[str, dict[str, Any]]) -> str:
+    """The primary's metric at every target, layer and head: AUROC at its best j, * when significant
+    after Holm (or why there is none)."""
+    return (
+        "; ".join(
+            f"{TARGET_NAMES[x['target']]} L{x['layer']}H{x['head']} "
+            + (f"{_f(x['auroc'])} (j={x['best_j']}){'*' if x['significant'] else ''}" if x["status"] == "ok" else x["status"])
+            for x in by_layer.values()
+        )
+        or "–"
+    )
 
 
 def strongest_text(rows: list[dict[str, Any]]) -> str:
