@@ -278,7 +278,8 @@ def _versus_behaviour(
     sign = _oriented(direction)
     logits_sign = np.where(np.isfinite(behaviour_auroc) & (behaviour_auroc < 0.5), -1.0, 1.0)
     band = simultaneous_difference(sign * x[:, 1:], logits_sign[None, 1:] * behaviour[:, 1:], y, g, rng=rng)
-    t = band["delta"] / band["se"]
+    with np.errstate(divide="ignore", invalid="ignore"):  # a lookback where both sides are constant has se 0
+        t = band["delta"] / band["se"]
     if not np.isfinite(t).any():
         return None
     better = [i + 1 for i in np.flatnonzero(band["low"] > 0)]
