@@ -168,7 +168,7 @@ def markdown_table(points: list[dict[str, Any]], extras: list[dict[str, Any]]) -
             continue
         run, data, to_gate = entry["run"], entry["data"], entry["to_gate"]
         gate = str(run["gate_epoch"]) if run["gate_passed"] else "no"
-        partial = "" if entry["state"] == "finished" else " (running)"
+        partial = "" if entry["state"] == "finished" else " (unfinished)"  # running, or stopped and resumable
         seen = f"{to_gate['visible_deadlines_min_rule']:,.0f}" if to_gate else "–"
         steps = f"{to_gate['steps']:,}" if to_gate else "–"
         lines.append(
