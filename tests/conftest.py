@@ -11,6 +11,7 @@ import pytest
 
 from dcsbm_transformer.config import ExperimentConfig, config_from_dict, load_config
 from dcsbm_transformer.data.dataset import build_data
+from dcsbm_transformer.devices import usable_cores
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -19,14 +20,14 @@ def pytest_configure(config):
     """Under pytest-xdist, each worker (and every process it starts) gets its share of the cores.
 
     Workers share the machine: with torch's default of one thread per core, ``-n 2`` on 2 cores
-    runs 4 OpenMP threads that spin-wait on each other, and a tiny training epoch measured 6-13 s
+    runs 4 OpenMP threads that spin-wait on each other, and a tiny training epoch measured 5.8-12.9 s
     instead of 0.3 s (BENCHMARKS.md, 2026-12-07). Set before any test, so subprocesses inherit it.
     """
     workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0") or 0)
     if workers > 1 and "OMP_NUM_THREADS" not in os.environ:
         import torch
 
-        share = max(1, (os.cpu_count() or 1) // workers)
+        share = max(1, usable_cores() // workers)
         os.environ["OMP_NUM_THREADS"] = str(share)
         torch.set_num_threads(share)
 
